@@ -1,0 +1,1 @@
+pytest_plugins = ["fixtures.options", "fixtures.session", "fixtures.reporting"]

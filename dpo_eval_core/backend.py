@@ -1,0 +1,152 @@
+"""Generation and log-prob scoring behind one small protocol of batch methods.
+
+`HFBackend` runs a transformers model wrapped by PEFT; the base model's outputs come
+from the same weights with the adapter disabled. A vLLM backend would implement the
+same two methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from .chat import Message, completion_ids, prompt_ids
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    """Everything that changes a generated answer besides model and prompt."""
+
+    max_new_tokens: int = 96
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    """Part of the cache key: greedy outputs are not batch-invariant in low precision."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    n_tokens: int
+    truncated: bool
+    """True when generation stopped at max_new_tokens rather than at EOS."""
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[Sequence[Message]], *, adapter: bool,
+                 settings: GenerationSettings) -> list[Generation]: ...
+
+    def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
+                 adapter: bool) -> list[float]: ...
+
+
+def batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
+    """Index batches of at most `size`, grouped by length so little padding is computed."""
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    for start in range(0, n, size):
+        yield order[start:start + size]
+
+
+class HFBackend:
+    """A loaded PEFT model and its tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, system_ok: bool, device: str) -> None:
+        self.model, self.tokenizer, self.system_ok, self.device = model, tokenizer, system_ok, device
+
+    def adapter_context(self, adapter: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if adapter else self.model.disable_adapter()
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        return prompt_ids(self.tokenizer, messages, self.system_ok)
+
+    def generate(self, prompts: Sequence[Sequence[Message]], *, adapter: bool,
+                 settings: GenerationSettings) -> list[Generation]:
+        """One batch, left-padded; greedy unless settings say otherwise."""
+        import torch
+
+        ids = [self.prompt_ids(m) for m in prompts]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                                  "pad_token_id": pad, "eos_token_id": self._eos_ids()}
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode(), self.adapter_context(adapter):
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        new = out[:, width:].tolist()
+        eos = set(self._eos_ids())
+        results = []
+        for row in new:
+            stop = next((i for i, t in enumerate(row) if t in eos), None)
+            tokens = row if stop is None else row[:stop]
+            results.append(Generation(text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                                      n_tokens=len(tokens), truncated=stop is None))
+        return results
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return sorted(i for i in ids if i is not None)
+
+    def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
+                 adapter: bool) -> list[float]:
+        """Sum of log p(completion token | prefix) per row; prompt and padding masked out (TRL's rule)."""
+        import torch
+
+        rows = [completion_ids(self.tokenizer, m, c, self.system_ok) for m, c in zip(prompts, completions)]
+        seqs = [p + c for p, c in rows]
+        width = max(map(len, seqs))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+        # completion position t is predicted by the hidden state at t-1
+        targets = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (p, c) in enumerate(rows):
+            targets[i, len(p):len(p) + len(c)] = True
+        with torch.inference_mode(), self.adapter_context(adapter):
+            token_logps = completion_token_logps(self.model, input_ids, mask, targets)
+        sums = torch.zeros(len(rows), dtype=torch.float64, device=token_logps.device)
+        sums.index_add_(0, targets.nonzero()[:, 0].to(token_logps.device), token_logps.double())
+        return sums.tolist()
+
+
+def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any, chunk: int = 1024) -> Any:
+    """log p of the target tokens, in row-major order of `targets`.
+
+    Applies the LM head only at the positions that predict a target, in chunks, so a
+    large vocabulary never materialises a [batch, length, vocab] tensor. Models whose
+    head does more than a linear map (soft-capping, scaling) take the full-logits path.
+    """
+    import torch
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = causal_lm.config
+    plain_head = not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) is None
+    pos = targets.nonzero()
+    prev = pos.clone()
+    prev[:, 1] -= 1
+    tok = input_ids[pos[:, 0], pos[:, 1]]
+    if plain_head and hasattr(causal_lm, "get_decoder"):
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        h = hidden[prev[:, 0], prev[:, 1]]
+        head = causal_lm.get_output_embeddings()
+        out = []
+        for s in range(0, h.shape[0], chunk):
+            logits = head(h[s:s + chunk]).float()
+            out.append(logits.gather(1, tok[s:s + chunk, None])[:, 0] - logits.logsumexp(-1))
+        return torch.cat(out) if out else torch.zeros(0)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    sel = logits[prev[:, 0], prev[:, 1]].float()
+    return sel.gather(1, tok[:, None])[:, 0] - sel.logsumexp(-1)
+
+
+ProgressFn = Callable[[int], None]

@@ -1,0 +1,122 @@
+"""A content-addressed cache of JSON records: atomic, checksummed, never pickle.
+
+A key is the sha256 of the canonical JSON of exactly the fields that change the output.
+Each entry stores its key and a checksum of its value; an entry that fails either check
+(truncated, corrupt, or written for another key) is reported once and treated as absent.
+Writes go to a temporary file in the same directory and are renamed into place, so
+readers, other pytest-xdist workers and killed runs never see half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import CacheError
+
+SCHEMA = 1
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, NaN kept as a token JSON readers accept here."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def make_key(namespace: str, fields: Mapping[str, Any]) -> str:
+    """sha256 over the namespace and the canonical JSON of the fields."""
+    return hashlib.sha256(f"{namespace}\n{canonical(fields)}".encode("utf-8")).hexdigest()
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unreadable and is being recomputed."""
+
+
+@dataclass
+class Cache:
+    """Records under root/namespace/ab/abcdef....json. `enabled=False` neither reads nor writes;
+    `refresh=True` ignores what is there and rewrites it."""
+
+    root: Path
+    enabled: bool = True
+    refresh: bool = False
+    hits: dict[str, int] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
+    _reported: set[str] = field(default_factory=set)
+
+    def _path(self, namespace: str, key: str) -> Path:
+        return Path(self.root) / namespace / key[:2] / f"{key}.json"
+
+    def get(self, namespace: str, key: str) -> Any | None:
+        """The stored value, or None when absent, disabled, refreshing, or failing verification."""
+        value = self._read(namespace, key) if self.enabled and not self.refresh else None
+        counter = self.hits if value is not None else self.misses
+        counter[namespace] = counter.get(namespace, 0) + 1
+        return value
+
+    def _read(self, namespace: str, key: str) -> Any | None:
+        path = self._path(namespace, key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            entry = json.loads(raw)
+            value = entry["value"]
+            ok = (entry.get("schema") == SCHEMA and entry.get("key") == key
+                  and entry.get("sha256") == hashlib.sha256(canonical(value).encode("utf-8")).hexdigest())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            if str(path) not in self._reported:
+                self._reported.add(str(path))
+                warnings.warn(f"cache entry {path} is corrupt or belongs to another key; recomputing it.",
+                              CacheWarning, stacklevel=3)
+            return None
+        return value
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        """Write atomically. Raises CacheError (disk full, read-only) without touching existing entries."""
+        if not self.enabled:
+            return
+        path = self._path(namespace, key)
+        body = canonical({"schema": SCHEMA, "key": key, "value": value,
+                          "sha256": hashlib.sha256(canonical(value).encode("utf-8")).hexdigest()})
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:12]}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(body)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as e:
+            raise CacheError(f"cannot write the cache entry {path} ({e.strerror or e}). Free space or choose another "
+                             f"directory with --eval-cache-dir, or run with --no-cache.") from None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {"hits": dict(self.hits), "misses": dict(self.misses)}
+
+
+def file_digest(path: Path, memo: Cache | None = None) -> str:
+    """sha256 of a file's bytes, memoised by (path, size, mtime) so a 14 GB base is hashed once."""
+    st = Path(path).stat()
+    key = make_key("file-digest", {"path": str(Path(path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+    if memo is not None and (hit := memo.get("file-digest", key)) is not None:
+        return str(hit)
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    digest = h.hexdigest()
+    if memo is not None:
+        memo.put("file-digest", key, digest)
+    return digest

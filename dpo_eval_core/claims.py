@@ -1,0 +1,124 @@
+"""Claims as data: an id that reads as the claim, the measured value, the threshold, the
+uncertainty and the verdict. Pure functions from measurements to claims."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import GateConfig
+from .models import AdapterReport
+from .rewards import RewardSummary
+from .stats import FeatureStat, min_attainable_p, pairs_needed
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    id: str
+    """Names the claim, not its threshold, so baselines still match after a threshold changes."""
+    passed: bool
+    value: float | None
+    threshold: str
+    uncertainty: str
+    n: int | None
+    message: str
+    """One line a reviewer reads: estimate, interval, threshold and n; for a failure, why."""
+    applicable: bool = True
+    """False when the claim's precondition does not hold (reported as skipped, with the reason)."""
+
+    def family(self) -> str:
+        return self.id.split("[")[0]
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{x:.4g}"
+
+
+def adapter_loads(report: AdapterReport, adapter: str, base: str) -> Claim:
+    ok = report.ok
+    msg = (f"{report.matched_modules} modules adapted ({', '.join(report.target_modules)}); "
+           f"missing keys {len(report.missing_keys)}, unexpected keys {len(report.unexpected_keys)}")
+    if report.missing_keys:
+        msg += f"; first missing: {report.missing_keys[0]}"
+    if report.unexpected_keys:
+        msg += f"; first unexpected: {report.unexpected_keys[0]}"
+    return Claim("adapter-loads", ok, float(report.matched_modules), "every adapter tensor matches a base module",
+                 "", None, f"{adapter} onto {base}: {msg}")
+
+
+def data_signal(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
+    """chosen vs rejected per feature (train split), then the aggregate count."""
+    claims = []
+    needed = pairs_needed(gate.alpha)
+    for s in stats:
+        if min_attainable_p(s.n_cr_nonzero) > gate.alpha:
+            claims.append(Claim(f"data-signal[{s.feature}]", False, s.p_cr_adj, f"p_adj < {gate.alpha}", "",
+                                s.n_cr_nonzero, f"only {s.n_cr_nonzero} non-zero differences: the smallest attainable "
+                                f"p is {min_attainable_p(s.n_cr_nonzero):.3g} > alpha {gate.alpha}; "
+                                f"at least {needed} pairs are needed"))
+            continue
+        ok = s.p_cr_adj < gate.alpha
+        claims.append(Claim(f"data-signal[{s.feature}]", bool(ok), s.p_cr_adj, f"p_adj < {gate.alpha}",
+                            f"p={_fmt(s.p_cr)}, p_adj={_fmt(s.p_cr_adj)} ({gate.correction}), r={_fmt(s.r_cr)}",
+                            s.n_train, f"avg(chosen-rejected)/S = {_fmt(s.cr_train)} on train, n={s.n_train}, "
+                            f"p_adj={_fmt(s.p_cr_adj)}, rank-biserial r={_fmt(s.r_cr)}"))
+    k = sum(c.passed for c in claims)
+    claims.append(Claim("data-signal", k >= gate.min_signal_features, float(k),
+                        f">= {gate.min_signal_features} features", "", len(stats),
+                        f"{k} of {len(stats)} features differ chosen vs rejected (alpha {gate.alpha}, "
+                        f"{gate.correction}); need {gate.min_signal_features}"))
+    return claims
+
+
+def signal_features(stats: Sequence[FeatureStat], gate: GateConfig) -> list[FeatureStat]:
+    return [s for s in stats if s.p_cr_adj < gate.alpha and min_attainable_p(s.n_cr_nonzero) <= gate.alpha]
+
+
+def alignment(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
+    """tuned vs base per feature, sign agreement per signal feature, and the agreement rate."""
+    claims = []
+    for s in stats:
+        ok = s.p_tb_adj < gate.alpha
+        claims.append(Claim(f"tuned-differs[{s.feature}]", bool(ok), s.p_tb_adj, f"p_adj < {gate.alpha}",
+                            f"p={_fmt(s.p_tb)}, p_adj={_fmt(s.p_tb_adj)}, r={_fmt(s.r_tb)}", s.n_valid,
+                            f"avg(tuned-base)/S = {_fmt(s.tb_valid)} on valid, n={s.n_valid}, "
+                            f"p_adj={_fmt(s.p_tb_adj)}, r={_fmt(s.r_tb)}"))
+    signal = {s.feature for s in signal_features(stats, gate)}
+    for s in stats:
+        cid = f"sign-agreement[{s.feature}]"
+        if s.feature not in signal:
+            claims.append(Claim(cid, False, None, "data signal first", f"p_cr_adj={_fmt(s.p_cr_adj)}", s.n_valid,
+                                f"skipped: no data signal for this feature (p_adj={_fmt(s.p_cr_adj)} >= "
+                                f"{gate.alpha})", applicable=False))
+            continue
+        claims.append(Claim(cid, s.sign_agreement > 0, float(s.sign_agreement), "+1 (same direction)", "",
+                            s.n_valid, f"chosen-rejected {_fmt(s.cr_valid)}, tuned-base {_fmt(s.tb_valid)} "
+                            f"(normalised, valid split)"))
+    agree = [s.sign_agreement > 0 for s in stats if s.feature in signal]
+    rate = sum(agree) / len(agree) if agree else math.nan
+    claims.append(Claim("sign-agreement-rate", bool(agree) and rate >= gate.min_agreement, rate,
+                        f">= {gate.min_agreement}", "", len(agree),
+                        f"{sum(agree)} of {len(agree)} data-signal features move the data's way "
+                        f"(rate {_fmt(rate)}, need {gate.min_agreement})" if agree else
+                        "no feature has data signal, so agreement cannot be measured"))
+    return claims
+
+
+def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
+    lvl = f"{gate.ci_level:.0%} CI"
+    a, m = summary.accuracy, summary.margin
+    why = " Every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the " \
+          "adapter is not active)." if summary.all_zero else ""
+    if summary.n == 0:
+        empty = "no valid pairs to score"
+        return [Claim("reward-accuracy", False, None, "", "", 0, empty),
+                Claim("reward-margin", False, None, "", "", 0, empty)]
+    return [
+        Claim("reward-accuracy", a.ci_low > gate.min_reward_accuracy, a.value, f"CI low > {gate.min_reward_accuracy}",
+              f"{lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}]", summary.n,
+              f"accuracy {a.value:.3f}, {lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}], n={summary.n}, beta={summary.beta}"
+              + why),
+        Claim("reward-margin", m.ci_low > 0, m.value, "CI low > 0", f"{lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
+              summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why),
+    ]

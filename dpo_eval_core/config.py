@@ -1,0 +1,247 @@
+"""Frozen run and gate configuration, validated once, before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args
+
+from .errors import ConfigError
+
+Quant = Literal["none", "8bit", "4bit"]
+ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
+SplitMode = Literal["auto", "own", "hash"]
+Correction = Literal["none", "bh", "bonferroni"]
+
+CACHE_ENV = "DPO_EVAL_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$DPO_EVAL_CACHE_DIR, else ~/.cache/dpo-eval (never inside the installed package)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "dpo-eval"
+
+
+def _choice(option: str, value: str, allowed: Any) -> None:
+    choices = get_args(allowed)
+    if value not in choices:
+        raise ConfigError(option, value, "one of " + ", ".join(choices))
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """Which claims gate and their thresholds. Command line > file > these defaults."""
+
+    alpha: float = 0.05
+    """Significance level for every paired Wilcoxon claim."""
+    correction: Correction = "bh"
+    """Multiple-comparison correction within a claim family: none, bh (Benjamini-Hochberg), bonferroni."""
+    min_signal_features: int = 5
+    """K: the data carries signal when at least K features differ chosen vs rejected."""
+    min_agreement: float = 0.6
+    """Share of data-signal features whose tuned-minus-base sign agrees with chosen-minus-rejected."""
+    min_reward_accuracy: float = 0.5
+    """Lower CI bound of implicit-reward accuracy on the valid split must exceed this."""
+    beta: float = 0.1
+    """DPO beta used to turn log-ratios into rewards (TRL's default)."""
+    ci_level: float = 0.95
+    """Confidence level of bootstrap intervals."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples for confidence intervals."""
+    max_kl: float = 0.1
+    """Quantized vs full-precision mean KL per next-token distribution must stay below this."""
+    min_top1_agreement: float = 0.9
+    """Quantized vs full-precision share of positions with the same top-1 token."""
+    gating: tuple[str, ...] = (
+        "adapter-loads",
+        "adapter-changes-model",
+        "tokenizer-ready",
+        "no-nan-logits",
+        "quantized-agrees",
+        "merged-agrees",
+        "reward-accuracy",
+        "reward-margin",
+        "data-signal",
+        "sign-agreement-rate",
+    )
+    """Claim ids that fail the run; every other claim is reported as a non-strict xfail."""
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
+        _choice("gate.correction", self.correction, Correction)
+        if not isinstance(self.min_signal_features, int) or self.min_signal_features < 0:
+            raise ConfigError("gate.min_signal_features", self.min_signal_features, "an integer >= 0")
+        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:
+            raise ConfigError("gate.n_bootstrap", self.n_bootstrap, "an integer >= 100")
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise ConfigError("gate.beta", self.beta, "a number > 0")
+        if not (isinstance(self.max_kl, (int, float)) and self.max_kl >= 0):
+            raise ConfigError("gate.max_kl", self.max_kl, "a number >= 0")
+
+    def gates(self, claim_id: str) -> bool:
+        """True when a failure of this claim (family) fails the run."""
+        return claim_id.split("[")[0] in self.gating
+
+    def merged(self, overrides: Mapping[str, Any], source: str) -> "GateConfig":
+        """A copy with overrides (a TOML table or KEY=VALUE pairs) applied; unknown keys name the source."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        values = {name: getattr(self, name) for name in known}
+        for key, raw in overrides.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: {key}", raw, "one of " + ", ".join(sorted(known)))
+            values[name] = _coerce(f"{source}: {key}", raw, known[name].default)
+        return GateConfig(**values)
+
+
+def _coerce(option: str, raw: Any, default: Any) -> Any:
+    """Turn TOML values or command-line strings into the type of the field's default."""
+    try:
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                return tuple(s.strip() for s in raw.split(",") if s.strip())
+            return tuple(str(s) for s in raw)
+        if isinstance(default, bool):
+            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(option, raw, f"a value of type {type(default).__name__}") from None
+
+
+def load_gate_file(path: Path) -> dict[str, Any]:
+    """The [tool.dpo_eval] table of a pyproject.toml, or the top level of any other TOML file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("--gate-config", str(path), "an existing TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--gate-config", str(path), f"valid TOML ({e})") from None
+    if path.name == "pyproject.toml":
+        return dict(data.get("tool", {}).get("dpo_eval", {}))
+    return dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    """One gate run: what to load, which data, how to generate, where to write."""
+
+    adapter: Path | None = None
+    """PEFT LoRA directory; None gates the bundled demo adapter."""
+    base_model: str | None = None
+    """Hub id or local directory of the base; None reads it from the adapter config."""
+    data: str | None = None
+    """Hub dataset id or local .jsonl/.json/.csv/.parquet; None uses the demo pairs."""
+    columns: tuple[tuple[str, str], ...] = ()
+    """Renames from the file's column names to prompt/chosen/rejected/system/question."""
+    split: SplitMode = "auto"
+    """auto: the dataset's own train/valid split if it has one, else a seeded hash split."""
+    valid_fraction: float = 0.2
+    """Share of prompts in the valid split of a hash split."""
+    max_samples: int | None = None
+    """At most this many pairs per split (deterministic: the first by prompt hash)."""
+    quant: Quant = "none"
+    """Quantization of the base for generation and rewards."""
+    compute_dtype: ComputeDtype = "auto"
+    """auto: float32 on CPU, bfloat16 on CUDA."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    batch_size: int = 16
+    """Prompts per generation or scoring batch."""
+    max_new_tokens: int = 96
+    """Generation stops at EOS or after this many new tokens."""
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Content-addressed cache of converted models, generations, features and rewards."""
+    results: Path = Path("results.json")
+    """Where the machine-readable results are written."""
+    baseline: Path | None = None
+    """results.json of a previous release to compare against."""
+    seed: int = 0
+    """Seeds the hash split, sampling and bootstrap."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """Thresholds and which claims gate."""
+
+    def __post_init__(self) -> None:
+        _choice("--quant", self.quant, Quant)
+        _choice("--compute-dtype", self.compute_dtype, ComputeDtype)
+        _choice("--split", self.split, SplitMode)
+        if not (0.0 < self.valid_fraction < 1.0):
+            raise ConfigError("--valid-fraction", self.valid_fraction, "a number strictly between 0 and 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError("--max-samples", self.max_samples, "a positive integer",
+                              "Leave it out to use every pair.")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size", self.batch_size, "a positive integer")
+        if self.max_new_tokens < 1:
+            raise ConfigError("--max-new-tokens", self.max_new_tokens, "a positive integer",
+                              "An answer of zero tokens has no text features.")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise ConfigError("--device", self.device, "auto, cpu, cuda or cuda:N")
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise ConfigError("--adapter", str(self.adapter), "a PEFT adapter directory containing adapter_config.json",
+                              "Point --adapter at the folder written by PeftModel.save_pretrained().")
+        if self.baseline is not None and not Path(self.baseline).is_file():
+            raise ConfigError("--baseline", str(self.baseline), "an existing results.json of an earlier run")
+        names = {src for src, _ in self.columns}
+        if len(names) != len(self.columns):
+            raise ConfigError("--columns", dict(self.columns), "each source column named once")
+
+    @property
+    def on_cuda(self) -> bool:
+        """True when models run on a CUDA device."""
+        return self.resolved_device.startswith("cuda")
+
+    @property
+    def resolved_device(self) -> str:
+        """The device string actually used."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_dtype(self) -> str:
+        """float32 on CPU, bfloat16 on CUDA, unless set."""
+        if self.compute_dtype != "auto":
+            return self.compute_dtype
+        return "bfloat16" if self.on_cuda else "float32"
+
+    def warnings(self) -> list[str]:
+        """Legal but risky combinations the user should hear about."""
+        out = []
+        if self.quant == "4bit" and self.resolved_dtype == "float16":
+            out.append("--quant 4bit with --compute-dtype float16 is a known NaN trap with left padding "
+                       "(fully masked rows through sdpa); use bfloat16 on GPU or float32 on CPU.")
+        if self.quant != "none" and not self.on_cuda:
+            out.append(f"--quant {self.quant} on CPU runs bitsandbytes' slow CPU kernels.")
+        return out
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, _, idx = device.partition(":")
+    return head == "cuda" and idx.isdigit()
+
+
+def parse_columns(spec: str) -> tuple[tuple[str, str], ...]:
+    """'q=prompt,good=chosen,bad=rejected' -> (('q','prompt'), ...); targets are checked."""
+    targets = {"prompt", "chosen", "rejected", "system", "question"}
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        src, eq, dst = part.partition("=")
+        if not eq or not src or dst not in targets:
+            raise ConfigError("--columns", spec, "comma-separated SOURCE=TARGET with TARGET one of "
+                              + ", ".join(sorted(targets)), "Example: --columns q=prompt,good=chosen,bad=rejected")
+        out.append((src.strip(), dst.strip()))
+    return tuple(out)

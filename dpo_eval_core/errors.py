@@ -1,0 +1,28 @@
+"""Project exceptions. Every message says what was seen, what was expected and the fix."""
+
+from __future__ import annotations
+
+
+class DpoEvalError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class ConfigError(DpoEvalError):
+    """An option value or combination is invalid."""
+
+    def __init__(self, option: str, value: object, expected: str, fix: str = "") -> None:
+        self.option, self.value, self.expected = option, value, expected
+        msg = f"{option}={value!r} is invalid: expected {expected}."
+        super().__init__(f"{msg} {fix}".strip())
+
+
+class DataError(DpoEvalError):
+    """Preference data cannot be read or has no usable pairs."""
+
+
+class CheckpointError(DpoEvalError):
+    """An adapter or base model cannot be loaded as asked."""
+
+
+class CacheError(DpoEvalError):
+    """A cache entry cannot be written (the run goes on without it only where said)."""

@@ -1,0 +1,192 @@
+"""One gate run: pairs -> model (loaded once) -> answers -> features -> statistics -> claims.
+
+Every step is computed on first use and memoised on the run; the content-addressed cache
+makes re-runs and new adapters recompute only what changed. Usable without pytest:
+
+    run = GateRun(EvalConfig(adapter=Path("ckpt")))
+    for claim in run.all_claims(): print(claim.id, claim.passed, claim.message)
+"""
+
+from __future__ import annotations
+
+import gc
+import functools
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import claims as C
+from .backend import Generation, GenerationSettings, HFBackend
+from .cache import Cache, file_digest
+from .chat import accepts_system, require_chat_template
+from .config import EvalConfig
+from .data import PairSet, load_pairs
+from .demo import demo_data_path
+from .features import FEATURE_NAMES, FeatureSettings, feature_rows
+from .models import AdapterReport, CheckpointSpec, adapter_weights, attach_adapter, load_base, load_tokenizer, \
+    resolve, weights_files
+from .rewards import RewardSummary, score_logps, summarize
+from .stats import ROLES, FeatureStat, feature_stats
+
+
+@dataclass
+class Loaded:
+    """The one loaded model of a run."""
+
+    backend: HFBackend
+    report: AdapterReport
+    model_key: dict[str, Any]
+
+
+class GateRun:
+    def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None) -> None:
+        self.cfg = cfg
+        self.cache = cache or Cache(cfg.cache_dir)
+        self.timings: dict[str, float] = {}
+        self.computed: dict[str, int] = {}
+        self._loaded: Loaded | None = None
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    # ------------------------------------------------------------------ inputs
+    @functools.cached_property
+    def spec(self) -> CheckpointSpec:
+        return resolve(self.cfg)
+
+    @functools.cached_property
+    def data_source(self) -> str:
+        return self.cfg.data or str(demo_data_path(self.cfg.cache_dir))
+
+    @functools.cached_property
+    def pairs(self) -> PairSet:
+        c = self.cfg
+        return load_pairs(self.data_source, columns=c.columns, split_mode=c.split, valid_fraction=c.valid_fraction,
+                          seed=c.seed, max_samples=c.max_samples)
+
+    @functools.cached_property
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
+                                  batch_size=self.cfg.batch_size)
+
+    # ------------------------------------------------------------------ model
+    @property
+    def loaded(self) -> Loaded:
+        if self._loaded is None:
+            start = time.perf_counter()
+            self._loaded = self._load()
+            self._timed("load", start)
+        return self._loaded
+
+    def _load(self) -> Loaded:
+        spec, cfg = self.spec, self.cfg
+        adapter_file = adapter_weights(spec.adapter)
+        tokenizer = load_tokenizer(spec.base)
+        require_chat_template(tokenizer, spec.base)
+        model = load_base(spec.base, cfg.quant, cfg.resolved_dtype, cfg.resolved_device)
+        peft_model, report = attach_adapter(model, spec)
+        files = weights_files(spec.base)
+        base_fp = hashlib.sha256("".join(file_digest(f, self.cache) for f in files).encode()).hexdigest() \
+            if files else f"hub:{spec.base}"
+        key = {"base": base_fp, "adapter": file_digest(adapter_file, self.cache), "quant": cfg.quant,
+               "dtype": cfg.resolved_dtype, "device": cfg.resolved_device.split(":")[0],
+               "chat_template": hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()}
+        backend = HFBackend(peft_model, tokenizer, system_ok=accepts_system(tokenizer), device=cfg.resolved_device)
+        return Loaded(backend, report, key)
+
+    def free(self) -> None:
+        """Drop the model and return its memory."""
+        self._loaded = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    # ------------------------------------------------------------------ method
+    @functools.cached_property
+    def prompt_lengths(self) -> list[int]:
+        b = self.loaded.backend
+        return [len(b.prompt_ids(p.messages)) for p in self.pairs.pairs]
+
+    @functools.cached_property
+    def answers(self) -> dict[str, list[Generation]]:
+        """Tuned and base answers for every pair, from the one loaded model."""
+        start = time.perf_counter()
+        prompts = [p.messages for p in self.pairs.pairs]
+        out = {}
+        for role, adapter in (("tuned", True), ("base", False)):
+            out[role], n = self._generate(prompts, adapter, role)
+            self.computed[f"generations_{role}"] = n
+        self._timed("generate", start)
+        return out
+
+    def _generate(self, prompts: list, adapter: bool, role: str) -> tuple[list[Generation], int]:
+        from .generation import generate_answers
+
+        return generate_answers(self.loaded.backend, prompts, adapter=adapter, settings=self.settings,
+                                cache=self.cache, model_key=self.loaded.model_key, lengths=self.prompt_lengths,
+                                desc=f"generate {role}")
+
+    @functools.cached_property
+    def features(self) -> tuple[list[str], dict[str, np.ndarray]]:
+        """(feature names, {role: [n_pairs, n_features]}) for chosen, rejected, tuned and base texts."""
+        start = time.perf_counter()
+        texts = {"chosen": [p.chosen for p in self.pairs.pairs], "rejected": [p.rejected for p in self.pairs.pairs],
+                 "tuned": [g.text for g in self.answers["tuned"]], "base": [g.text for g in self.answers["base"]]}
+        flat = [t for r in ROLES for t in texts[r]]
+        with tqdm(total=len(set(flat)), desc="text features", unit="text", leave=False) as bar:
+            rows, n = feature_rows(flat, self.cache, FeatureSettings(), progress=bar.update)
+        self.computed["feature_rows"] = n
+        names = list(FEATURE_NAMES)
+        matrix = np.array([[r[k] for k in names] for r in rows], dtype=float)
+        n_pairs = len(self.pairs.pairs)
+        out = {role: matrix[i * n_pairs:(i + 1) * n_pairs] for i, role in enumerate(ROLES)}
+        self._timed("features", start)
+        return names, out
+
+    @functools.cached_property
+    def feature_stats(self) -> list[FeatureStat]:
+        names, values = self.features
+        return feature_stats(values, [p.split for p in self.pairs.pairs], names, self.cfg.gate.correction)
+
+    @functools.cached_property
+    def reward_summary(self) -> RewardSummary:
+        """Implicit rewards on the valid split."""
+        start = time.perf_counter()
+        valid = [i for i, p in enumerate(self.pairs.pairs) if p.split == "valid"]
+        pairs = [self.pairs.pairs[i] for i in valid]
+        logps, n = score_logps(self.loaded.backend, pairs, cache=self.cache, model_key=self.loaded.model_key,
+                               batch_size=self.cfg.batch_size, lengths=[self.prompt_lengths[i] for i in valid])
+        self.computed["logps"] = n
+        g = self.cfg.gate
+        self._timed("rewards", start)
+        return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed))
+
+    # ------------------------------------------------------------------ claims
+    def checkpoint_claims(self) -> list[C.Claim]:
+        return [C.adapter_loads(self.loaded.report, str(self.spec.adapter), self.spec.base)]
+
+    def data_claims(self) -> list[C.Claim]:
+        return C.data_signal(self.feature_stats, self.cfg.gate)
+
+    def alignment_claims(self) -> list[C.Claim]:
+        return C.alignment(self.feature_stats, self.cfg.gate)
+
+    def reward_claims(self) -> list[C.Claim]:
+        return C.rewards(self.reward_summary, self.cfg.gate)
+
+    def truncated_share(self) -> dict[str, float]:
+        """Share of answers cut at --max-new-tokens (it flattens length features)."""
+        return {r: float(np.mean([g.truncated for g in gens])) if gens else 0.0 for r, gens in self.answers.items()}
+
+    def all_claims(self) -> list[C.Claim]:
+        return self.checkpoint_claims() + self.reward_claims() + self.data_claims() + self.alignment_claims()

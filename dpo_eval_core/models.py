@@ -1,0 +1,206 @@
+"""Load a base model and a LoRA adapter once, safely, with an account of what matched.
+
+Weights come from safetensors only and no remote code runs. Tuned and base outputs
+come from the same loaded weights (the adapter is disabled for the base), never from
+a second copy in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import EvalConfig
+from .demo import DEMO_ADAPTER_DIR, DEMO_BASE_ID, demo_base_dir
+from .errors import CheckpointError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSpec:
+    """Where the base and adapter come from, resolved from the options."""
+
+    base: str
+    """Local directory or hub id actually loaded."""
+    base_declared: str
+    """The base named in adapter_config.json."""
+    adapter: Path
+    is_demo: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterReport:
+    """How the adapter's weights met the base's modules."""
+
+    target_modules: tuple[str, ...]
+    matched_modules: int
+    missing_keys: tuple[str, ...]
+    """LoRA parameters the base expects that the adapter file lacks."""
+    unexpected_keys: tuple[str, ...]
+    """Adapter tensors that match no module of the base."""
+    nonzero_b: int
+    """LoRA B matrices with any non-zero entry (a zero adapter has none)."""
+    n_b: int
+
+    @property
+    def ok(self) -> bool:
+        return self.matched_modules > 0 and not self.missing_keys and not self.unexpected_keys
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any]:
+    """adapter_config.json, with a fix in the message when it is absent or broken."""
+    path = Path(adapter) / "adapter_config.json"
+    if not Path(adapter).is_dir():
+        raise CheckpointError(f"--adapter {adapter}: directory not found.")
+    if not path.is_file():
+        raise CheckpointError(f"--adapter {adapter}: no adapter_config.json. Point --adapter at the folder written by "
+                              f"PeftModel.save_pretrained().")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}).") from None
+
+
+def resolve(cfg: EvalConfig) -> CheckpointSpec:
+    """Base and adapter locations; the demo when no adapter is given."""
+    adapter = Path(cfg.adapter) if cfg.adapter is not None else DEMO_ADAPTER_DIR
+    declared = str(read_adapter_config(adapter).get("base_model_name_or_path") or "")
+    base = cfg.base_model or declared
+    if not base:
+        raise CheckpointError(f"--adapter {adapter}: adapter_config.json names no base model and --base-model is not "
+                              f"set. Pass --base-model (a hub id or a local directory).")
+    if base == DEMO_BASE_ID:
+        base = str(demo_base_dir(cfg.cache_dir))
+    elif _looks_local(base) and not Path(base).expanduser().is_dir():
+        raise CheckpointError(f"--base-model {base}: directory not found.")
+    return CheckpointSpec(base=base, base_declared=declared, adapter=adapter, is_demo=cfg.adapter is None)
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") != 1
+
+
+def adapter_weights(adapter: Path) -> Path:
+    """The adapter's safetensors file; pickle-only adapters are refused with the reason."""
+    path = Path(adapter) / ADAPTER_WEIGHTS
+    if path.is_file():
+        return path
+    pickles = [p for p in PICKLE_WEIGHTS if (Path(adapter) / p).is_file()]
+    if pickles:
+        raise CheckpointError(f"--adapter {adapter}: only pickle weights ({', '.join(pickles)}); loading a pickle can "
+                              f"run arbitrary code. Re-save with PeftModel.save_pretrained(dir, "
+                              f"safe_serialization=True) to get {ADAPTER_WEIGHTS}.")
+    raise CheckpointError(f"--adapter {adapter}: no {ADAPTER_WEIGHTS}. Re-save the adapter with "
+                          f"PeftModel.save_pretrained(dir).")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def quantization_config(quant: str, compute_dtype: str) -> Any:
+    """bitsandbytes settings: 8-bit, or 4-bit NF4 with an explicit compute dtype; None for full precision."""
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype), bnb_4bit_use_double_quant=False)
+
+
+def load_tokenizer(base: str) -> Any:
+    """Tokenizer ready for batched generation: left padding and a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"base model {base}: cannot load its tokenizer ({e}).") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise CheckpointError(f"base model {base}: the tokenizer has neither a pad nor an EOS token; batched "
+                                  f"generation needs one. Set tokenizer.pad_token and save it.")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(base: str, quant: str, dtype: str, device: str) -> Any:
+    """The base causal LM from safetensors, optionally quantized, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "use_safetensors": True, "trust_remote_code": False}
+    qc = quantization_config(quant, dtype)
+    if qc is not None:
+        kwargs["quantization_config"] = qc
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"base model {base}: cannot load it from safetensors ({e}). The gate loads only "
+                              f"safetensors weights and never runs remote code.") from None
+    if qc is None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def attach_adapter(model: Any, spec: CheckpointSpec) -> tuple[Any, AdapterReport]:
+    """Wrap the base with the LoRA adapter and check that every adapter tensor found its module."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    weights = adapter_weights(spec.adapter)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(spec.adapter), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"--adapter {spec.adapter} does not fit the base: it was made for '{spec.base_declared}', the base "
+            f"loaded is '{spec.base}'. {str(e).splitlines()[0][:400]} Pass the adapter's own base with "
+            f"--base-model.") from None
+    peft_model.eval()
+    with safe_open(str(weights), framework="pt") as f:
+        file_keys = set(f.keys())
+        n_b = nonzero_b = 0
+        for key in file_keys:
+            if ".lora_B." in key:
+                n_b += 1
+                nonzero_b += int(bool(f.get_tensor(key).abs().max() > 0))
+    expected = _expected_adapter_keys(peft_model)
+    report = AdapterReport(
+        target_modules=tuple(sorted(_target_modules(peft_model))),
+        matched_modules=len({k.rsplit(".lora_", 1)[0] for k in expected}),
+        missing_keys=tuple(sorted(expected - file_keys)),
+        unexpected_keys=tuple(sorted(file_keys - expected)),
+        nonzero_b=nonzero_b, n_b=n_b)
+    if report.unexpected_keys and report.matched_modules == 0:
+        raise CheckpointError(f"--adapter {spec.adapter} matches no module of the base: it was made for "
+                              f"'{spec.base_declared}', the base loaded is '{spec.base}'.")
+    return peft_model, report
+
+
+def _expected_adapter_keys(peft_model: Any) -> set[str]:
+    """Keys PEFT would save for this adapter, in the file's naming (no adapter name, base_model.model prefix)."""
+    from peft import get_peft_model_state_dict
+
+    return set(get_peft_model_state_dict(peft_model).keys())
+
+
+def _target_modules(peft_model: Any) -> set[str]:
+    cfg = peft_model.peft_config[peft_model.active_adapter]
+    tm = cfg.target_modules
+    return set(tm) if not isinstance(tm, str) else {tm}
+
+
+def weights_files(base: str) -> list[Path]:
+    """The safetensors files of a local base (empty for a hub id)."""
+    path = Path(base)
+    return sorted(path.glob("*.safetensors")) if path.is_dir() else []

@@ -1,0 +1,104 @@
+"""The DPO implicit reward, computed as TRL computes it, with bootstrap intervals.
+
+reward = beta * (log p_policy(completion | prompt) - log p_reference(completion | prompt)),
+policy = base + adapter, reference = the same weights with the adapter disabled.
+accuracy = mean(reward_chosen > reward_rejected) (ties count as not preferred),
+margin = mean(reward_chosen - reward_rejected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backend import Backend, batches
+from .cache import Cache, make_key
+from .data import PreferencePair
+from .stats import bootstrap_mean_ci
+
+
+@dataclass(frozen=True, slots=True)
+class PairLogps:
+    policy_chosen: float
+    policy_rejected: float
+    reference_chosen: float
+    reference_rejected: float
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSummary:
+    n: int
+    beta: float
+    accuracy: Estimate
+    margin: Estimate
+    chosen: Estimate
+    rejected: Estimate
+    margins: tuple[float, ...]
+    """Per-pair reward margins, for the report's distribution plot."""
+    all_zero: bool
+    """Every reward is exactly 0: policy equals reference (a zero adapter, or no adapter active)."""
+
+
+def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cache, model_key: Mapping[str, Any],
+                batch_size: int, lengths: Sequence[int]) -> tuple[list[PairLogps], int]:
+    """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
+
+    Reference log-probs are keyed without the adapter, so a new adapter reuses them.
+    """
+    ref_key = {**model_key, "adapter": None}
+    values: dict[tuple[str, bool, int], float] = {}
+    todo: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+    keys = {}
+    for i, p in enumerate(pairs):
+        for adapter, mk in ((True, model_key), (False, ref_key)):
+            for which, text in (("chosen", p.chosen), ("rejected", p.rejected)):
+                key = make_key("logp", {"model": dict(mk), "messages": [list(m) for m in p.messages],
+                                        "completion": text})
+                keys[(which, adapter, i)] = key
+                hit = cache.get("logp", key)
+                if hit is None:
+                    todo[adapter].append((i, which))
+                else:
+                    values[(which, adapter, i)] = float(hit)
+    computed = sum(len(v) for v in todo.values())
+    if computed:
+        with tqdm(total=computed, desc="log-probs", unit="seq", leave=False) as bar:
+            for adapter, items in todo.items():
+                lens = [lengths[i] + len(getattr(pairs[i], w)) // 4 for i, w in items]
+                for batch in batches(len(items), batch_size, lens):
+                    chunk = [items[b] for b in batch]
+                    out = backend.logprobs([pairs[i].messages for i, _ in chunk],
+                                           [getattr(pairs[i], w) for i, w in chunk], adapter=adapter)
+                    for (i, w), lp in zip(chunk, out):
+                        values[(w, adapter, i)] = lp
+                        cache.put("logp", keys[(w, adapter, i)], lp)
+                    bar.update(len(chunk))
+    return [PairLogps(values[("chosen", True, i)], values[("rejected", True, i)],
+                      values[("chosen", False, i)], values[("rejected", False, i)]) for i in range(len(pairs))], computed
+
+
+def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
+              rng: np.random.Generator) -> RewardSummary:
+    """Accuracy, margin and mean rewards, each with a percentile bootstrap interval."""
+    chosen = beta * np.array([x.policy_chosen - x.reference_chosen for x in logps])
+    rejected = beta * np.array([x.policy_rejected - x.reference_rejected for x in logps])
+    margins = chosen - rejected
+    correct = (chosen > rejected).astype(float)
+
+    def est(x: np.ndarray) -> Estimate:
+        lo, hi = bootstrap_mean_ci(x, ci_level, n_bootstrap, rng)
+        return Estimate(float(x.mean()) if x.size else float("nan"), lo, hi)
+
+    return RewardSummary(n=len(logps), beta=beta, accuracy=est(correct), margin=est(margins),
+                         chosen=est(chosen), rejected=est(rejected), margins=tuple(float(m) for m in margins),
+                         all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)))

@@ -1,0 +1,119 @@
+"""Loading, chat formatting and generation on tiny random models (Llama and Mistral shapes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpo_eval_core.backend import GenerationSettings, HFBackend
+from dpo_eval_core.chat import accepts_system, fold_system, leading_bos_count, prompt_ids, require_chat_template
+from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.errors import CheckpointError
+from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
+from tiny import make_adapter, make_base
+
+MESSAGES = (("system", "Be brief."), ("user", "What is DNA?"))
+
+
+def load(adapter: Path, base: Path | None = None):
+    spec = resolve(EvalConfig(adapter=adapter, base_model=str(base) if base else None))
+    tok = load_tokenizer(spec.base)
+    model, report = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
+    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu"), report
+
+
+def test_adapter_loads_with_every_target_module_matched(tiny_adapter):
+    _, report = load(tiny_adapter)
+    assert report.ok and report.target_modules == ("q_proj", "v_proj")
+    assert report.matched_modules == 4  # 2 layers x (q_proj, v_proj)
+    assert report.nonzero_b == report.n_b == 4
+
+
+def test_zero_adapter_has_no_nonzero_b_and_leaves_logits_unchanged(zero_adapter):
+    backend, report = load(zero_adapter)
+    assert report.nonzero_b == 0
+    ids = torch.tensor([backend.prompt_ids(MESSAGES)])
+    with torch.no_grad():
+        tuned = backend.model(input_ids=ids).logits
+        with backend.model.disable_adapter():
+            base = backend.model(input_ids=ids).logits
+    assert torch.equal(tuned, base)
+
+
+def test_adapter_for_another_base_fails_naming_both(tiny_adapter, tmp_path):
+    other = make_base(tmp_path / "wide", "llama", hidden=64)
+    with pytest.raises(CheckpointError) as err:
+        load(tiny_adapter, base=other)
+    assert str(tiny_adapter.name) in str(err.value) or "made for" in str(err.value)
+    assert str(other) in str(err.value) and "made for" in str(err.value)
+
+
+def test_adapter_targeting_modules_the_base_lacks_fails(tiny_llama, tmp_path):
+    adapter = make_adapter(tiny_llama, tmp_path / "a")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["no_such_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not fit the base"):
+        load(adapter)
+
+
+def test_pickle_only_adapter_is_refused_with_the_reason(tiny_adapter, tmp_path):
+    adapter = tmp_path / "pickled"
+    shutil.copytree(tiny_adapter, adapter)
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(CheckpointError, match="only pickle weights"):
+        load(adapter)
+
+
+def test_mistral_tokenizer_gets_bos_1_pad_left_and_folds_the_system_turn(tiny_mistral):
+    tok = load_tokenizer(str(tiny_mistral))
+    assert tok.bos_token_id == 1 and tok.pad_token_id == tok.eos_token_id == 2 and tok.padding_side == "left"
+    assert not accepts_system(tok)
+    ids = prompt_ids(tok, MESSAGES, system_ok=False)
+    assert leading_bos_count(ids, tok.bos_token_id) == 1
+    assert "Be brief.\n\nWhat is DNA?" in tok.decode(ids)
+
+
+def test_double_bos_is_caught_when_text_is_retokenized_with_special_tokens(tiny_mistral):
+    tok = load_tokenizer(str(tiny_mistral))
+    tok.add_bos_token = True  # the classic mistake: template as text, then tokenize with special tokens
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    wrong = tok(text, add_special_tokens=True)["input_ids"]
+    if wrong[0] != tok.bos_token_id or wrong[:2] != [1, 1]:
+        wrong = [tok.bos_token_id] + wrong  # tokenizers without a post-processor: prepend as Llama's would
+    assert leading_bos_count(wrong, tok.bos_token_id) == 2
+    assert leading_bos_count(prompt_ids(tok, fold_system(MESSAGES), True), tok.bos_token_id) == 1
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    tok.chat_template = None
+    with pytest.raises(CheckpointError, match="no chat template"):
+        require_chat_template(tok, "tiny")
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_batched_generation_equals_one_by_one_in_fp32(kind, tmp_path):
+    base = make_base(tmp_path / kind, kind)
+    backend, _ = load(make_adapter(base, tmp_path / "ad"))
+    prompts = [(("user", "Hi"),), (("user", "Tell me a much longer story about a fox, please."),),
+               (("system", "S"), ("user", "Mid-length question here?"))]
+    settings = GenerationSettings(max_new_tokens=8, batch_size=3)
+    batched = backend.generate(prompts, adapter=True, settings=settings)
+    single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.n_tokens <= 8 for g in batched)
+
+
+def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adapter):
+    backend, _ = load(tiny_adapter)
+    settings = GenerationSettings(max_new_tokens=12)
+    tuned = backend.generate([MESSAGES], adapter=True, settings=settings)
+    base = backend.generate([MESSAGES], adapter=False, settings=settings)
+    assert tuned[0].text != base[0].text  # random non-zero LoRA moves a random tiny model
+    n_params = sum(p.numel() for p in backend.model.parameters())
+    assert n_params < 200_000  # one copy: base + LoRA, no second model

@@ -1,0 +1,80 @@
+"""Tiny random models, tokenizers and adapters built on disk for tests: no hub, seconds to make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Mistral-Instruct's shape: BOS inside the template, no system role, no pad token.
+MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+           "{{ raise_exception('System role not supported') }}{% endif %}"
+           "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+           "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+Kind = Literal["llama", "mistral"]
+
+
+def make_tokenizer(kind: Kind):  # type: ignore[no-untyped-def]
+    """A byte-level tokenizer (every byte a token) with the special tokens of the model family."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = ["<unk>", "<s>", "</s>"] if kind == "mistral" else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=specials[0]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    if kind == "mistral":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        fast.chat_template = MISTRAL
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                       pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        fast.chat_template = CHATML
+    return fast
+
+
+def make_base(path: Path, kind: Kind = "llama", hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny random causal LM (safetensors) and its tokenizer to path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    tok = make_tokenizer(kind)
+    common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common, pad_token_id=None))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_adapter(base: Path, path: Path, init: Literal["random", "zero"] = "random", r: int = 4,
+                 target_modules: tuple[str, ...] = ("q_proj", "v_proj"), scale: float = 0.5, seed: int = 0) -> Path:
+    """Save a LoRA adapter for base: random non-zero A and B, or B = 0 (an adapter that changes nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
+                                            task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * scale if init == "random" else torch.zeros_like(p))
+    peft.save_pretrained(path, safe_serialization=True)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    return path
