@@ -122,3 +122,46 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
         Claim("reward-margin", m.ci_low > 0, m.value, "CI low > 0", f"{lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
               summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why),
     ]
+
+
+def adapter_changes_model(report: AdapterReport, max_abs_diff: float, top1_changed: float) -> Claim:
+    ok = report.nonzero_b > 0 and max_abs_diff > 1e-4
+    why = "" if ok else (" All LoRA B matrices are zero: the adapter is the identity (untrained or zeroed)."
+                         if report.nonzero_b == 0 else " Tuned and base logits are identical on real prompts.")
+    return Claim("adapter-changes-model", ok, max_abs_diff, "max |tuned - base logit| > 1e-4 and some B != 0", "",
+                 None, f"{report.nonzero_b} of {report.n_b} LoRA B matrices non-zero; max |logit change| "
+                 f"{max_abs_diff:.4g}; top-1 token changed at {top1_changed:.1%} of positions" + why)
+
+
+def tokenizer_ready(bos_id: int | None, model_bos_id: int | None, pad_id: int | None, padding_side: str,
+                    leading_bos: int, template_has_bos: bool) -> Claim:
+    problems = []
+    if pad_id is None:
+        problems.append("no pad token")
+    if padding_side != "left":
+        problems.append(f"padding side {padding_side!r} (decoder-only generation needs 'left')")
+    if model_bos_id is not None and bos_id != model_bos_id:
+        problems.append(f"tokenizer bos id {bos_id} != model config bos id {model_bos_id}")
+    if leading_bos > 1:
+        problems.append(f"{leading_bos} BOS tokens open the templated prompt (double BOS: the template already "
+                        f"adds one; tokenize with add_special_tokens=False)")
+    if template_has_bos and leading_bos != 1:
+        problems.append(f"the chat template writes a BOS but the prompt starts with {leading_bos}")
+    return Claim("tokenizer-ready", not problems, float(leading_bos), "pad set, left padding, one BOS", "", None,
+                 f"bos={bos_id}, pad={pad_id}, padding={padding_side}, leading BOS after template={leading_bos}"
+                 + ("; " + "; ".join(problems) if problems else ""))
+
+
+def quantization(variant: str, probe_finite: bool, first_bad: str | None, top1: float, kl: float,
+                 merged_top1: float, merged_kl: float, gate: GateConfig) -> list[Claim]:
+    nan = Claim(f"no-nan-logits[{variant}]", probe_finite, None, "all logits finite", "", None,
+                "all logits finite on a left-padded batch of prompts of very different lengths" if probe_finite
+                else f"non-finite logits under {variant}; first non-finite output: {first_bad or 'logits only'}")
+
+    def agree(cid: str, t1: float, k: float, against: str) -> Claim:
+        ok = probe_finite and t1 >= gate.min_top1_agreement and k <= gate.max_kl
+        return Claim(cid, bool(ok), k, f"top-1 >= {gate.min_top1_agreement}, KL <= {gate.max_kl}", "", None,
+                     f"vs {against}: top-1 agreement {_fmt(t1)}, mean KL {_fmt(k)} nats")
+
+    return [nan, agree(f"quantized-agrees[{variant}]", top1, kl, "full precision, unmerged"),
+            agree(f"merged-agrees[{variant}]", merged_top1, merged_kl, "adapter merged into the full-precision base")]

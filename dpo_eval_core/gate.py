@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 from . import claims as C
 from .backend import Generation, GenerationSettings, HFBackend
 from .cache import Cache, file_digest
-from .chat import accepts_system, require_chat_template
+from .chat import accepts_system, leading_bos_count, require_chat_template
 from .config import EvalConfig
 from .data import PairSet, load_pairs
 from .demo import demo_data_path
 from .features import FEATURE_NAMES, FeatureSettings, feature_rows
 from .models import AdapterReport, CheckpointSpec, adapter_weights, attach_adapter, load_base, load_tokenizer, \
     resolve, weights_files
+from .quantization import Probe, Variant, agreement, pick_probe_prompts, probe_batch, run_probe
+from .quantization import free as free_models
 from .rewards import RewardSummary, score_logps, summarize
 from .stats import ROLES, FeatureStat, feature_stats
 
@@ -50,6 +52,7 @@ class GateRun:
         self.timings: dict[str, float] = {}
         self.computed: dict[str, int] = {}
         self._loaded: Loaded | None = None
+        self._quant: dict[str, list[C.Claim]] = {}
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -139,9 +142,10 @@ class GateRun:
     @functools.cached_property
     def features(self) -> tuple[list[str], dict[str, np.ndarray]]:
         """(feature names, {role: [n_pairs, n_features]}) for chosen, rejected, tuned and base texts."""
+        answers = self.answers
         start = time.perf_counter()
         texts = {"chosen": [p.chosen for p in self.pairs.pairs], "rejected": [p.rejected for p in self.pairs.pairs],
-                 "tuned": [g.text for g in self.answers["tuned"]], "base": [g.text for g in self.answers["base"]]}
+                 "tuned": [g.text for g in answers["tuned"]], "base": [g.text for g in answers["base"]]}
         flat = [t for r in ROLES for t in texts[r]]
         with tqdm(total=len(set(flat)), desc="text features", unit="text", leave=False) as bar:
             rows, n = feature_rows(flat, self.cache, FeatureSettings(), progress=bar.update)
@@ -171,9 +175,67 @@ class GateRun:
         self._timed("rewards", start)
         return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed))
 
+    # ------------------------------------------------------------------ checkpoint and quantization
+    @functools.cached_property
+    def probe_prompts(self) -> list:
+        """A few real prompts from shortest to longest: uneven left padding on purpose."""
+        idx = pick_probe_prompts([p.messages for p in self.pairs.pairs], self.prompt_lengths)
+        return [self.pairs.pairs[i].messages for i in idx]
+
+    def _probe_inputs(self, device: str) -> tuple[Any, Any]:
+        b = self.loaded.backend
+        return probe_batch(b.tokenizer, self.probe_prompts, b.system_ok, device)
+
+    @functools.cached_property
+    def adapter_effect(self) -> tuple[float, float]:
+        """(max |tuned - base| logit, share of positions whose top-1 token changed) on the probe batch."""
+        import torch
+
+        b = self.loaded.backend
+        ids, mask = self._probe_inputs(self.cfg.resolved_device)
+        with torch.inference_mode():
+            tuned = b.model(input_ids=ids, attention_mask=mask).logits[mask.bool()].float()
+            with b.model.disable_adapter():
+                base = b.model(input_ids=ids, attention_mask=mask).logits[mask.bool()].float()
+        return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())
+
+    @functools.cached_property
+    def _reference_probes(self) -> tuple[Probe, Probe]:
+        """Full-precision unmerged and merged (safe_merge) probes, from one load that is freed after."""
+        spec, device = self.spec, self.cfg.resolved_device
+        dtype = "float32" if not self.cfg.on_cuda else self.cfg.resolved_dtype
+        model, _ = attach_adapter(load_base(spec.base, "none", dtype, device), spec)
+        ids, mask = self._probe_inputs(device)
+        unmerged = run_probe(model, ids, mask, "reference")
+        merged_model = model.merge_and_unload(safe_merge=True)
+        merged = run_probe(merged_model, ids, mask, "merged")
+        free_models(model, merged_model)
+        return unmerged, merged
+
+    def quantization_claims(self, variant: Variant) -> list[C.Claim]:
+        """Claims for one quantization variant; its model is loaded, probed and freed here."""
+        if variant.id not in self._quant:
+            ref, merged = self._reference_probes
+            spec, device = self.spec, self.cfg.resolved_device
+            model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device), spec)
+            probe = run_probe(model, *self._probe_inputs(device), variant.id)
+            free_models(model)
+            self._quant[variant.id] = C.quantization(variant.id, probe.finite, probe.first_nonfinite_module,
+                                                     *agreement(ref, probe), *agreement(merged, probe),
+                                                     self.cfg.gate)
+        return self._quant[variant.id]
+
     # ------------------------------------------------------------------ claims
     def checkpoint_claims(self) -> list[C.Claim]:
-        return [C.adapter_loads(self.loaded.report, str(self.spec.adapter), self.spec.base)]
+        b, report = self.loaded.backend, self.loaded.report
+        tok = b.tokenizer
+        ids = b.prompt_ids(self.probe_prompts[0])
+        template_has_bos = bool(tok.bos_token) and str(tok.chat_template).find("bos_token") >= 0
+        model_bos = getattr(b.model.get_base_model().config, "bos_token_id", None)
+        return [C.adapter_loads(report, str(self.spec.adapter), self.spec.base),
+                C.adapter_changes_model(report, *self.adapter_effect),
+                C.tokenizer_ready(tok.bos_token_id, model_bos, tok.pad_token_id, tok.padding_side,
+                                  leading_bos_count(ids, tok.bos_token_id), template_has_bos)]
 
     def data_claims(self) -> list[C.Claim]:
         return C.data_signal(self.feature_stats, self.cfg.gate)

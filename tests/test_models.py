@@ -45,7 +45,7 @@ def test_zero_adapter_has_no_nonzero_b_and_leaves_logits_unchanged(zero_adapter)
 
 
 def test_adapter_for_another_base_fails_naming_both(tiny_adapter, tmp_path):
-    other = make_base(tmp_path / "wide", "llama", hidden=64)
+    other = make_base(tmp_path / "wide", "llama", hidden=96)
     with pytest.raises(CheckpointError) as err:
         load(tiny_adapter, base=other)
     assert str(tiny_adapter.name) in str(err.value) or "made for" in str(err.value)
@@ -116,4 +116,4 @@ def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adap
     base = backend.generate([MESSAGES], adapter=False, settings=settings)
     assert tuned[0].text != base[0].text  # random non-zero LoRA moves a random tiny model
     n_params = sum(p.numel() for p in backend.model.parameters())
-    assert n_params < 200_000  # one copy: base + LoRA, no second model
+    assert n_params < 400_000  # one copy: base + LoRA, no second model

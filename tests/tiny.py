@@ -39,7 +39,7 @@ def make_tokenizer(kind: Kind):  # type: ignore[no-untyped-def]
     return fast
 
 
-def make_base(path: Path, kind: Kind = "llama", hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+def make_base(path: Path, kind: Kind = "llama", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny random causal LM (safetensors) and its tokenizer to path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM

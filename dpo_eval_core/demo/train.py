@@ -23,7 +23,9 @@ from . import DEMO_BASE_ID, demo_base_dir, demo_data_path, demo_pairs_sha256
 RECIPE = {
     "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "dpo": {"beta": 0.1, "learning_rate": 5e-4, "num_train_epochs": 1, "gradient_checkpointing": False, "per_device_train_batch_size": 8,
+    # sigmoid = DPO; sft adds the NLL of chosen answers (RPO), so that generations take up the chosen style
+    # rather than only moving probability away from the rejected one.
+    "dpo": {"beta": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0], "learning_rate": 5e-4, "num_train_epochs": 1, "gradient_checkpointing": False, "per_device_train_batch_size": 8,
             "per_device_eval_batch_size": 8, "max_length": 512, "lr_scheduler_type": "cosine",
             "warmup_steps": 4, "seed": 0},
 }
@@ -50,6 +52,7 @@ def train(out: Path, data: str | None, swap: bool, cache_dir: Path, max_samples:
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(RECIPE["dpo"]["seed"])
+    cuda = torch.cuda.is_available()  # TRL defaults to bf16 autocast, which is slow and lossy on CPU
     source = data or str(demo_data_path(cache_dir))
     pairs = load_pairs(source, max_samples=max_samples)
     base = demo_base_dir(cache_dir)
@@ -58,7 +61,7 @@ def train(out: Path, data: str | None, swap: bool, cache_dir: Path, max_samples:
     train_ds = Dataset.from_list(as_trl_rows(list(pairs.split("train")), swap))
     eval_ds = Dataset.from_list(as_trl_rows(list(pairs.split("valid")), swap=False))
     args = DPOConfig(output_dir=str(out / "_trainer"), logging_steps=5, save_strategy="no", report_to=[],
-                     eval_strategy="no", use_cpu=not torch.cuda.is_available(), **RECIPE["dpo"])
+                     eval_strategy="no", use_cpu=not cuda, bf16=cuda, **RECIPE["dpo"])
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **RECIPE["lora"]))
     start = time.time()

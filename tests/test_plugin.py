@@ -1,0 +1,97 @@
+"""The pytest plugin end to end: start-up errors name the option and the fix, claims become verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+PLUGINS = ["-p", "fixtures.options", "-p", "fixtures.session", "-p", "fixtures.reporting", "-p", "no:cacheprovider"]
+GATE_TEST = """
+def test_adapter_loads(gate_run, claim, check_claim):
+    check_claim(claim(gate_run.checkpoint_claims, "adapter-loads"))
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*PLUGINS, *args)
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(24)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--max-samples", "0"], "--max-samples=0 is invalid: expected a positive integer"),
+    (["--quant", "3bit"], "--quant='3bit' is invalid: expected one of none, 8bit, 4bit"),
+    (["--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
+    (["--valid-fraction", "1.5"], "--valid-fraction=1.5 is invalid"),
+    (["--device", "tpu"], "--device='tpu' is invalid: expected auto, cpu, cuda or cuda:N"),
+    (["--batch-size", "many"], "--batch-size='many': expected an integer"),
+    (["--columns", "q:prompt"], "--columns='q:prompt' is invalid"),
+    (["--gate", "alhpa=0.1"], "--gate: alhpa='0.1' is invalid: expected one of alpha"),
+], ids=["max-samples-0", "unknown-quant", "max-new-tokens-0", "valid-fraction", "device", "batch-size",
+        "columns", "unknown-gate-key"])
+def test_invalid_options_stop_at_start_up_naming_option_and_allowed(pytester, args, fragment):
+    result = run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert fragment in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_adapter_directory_without_config_is_a_usage_error(pytester, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    result = run(pytester, "--adapter", str(tmp_path / "ckpt"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "adapter_config.json" in result.stderr.str() and "PeftModel.save_pretrained" in result.stderr.str()
+
+
+def test_4bit_with_float16_compute_on_cpu_warns_of_the_nan_trap(pytester):
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = run(pytester, "--quant", "4bit", "--compute-dtype", "float16", "--device", "cpu")
+    assert result.ret == 0
+    assert "known NaN trap" in result.stdout.str()
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ("missing.jsonl", "file not found"),
+    ("data.txt", "unknown extension '.txt'"),
+    ("nocols.jsonl", "Found columns: a, q"),
+    ("empty.jsonl", "the dataset is empty"),
+], ids=["missing-file", "unknown-extension", "missing-columns", "empty-dataset"])
+def test_bad_data_stops_before_any_model_loads(pytester, tmp_path, tiny_adapter, data, fragment):
+    (tmp_path / "data.txt").write_text("x")
+    (tmp_path / "nocols.jsonl").write_text('{"q": "x", "a": "y"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    pytester.makepyfile(test_gate=GATE_TEST)
+    result = run(pytester, "--adapter", str(tiny_adapter), "--data", str(tmp_path / data))
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert fragment in out and "Traceback" not in out
+    assert "Loading weights" not in out
+
+
+def test_gate_on_a_tiny_model_passes_loading_and_writes_results(pytester, tmp_path, tiny_adapter, pairs_file):
+    pytester.makepyfile(test_gate=GATE_TEST + """
+def test_reward_margin(gate_run, claim, check_claim):
+    check_claim(claim(gate_run.reward_claims, "reward-margin"))
+""")
+    results = tmp_path / "results.json"
+    result = run(pytester, "--adapter", str(tiny_adapter), "--data", str(pairs_file), "--results", str(results),
+                 "--eval-cache-dir", str(tmp_path / "cache"), "--gate", "gating=adapter-loads", "-rxs")
+    out = result.stdout.str()
+    assert "dpo-eval gate" in out
+    assert "PASS  adapter-loads" in out
+    data = json.loads(results.read_text())
+    ids = {c["id"]: c for c in data["claims"]}
+    assert ids["adapter-loads"]["passed"] and ids["adapter-loads"]["gating"]
+    assert not ids["reward-margin"]["gating"]  # not gating here: reported, never turns the run red
+    assert result.ret == 0
+    assert data["facts"]["data"]["pairs"]["train"] + data["facts"]["data"]["pairs"]["valid"] == 24
+    assert data["config"]["gate"]["gating"] == ["adapter-loads"]

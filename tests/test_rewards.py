@@ -1,0 +1,87 @@
+"""Implicit DPO rewards equal TRL's own numbers; scoring is batch-invariant in fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_eval_core.cache import Cache
+from dpo_eval_core.chat import accepts_system
+from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.data import PreferencePair
+from dpo_eval_core.demo.train import as_trl_rows
+from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
+from dpo_eval_core.backend import HFBackend
+from dpo_eval_core.rewards import score_logps, summarize
+
+PAIRS = [PreferencePair(((("system", "Be brief."),) if i % 3 == 0 else ()) + (("user", f"Question number {i}?"),),
+                        f"Short answer {i}.", f"Well, um, a much longer and rambling answer number {i}, I think.",
+                        "valid") for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_adapter):
+    spec = resolve(EvalConfig(adapter=tiny_adapter))
+    tok = load_tokenizer(spec.base)
+    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
+    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
+
+
+def ours(backend, tmp_path, batch_size=4, beta=0.1):
+    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path, enabled=False), model_key={"m": 1},
+                           batch_size=batch_size, lengths=[0] * len(PAIRS))
+    return logps, summarize(logps, beta, 0.95, 200, np.random.default_rng(0))
+
+
+def test_rewards_equal_trl_dpo_trainer_evaluate(backend, tiny_llama, tiny_adapter, tmp_path):
+    """TRL's DPOTrainer with the adapter merged into the policy and the plain base as reference."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tiny_adapter).merge_and_unload()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_eval_batch_size=len(PAIRS), report_to=[],
+                     use_cpu=True, beta=0.1, max_length=None, bf16=False)  # TRL defaults to bf16 autocast
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, processing_class=backend.tokenizer,
+                         train_dataset=Dataset.from_list(as_trl_rows(PAIRS)),
+                         eval_dataset=Dataset.from_list(as_trl_rows(PAIRS)))
+    trl = trainer.evaluate()
+    _, s = ours(backend, tmp_path)
+    assert 0 < s.accuracy.value < 1 or s.margin.value != 0  # a non-degenerate case
+    assert s.accuracy.value == pytest.approx(trl["eval_rewards/accuracies"], abs=1e-4)
+    assert s.margin.value == pytest.approx(trl["eval_rewards/margins"], abs=1e-4)
+    assert s.chosen.value == pytest.approx(trl["eval_rewards/chosen"], abs=1e-4)
+    assert s.rejected.value == pytest.approx(trl["eval_rewards/rejected"], abs=1e-4)
+
+
+def test_batched_and_one_by_one_logprobs_agree_in_fp32(backend, tmp_path):
+    batched, _ = ours(backend, tmp_path, batch_size=6)
+    single, _ = ours(backend, tmp_path, batch_size=1)
+    for a, b in zip(batched, single):
+        for f in ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-5)
+
+
+def test_logprobs_equal_a_full_logits_computation(backend):
+    from dpo_eval_core.chat import completion_ids
+
+    p = PAIRS[0]
+    prompt, completion = completion_ids(backend.tokenizer, p.messages, p.chosen, backend.system_ok)
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits.log_softmax(-1)
+    want = sum(logits[0, len(prompt) + t - 1, tok].item() for t, tok in enumerate(completion))
+    (got,) = backend.logprobs([p.messages], [p.chosen], adapter=True)
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_zero_adapter_gives_zero_rewards_and_says_why(zero_adapter, tmp_path):
+    spec = resolve(EvalConfig(adapter=zero_adapter))
+    tok = load_tokenizer(spec.base)
+    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
+    _, s = ours(HFBackend(model, tok, system_ok=True, device="cpu"), tmp_path)
+    assert s.accuracy.value == 0.0 and s.margin.value == 0.0 and s.all_zero
