@@ -164,4 +164,5 @@ def quantization(variant: str, probe_finite: bool, first_bad: str | None, top1: 
                      f"vs {against}: top-1 agreement {_fmt(t1)}, mean KL {_fmt(k)} nats")
 
     return [nan, agree(f"quantized-agrees[{variant}]", top1, kl, "full precision, unmerged"),
-            agree(f"merged-agrees[{variant}]", merged_top1, merged_kl, "adapter merged into the full-precision base")]
+            agree(f"merged-agrees[{variant}]", merged_top1, merged_kl,
+                  "the unmerged model, with the adapter merged into the dequantized base")]

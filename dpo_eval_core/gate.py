@@ -9,7 +9,6 @@ makes re-runs and new adapters recompute only what changed. Usable without pytes
 
 from __future__ import annotations
 
-import gc
 import functools
 import hashlib
 import time
@@ -105,14 +104,7 @@ class GateRun:
     def free(self) -> None:
         """Drop the model and return its memory."""
         self._loaded = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        free_models()
 
     # ------------------------------------------------------------------ method
     @functools.cached_property
@@ -199,29 +191,38 @@ class GateRun:
                 base = b.model(input_ids=ids, attention_mask=mask).logits[mask.bool()].float()
         return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())
 
+    def _probe_variant(self, quant: str, dtype: str, merged: bool, name: str) -> Probe:
+        """Load the base (quantized as asked) with the adapter, probe it, and let it go.
+
+        merged=True dequantizes a quantized base first and merges the adapter with safe_merge, as a
+        QLoRA adapter is merged for serving; merging into 4-bit weights would re-round them.
+        """
+        base = load_base(self.spec.base, quant, dtype, self.cfg.resolved_device)
+        if merged and quant != "none":
+            base = base.dequantize()
+        model, _ = attach_adapter(base, self.spec)
+        if merged:
+            model = model.merge_and_unload(safe_merge=True)
+        return run_probe(model, *self._probe_inputs(self.cfg.resolved_device), name)
+
     @functools.cached_property
-    def _reference_probes(self) -> tuple[Probe, Probe]:
-        """Full-precision unmerged and merged (safe_merge) probes, from one load that is freed after."""
-        spec, device = self.spec, self.cfg.resolved_device
+    def _reference_probe(self) -> Probe:
+        """Full precision (fp32 on CPU, the compute dtype on CUDA), adapter unmerged."""
         dtype = "float32" if not self.cfg.on_cuda else self.cfg.resolved_dtype
-        model, _ = attach_adapter(load_base(spec.base, "none", dtype, device), spec)
-        ids, mask = self._probe_inputs(device)
-        unmerged = run_probe(model, ids, mask, "reference")
-        merged_model = model.merge_and_unload(safe_merge=True)
-        merged = run_probe(merged_model, ids, mask, "merged")
-        free_models(model, merged_model)
-        return unmerged, merged
+        probe = self._probe_variant("none", dtype, merged=False, name="reference")
+        free_models()
+        return probe
 
     def quantization_claims(self, variant: Variant) -> list[C.Claim]:
-        """Claims for one quantization variant; its model is loaded, probed and freed here."""
+        """Claims for one quantization variant; each model is loaded, probed and freed in turn."""
         if variant.id not in self._quant:
-            ref, merged = self._reference_probes
-            spec, device = self.spec, self.cfg.resolved_device
-            model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device), spec)
-            probe = run_probe(model, *self._probe_inputs(device), variant.id)
-            free_models(model)
+            reference = self._reference_probe
+            probe = self._probe_variant(variant.quant, variant.dtype, merged=False, name=variant.id)
+            free_models()
+            merged = self._probe_variant(variant.quant, variant.dtype, merged=True, name=f"{variant.id}-merged")
+            free_models()
             self._quant[variant.id] = C.quantization(variant.id, probe.finite, probe.first_nonfinite_module,
-                                                     *agreement(ref, probe), *agreement(merged, probe),
+                                                     *agreement(reference, probe), *agreement(probe, merged),
                                                      self.cfg.gate)
         return self._quant[variant.id]
 

@@ -1,0 +1,55 @@
+"""A generation run killed half-way resumes: the re-run generates only the missing answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.gate import GateRun
+import dpo_eval_core.backend as backend
+
+slow = backend.HFBackend.generate
+def generate(self, prompts, **kw):
+    out = slow(self, prompts, **kw)
+    print("BATCH", len(prompts), flush=True)
+    time.sleep(float(sys.argv[4]))
+    return out
+backend.HFBackend.generate = generate
+run = GateRun(EvalConfig(adapter=Path(sys.argv[1]), data=sys.argv[2], cache_dir=Path(sys.argv[3]),
+                         batch_size=2, max_new_tokens=4, device="cpu"))
+run.answers
+print("COMPUTED", run.computed["generations_tuned"], run.computed["generations_base"], flush=True)
+"""
+
+
+def test_killed_generation_resumes_with_only_the_missing_answers(tmp_path, tiny_adapter):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A{i}.", "rejected": f"B{i}."}) + "\n"
+                            for i in range(10)))
+    script = tmp_path / "gen.py"
+    script.write_text(SCRIPT)
+    cache = tmp_path / "cache"
+    args = [sys.executable, str(script), str(tiny_adapter), str(data), str(cache)]
+    proc = subprocess.Popen(args + ["5"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    batches = 0
+    deadline = time.time() + 120
+    while batches < 3 and time.time() < deadline:  # 3 batches of 2 of the 10 tuned answers, then SIGKILL
+        if (proc.stdout.readline() or "").startswith("BATCH"):
+            batches += 1
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert batches == 3
+    done = sum(1 for _ in (cache / "generation").rglob("*.json"))
+    assert done == 4  # batches 1-2 written; batch 3 was killed inside generate, before its write
+    out = subprocess.run(args + ["0"], capture_output=True, text=True, timeout=300, check=True).stdout
+    tuned, base = map(int, out.split("COMPUTED")[1].split())
+    assert (tuned, base) == (10 - done, 10)
