@@ -65,3 +65,16 @@ def test_demo_gate_end_to_end_on_a_small_sample_offline(tmp_path):
 def test_full_demo_gate_passes(tmp_path):
     proc, claims = run_gate(tmp_path)
     assert proc.returncode == 0, proc.stdout[-5000:]
+
+
+def test_zero_adapter_on_the_demo_base_scores_zero_rewards_and_fails(tmp_path):
+    from dpo_eval_core.demo.controls import zero_adapter
+
+    zero = zero_adapter(DEMO_ADAPTER_DIR, tmp_path / "zero")
+    proc, claims = run_gate(tmp_path, "--adapter", str(zero), "--max-samples", "8", "-k",
+                            "rewards or changes_the_model")
+    assert proc.returncode == 1
+    acc, margin = claims["reward-accuracy"], claims["reward-margin"]
+    assert (acc["value"], margin["value"], acc["passed"], margin["passed"]) == (0.0, 0.0, False, False)
+    assert "Every reward is exactly 0" in acc["message"]
+    assert not claims["adapter-changes-model"]["passed"]

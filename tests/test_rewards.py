@@ -36,7 +36,6 @@ def ours(backend, tmp_path, batch_size=4, beta=0.1):
 
 def test_rewards_equal_trl_dpo_trainer_evaluate(backend, tiny_llama, tiny_adapter, tmp_path):
     """TRL's DPOTrainer with the adapter merged into the policy and the plain base as reference."""
-    pytest.importorskip("trl")
     from datasets import Dataset
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
