@@ -47,22 +47,28 @@ def adapter_loads(report: AdapterReport, adapter: str, base: str) -> Claim:
                  "", None, f"{adapter} onto {base}: {msg}")
 
 
+def _underpowered(cid: str, n_nonzero: int, p_adj: float, gate: GateConfig) -> Claim | None:
+    """A failing claim that says how many pairs are needed, when n can never reach alpha; else None."""
+    if min_attainable_p(n_nonzero) <= gate.alpha:
+        return None
+    return Claim(cid, False, p_adj, f"p_adj < {gate.alpha}", "", n_nonzero,
+                 f"only {n_nonzero} non-zero differences: the smallest attainable p is "
+                 f"{min_attainable_p(n_nonzero):.3g} > alpha {gate.alpha}; at least {pairs_needed(gate.alpha)} "
+                 f"pairs with a difference are needed")
+
+
 def data_signal(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
     """chosen vs rejected per feature (train split), then the aggregate count."""
     claims = []
-    needed = pairs_needed(gate.alpha)
     for s in stats:
-        if min_attainable_p(s.n_cr_nonzero) > gate.alpha:
-            claims.append(Claim(f"data-signal[{s.feature}]", False, s.p_cr_adj, f"p_adj < {gate.alpha}", "",
-                                s.n_cr_nonzero, f"only {s.n_cr_nonzero} non-zero differences: the smallest attainable "
-                                f"p is {min_attainable_p(s.n_cr_nonzero):.3g} > alpha {gate.alpha}; "
-                                f"at least {needed} pairs are needed"))
+        if (short := _underpowered(f"data-signal[{s.feature}]", s.n_cr_nonzero, s.p_cr_adj, gate)) is not None:
+            claims.append(short)
             continue
         ok = s.p_cr_adj < gate.alpha
         claims.append(Claim(f"data-signal[{s.feature}]", bool(ok), s.p_cr_adj, f"p_adj < {gate.alpha}",
                             f"p={_fmt(s.p_cr)}, p_adj={_fmt(s.p_cr_adj)} ({gate.correction}), r={_fmt(s.r_cr)}",
                             s.n_train, f"avg(chosen-rejected)/S = {_fmt(s.cr_train)} on train, n={s.n_train}, "
-                            f"p_adj={_fmt(s.p_cr_adj)}, rank-biserial r={_fmt(s.r_cr)}"))
+                            f"p_adj={_fmt(s.p_cr_adj)}, rank-biserial r={_fmt(s.r_cr)}" + _low_n(s.n_train)))
     k = sum(c.passed for c in claims)
     claims.append(Claim("data-signal", k >= gate.min_signal_features, float(k),
                         f">= {gate.min_signal_features} features", "", len(stats),
@@ -75,15 +81,28 @@ def signal_features(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Feat
     return [s for s in stats if s.p_cr_adj < gate.alpha and min_attainable_p(s.n_cr_nonzero) <= gate.alpha]
 
 
-def alignment(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
+LOW_N = 20
+"""Fewer valid pairs than this after the NaN drop make a per-feature estimate fragile; claims say so."""
+
+
+def _low_n(n: int) -> str:
+    return f"; only {n} pairs after dropping NaN (fewer than {LOW_N}): fragile" if n < LOW_N else ""
+
+
+def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
+              rate_ci: tuple[float, float] = (math.nan, math.nan)) -> list[Claim]:
     """tuned vs base per feature, sign agreement per signal feature, and the agreement rate."""
     claims = []
     for s in stats:
+        if (short := _underpowered(f"tuned-differs[{s.feature}]", s.n_tb_nonzero, s.p_tb_adj, gate)) is not None:
+            claims.append(short)
+            continue
         ok = s.p_tb_adj < gate.alpha
         claims.append(Claim(f"tuned-differs[{s.feature}]", bool(ok), s.p_tb_adj, f"p_adj < {gate.alpha}",
                             f"p={_fmt(s.p_tb)}, p_adj={_fmt(s.p_tb_adj)}, r={_fmt(s.r_tb)}", s.n_valid,
-                            f"avg(tuned-base)/S = {_fmt(s.tb_valid)} on valid, n={s.n_valid}, "
-                            f"p_adj={_fmt(s.p_tb_adj)}, r={_fmt(s.r_tb)}"))
+                            f"avg(tuned-base)/S = {_fmt(s.tb_valid)} [{_fmt(s.tb_valid_ci[0])}, "
+                            f"{_fmt(s.tb_valid_ci[1])}] on valid, n={s.n_valid}, p_adj={_fmt(s.p_tb_adj)}, "
+                            f"r={_fmt(s.r_tb)}" + _low_n(s.n_valid)))
     signal = {s.feature for s in signal_features(stats, gate)}
     for s in stats:
         cid = f"sign-agreement[{s.feature}]"
@@ -94,13 +113,15 @@ def alignment(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
             continue
         claims.append(Claim(cid, s.sign_agreement > 0, float(s.sign_agreement), "+1 (same direction)", "",
                             s.n_valid, f"chosen-rejected {_fmt(s.cr_valid)}, tuned-base {_fmt(s.tb_valid)} "
-                            f"(normalised, valid split)"))
+                            f"[{_fmt(s.tb_valid_ci[0])}, {_fmt(s.tb_valid_ci[1])}] (normalised, valid split)"
+                            + _low_n(s.n_valid)))
     agree = [s.sign_agreement > 0 for s in stats if s.feature in signal]
     rate = sum(agree) / len(agree) if agree else math.nan
+    ci = f"{gate.ci_level:.0%} CI [{_fmt(rate_ci[0])}, {_fmt(rate_ci[1])}]"
     claims.append(Claim("sign-agreement-rate", bool(agree) and rate >= gate.min_agreement, rate,
-                        f">= {gate.min_agreement}", "", len(agree),
+                        f">= {gate.min_agreement}", ci, len(agree),
                         f"{sum(agree)} of {len(agree)} data-signal features move the data's way "
-                        f"(rate {_fmt(rate)}, need {gate.min_agreement})" if agree else
+                        f"(rate {_fmt(rate)}, {ci}, need {gate.min_agreement})" if agree else
                         "no feature has data signal, so agreement cannot be measured"))
     return claims
 

@@ -32,7 +32,7 @@ from .models import AdapterReport, CheckpointSpec, adapter_weights, attach_adapt
 from .quantization import Probe, Variant, agreement, pick_probe_prompts, probe_batch, run_probe
 from .quantization import free as free_models
 from .rewards import RewardSummary, score_logps, summarize
-from .stats import ROLES, FeatureStat, feature_stats
+from .stats import ROLES, FeatureStat, agreement_rate_ci, differences, feature_stats
 
 
 @dataclass
@@ -152,7 +152,21 @@ class GateRun:
     @functools.cached_property
     def feature_stats(self) -> list[FeatureStat]:
         names, values = self.features
-        return feature_stats(values, [p.split for p in self.pairs.pairs], names, self.cfg.gate.correction)
+        g = self.cfg.gate
+        return feature_stats(values, [p.split for p in self.pairs.pairs], names, g.correction, ci_level=g.ci_level,
+                             n_boot=g.n_bootstrap, rng=np.random.default_rng(self.cfg.seed))
+
+    @functools.cached_property
+    def agreement_ci(self) -> tuple[float, float]:
+        """Bootstrap interval of the sign-agreement rate over the data-signal features (valid split)."""
+        names, values = self.features
+        signal = {s.feature for s in C.signal_features(self.feature_stats, self.cfg.gate)}
+        cols = [j for j, n in enumerate(names) if n in signal]
+        valid = np.array([p.split == "valid" for p in self.pairs.pairs])
+        d_cr, d_tb = differences(values)
+        g = self.cfg.gate
+        return agreement_rate_ci(d_cr[valid][:, cols], d_tb[valid][:, cols], g.ci_level, g.n_bootstrap,
+                                 np.random.default_rng(self.cfg.seed))
 
     @functools.cached_property
     def reward_summary(self) -> RewardSummary:
@@ -242,7 +256,7 @@ class GateRun:
         return C.data_signal(self.feature_stats, self.cfg.gate)
 
     def alignment_claims(self) -> list[C.Claim]:
-        return C.alignment(self.feature_stats, self.cfg.gate)
+        return C.alignment(self.feature_stats, self.cfg.gate, self.agreement_ci)
 
     def reward_claims(self) -> list[C.Claim]:
         return C.rewards(self.reward_summary, self.cfg.gate)

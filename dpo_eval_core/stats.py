@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -115,11 +115,42 @@ class FeatureStat:
     """sign(avg d_cr) * sign(avg d_tb) on the valid split: +1 agree, -1 disagree, 0 undefined."""
     p_cr_adj: float = math.nan
     p_tb_adj: float = math.nan
+    cr_valid_ci: tuple[float, float] = (math.nan, math.nan)
+    tb_valid_ci: tuple[float, float] = (math.nan, math.nan)
+    """Percentile bootstrap intervals of the normalised valid averages (NaN without an rng)."""
+
+
+def differences(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(d_cr, d_tb) as [n_pairs, n_features] arrays, NaN wherever any of a pair's four values is NaN."""
+    a = {r: np.asarray(values[r], dtype=float) for r in ROLES}
+    bad = np.any([np.isnan(a[r]) for r in ROLES], axis=0)
+    d_cr = round_noise(a["chosen"] - a["rejected"], np.maximum(abs(a["chosen"]), abs(a["rejected"])))
+    d_tb = round_noise(a["tuned"] - a["base"], np.maximum(abs(a["tuned"]), abs(a["base"])))
+    d_cr[bad] = np.nan
+    d_tb[bad] = np.nan
+    return d_cr, d_tb
+
+
+def agreement_rate_ci(d_cr: np.ndarray, d_tb: np.ndarray, level: float, n_boot: int,
+                      rng: np.random.Generator) -> tuple[float, float]:
+    """Bootstrap interval of the sign-agreement rate over the given features ([n_pairs, k] arrays of the
+    valid split, NaN where dropped), resampling pairs. (nan, nan) when there are no pairs or features."""
+    if d_cr.size == 0 or d_cr.shape[1] == 0:
+        return (math.nan, math.nan)
+    idx = rng.integers(0, d_cr.shape[0], size=(n_boot, d_cr.shape[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may drop every pair of a feature
+        agree = np.sign(np.nanmean(d_cr[idx], axis=1)) * np.sign(np.nanmean(d_tb[idx], axis=1)) > 0
+    rates = agree.mean(axis=1)
+    lo, hi = np.quantile(rates, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
 
 
 def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
-                  correction: str = "bh") -> list[FeatureStat]:
-    """Per-feature statistics. `values[role]` is an [n_pairs, n_features] array for each of ROLES."""
+                  correction: str = "bh", *, ci_level: float = 0.95, n_boot: int = 1000,
+                  rng: np.random.Generator | None = None) -> list[FeatureStat]:
+    """Per-feature statistics. `values[role]` is an [n_pairs, n_features] array for each of ROLES.
+    With an rng, the normalised valid averages get percentile bootstrap intervals."""
     is_train = np.asarray([s == "train" for s in split])
     is_valid = ~is_train
     arrays = {r: np.asarray(values[r], dtype=float) for r in ROLES}
@@ -139,17 +170,18 @@ def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], featur
 
         mean_cr_v = float(np.mean(d_cr[va])) if va.any() else math.nan
         mean_tb_v = float(np.mean(d_tb[va])) if va.any() else math.nan
+        cis = [(math.nan, math.nan)] * 2
+        if rng is not None and s > 0:
+            cis = [tuple(v / s for v in bootstrap_mean_ci(d[va], ci_level, n_boot, rng)) for d in (d_cr, d_tb)]
         stats.append(FeatureStat(
             feature=name, n_train=int(tr.sum()), n_valid=int(va.sum()), scale=s,
             cr_train=norm(d_cr, tr), tb_train=norm(d_tb, tr), cr_valid=norm(d_cr, va), tb_valid=norm(d_tb, va),
             p_cr=wilcoxon_p(d_cr[tr]), p_tb=wilcoxon_p(d_tb[va]),
             r_cr=rank_biserial(d_cr[tr]), r_tb=rank_biserial(d_tb[va]),
             n_cr_nonzero=int(np.count_nonzero(d_cr[tr])), n_tb_nonzero=int(np.count_nonzero(d_tb[va])),
-            sign_agreement=sign(mean_cr_v) * sign(mean_tb_v)))
+            sign_agreement=sign(mean_cr_v) * sign(mean_tb_v), cr_valid_ci=cis[0], tb_valid_ci=cis[1]))
     p_cr_adj = adjust([s.p_cr for s in stats], correction)
     p_tb_adj = adjust([s.p_tb for s in stats], correction)
-    from dataclasses import replace
-
     return [replace(s, p_cr_adj=float(a), p_tb_adj=float(b)) for s, a, b in zip(stats, p_cr_adj, p_tb_adj)]
 
 
