@@ -165,6 +165,10 @@ class EvalConfig:
     """Prompts per generation or scoring batch."""
     max_new_tokens: int = 96
     """Generation stops at EOS or after this many new tokens."""
+    do_sample: bool = False
+    """Greedy by default; sampling is seeded by `seed` (and the seed is part of the cache key)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
     cache_dir: Path = field(default_factory=default_cache_dir)
     """Content-addressed cache of converted models, generations, features and rewards."""
     results: Path = Path("results.json")
@@ -190,6 +194,10 @@ class EvalConfig:
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens", self.max_new_tokens, "a positive integer",
                               "An answer of zero tokens has no text features.")
+        if not self.temperature > 0:
+            raise ConfigError("--temperature", self.temperature, "a number > 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("--top-p", self.top_p, "a number in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError("--device", self.device, "auto, cpu, cuda or cuda:N")
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():

@@ -73,8 +73,9 @@ class GateRun:
 
     @functools.cached_property
     def settings(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                  batch_size=self.cfg.batch_size)
+        c = self.cfg
+        return GenerationSettings(max_new_tokens=c.max_new_tokens, do_sample=c.do_sample, temperature=c.temperature,
+                                  top_p=c.top_p, seed=c.seed, batch_size=c.batch_size)
 
     # ------------------------------------------------------------------ model
     @property

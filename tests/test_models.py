@@ -117,3 +117,12 @@ def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adap
     assert tuned[0].text != base[0].text  # random non-zero LoRA moves a random tiny model
     n_params = sum(p.numel() for p in backend.model.parameters())
     assert n_params < 400_000  # one copy: base + LoRA, no second model
+
+
+def test_sampling_is_seeded(tiny_adapter):
+    backend, _ = load(tiny_adapter)
+    a = GenerationSettings(max_new_tokens=10, do_sample=True, seed=1)
+    runs = [backend.generate([MESSAGES], adapter=True, settings=a)[0].text for _ in range(2)]
+    other = backend.generate([MESSAGES], adapter=True, settings=GenerationSettings(max_new_tokens=10, do_sample=True,
+                                                                                   seed=2))[0].text
+    assert runs[0] == runs[1] and other != runs[0]
