@@ -40,7 +40,7 @@ class Backend(Protocol):
                  settings: GenerationSettings) -> list[Generation]: ...
 
     def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
-                 adapter: bool) -> list[float]: ...
+                 adapter: bool, max_length: int | None = None) -> list[float]: ...
 
 
 def batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
@@ -98,11 +98,26 @@ class HFBackend:
         return sorted(i for i in ids if i is not None)
 
     def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
-                 adapter: bool) -> list[float]:
-        """Sum of log p(completion token | prefix) per row; prompt and padding masked out (TRL's rule)."""
+                 adapter: bool, max_length: int | None = None) -> list[float]:
+        """Sum of log p(completion token | prefix) per row; prompt and padding masked out (TRL's rule).
+
+        With max_length, prompt+completion is cut to its first max_length tokens (TRL's keep_start);
+        a row whose prompt alone fills max_length has no completion left and scores NaN (TRL drops it).
+        """
         import torch
 
         rows = [completion_ids(self.tokenizer, m, c, self.system_ok) for m, c in zip(prompts, completions)]
+        if max_length is not None:
+            rows = [(p, c[:max(0, max_length - len(p))]) for p, c in rows]
+        keep = [i for i, (p, c) in enumerate(rows) if c and (max_length is None or len(p) < max_length)]
+        if len(keep) < len(rows):
+            out = [float("nan")] * len(rows)
+            if keep:
+                scored = self.logprobs([prompts[i] for i in keep], [completions[i] for i in keep], adapter=adapter,
+                                       max_length=max_length)
+                for i, v in zip(keep, scored):
+                    out[i] = v
+            return out
         seqs = [p + c for p, c in rows]
         width = max(map(len, seqs))
         pad = self.tokenizer.pad_token_id

@@ -70,10 +70,13 @@ def data_signal(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
                             s.n_train, f"avg(chosen-rejected)/S = {_fmt(s.cr_train)} on train, n={s.n_train}, "
                             f"p_adj={_fmt(s.p_cr_adj)}, rank-biserial r={_fmt(s.r_cr)}" + _low_n(s.n_train)))
     k = sum(c.passed for c in claims)
+    short = sum(min_attainable_p(s.n_cr_nonzero) > gate.alpha for s in stats)
+    note = (f"; {short} features cannot reach alpha with this few pairs: at least {pairs_needed(gate.alpha)} "
+            f"pairs with a difference are needed") if short else ""
     claims.append(Claim("data-signal", k >= gate.min_signal_features, float(k),
                         f">= {gate.min_signal_features} features", "", len(stats),
                         f"{k} of {len(stats)} features differ chosen vs rejected (alpha {gate.alpha}, "
-                        f"{gate.correction}); need {gate.min_signal_features}"))
+                        f"{gate.correction}); need {gate.min_signal_features}" + note))
     return claims
 
 
@@ -90,8 +93,14 @@ def _low_n(n: int) -> str:
 
 
 def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
-              rate_ci: tuple[float, float] = (math.nan, math.nan)) -> list[Claim]:
-    """tuned vs base per feature, sign agreement per signal feature, and the agreement rate."""
+              rate_ci: tuple[float, float] = (math.nan, math.nan), empty_roles: Sequence[str] = ()) -> list[Claim]:
+    """tuned vs base per feature, sign agreement per signal feature, and the agreement rate.
+    `empty_roles` names answer sets (tuned, base) in which every answer is empty: nothing can pass then."""
+    if empty_roles:
+        why = (f"every {' and every '.join(empty_roles)} answer is empty (the model emitted EOS first), so there is "
+               f"no text to compare; check the chat template, EOS ids and --max-new-tokens")
+        return [Claim(f"{fam}[{s.feature}]", False, None, "", "", 0, why) for fam in ("tuned-differs",
+                "sign-agreement") for s in stats] + [Claim("sign-agreement-rate", False, None, "", "", 0, why)]
     claims = []
     for s in stats:
         if (short := _underpowered(f"tuned-differs[{s.feature}]", s.n_tb_nonzero, s.p_tb_adj, gate)) is not None:
@@ -131,8 +140,11 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
     a, m = summary.accuracy, summary.margin
     why = " Every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the " \
           "adapter is not active)." if summary.all_zero else ""
+    if summary.n_unscorable:
+        why += (f" {summary.n_unscorable} pairs left out: the prompt alone fills --max-length (TRL drops them "
+                f"too).")
     if summary.n == 0:
-        empty = "no valid pairs to score"
+        empty = "no valid pairs to score" + why
         return [Claim("reward-accuracy", False, None, "", "", 0, empty),
                 Claim("reward-margin", False, None, "", "", 0, empty)]
     return [

@@ -165,6 +165,8 @@ class EvalConfig:
     """Prompts per generation or scoring batch."""
     max_new_tokens: int = 96
     """Generation stops at EOS or after this many new tokens."""
+    max_length: int = 1024
+    """Reward scoring cuts prompt+completion to this many tokens, as TRL's DPOTrainer does (keep_start)."""
     do_sample: bool = False
     """Greedy by default; sampling is seeded by `seed` (and the seed is part of the cache key)."""
     temperature: float = 1.0
@@ -191,6 +193,8 @@ class EvalConfig:
                               "Leave it out to use every pair.")
         if self.batch_size < 1:
             raise ConfigError("--batch-size", self.batch_size, "a positive integer")
+        if self.max_length < 2:
+            raise ConfigError("--max-length", self.max_length, "an integer >= 2")
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens", self.max_new_tokens, "a positive integer",
                               "An answer of zero tokens has no text features.")

@@ -176,7 +176,8 @@ class GateRun:
         valid = [i for i, p in enumerate(self.pairs.pairs) if p.split == "valid"]
         pairs = [self.pairs.pairs[i] for i in valid]
         logps, n = score_logps(self.loaded.backend, pairs, cache=self.cache, model_key=self.loaded.model_key,
-                               batch_size=self.cfg.batch_size, lengths=[self.prompt_lengths[i] for i in valid])
+                               batch_size=self.cfg.batch_size, lengths=[self.prompt_lengths[i] for i in valid],
+                               max_length=self.cfg.max_length)
         self.computed["logps"] = n
         g = self.cfg.gate
         self._timed("rewards", start)
@@ -257,7 +258,8 @@ class GateRun:
         return C.data_signal(self.feature_stats, self.cfg.gate)
 
     def alignment_claims(self) -> list[C.Claim]:
-        return C.alignment(self.feature_stats, self.cfg.gate, self.agreement_ci)
+        empty = [role for role, gens in self.answers.items() if gens and all(not g.text.strip() for g in gens)]
+        return C.alignment(self.feature_stats, self.cfg.gate, self.agreement_ci, empty)
 
     def reward_claims(self) -> list[C.Claim]:
         return C.rewards(self.reward_summary, self.cfg.gate)

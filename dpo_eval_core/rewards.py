@@ -8,6 +8,7 @@ margin = mean(reward_chosen - reward_rejected).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -47,10 +48,12 @@ class RewardSummary:
     """Per-pair reward margins, for the report's distribution plot."""
     all_zero: bool
     """Every reward is exactly 0: policy equals reference (a zero adapter, or no adapter active)."""
+    n_unscorable: int = 0
+    """Pairs left out because the prompt alone fills max_length (as TRL drops them)."""
 
 
 def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cache, model_key: Mapping[str, Any],
-                batch_size: int, lengths: Sequence[int]) -> tuple[list[PairLogps], int]:
+                batch_size: int, lengths: Sequence[int], max_length: int | None = None) -> tuple[list[PairLogps], int]:
     """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
 
     Reference log-probs are keyed without the adapter, so a new adapter reuses them.
@@ -63,13 +66,13 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
         for adapter, mk in ((True, model_key), (False, ref_key)):
             for which, text in (("chosen", p.chosen), ("rejected", p.rejected)):
                 key = make_key("logp", {"model": dict(mk), "messages": [list(m) for m in p.messages],
-                                        "completion": text})
+                                        "completion": text, "max_length": max_length})
                 keys[(which, adapter, i)] = key
                 hit = cache.get("logp", key)
                 if hit is None:
                     todo[adapter].append((i, which))
                 else:
-                    values[(which, adapter, i)] = float(hit)
+                    values[(which, adapter, i)] = math.nan if hit["logp"] is None else float(hit["logp"])
     computed = sum(len(v) for v in todo.values())
     if computed:
         with tqdm(total=computed, desc="log-probs", unit="seq", leave=False) as bar:
@@ -78,10 +81,11 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                 for batch in batches(len(items), batch_size, lens):
                     chunk = [items[b] for b in batch]
                     out = backend.logprobs([pairs[i].messages for i, _ in chunk],
-                                           [getattr(pairs[i], w) for i, w in chunk], adapter=adapter)
+                                           [getattr(pairs[i], w) for i, w in chunk], adapter=adapter,
+                                           max_length=max_length)
                     for (i, w), lp in zip(chunk, out):
                         values[(w, adapter, i)] = lp
-                        cache.put("logp", keys[(w, adapter, i)], lp)
+                        cache.put("logp", keys[(w, adapter, i)], {"logp": None if math.isnan(lp) else lp})
                     bar.update(len(chunk))
     return [PairLogps(values[("chosen", True, i)], values[("rejected", True, i)],
                       values[("chosen", False, i)], values[("rejected", False, i)]) for i in range(len(pairs))], computed
@@ -90,6 +94,10 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
 def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
               rng: np.random.Generator) -> RewardSummary:
     """Accuracy, margin and mean rewards, each with a percentile bootstrap interval."""
+    rows = [x for x in logps if not any(math.isnan(v) for v in (x.policy_chosen, x.policy_rejected,
+                                                                   x.reference_chosen, x.reference_rejected))]
+    unscorable = len(logps) - len(rows)
+    logps = rows
     chosen = beta * np.array([x.policy_chosen - x.reference_chosen for x in logps])
     rejected = beta * np.array([x.policy_rejected - x.reference_rejected for x in logps])
     margins = chosen - rejected
@@ -101,4 +109,5 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
 
     return RewardSummary(n=len(logps), beta=beta, accuracy=est(correct), margin=est(margins),
                          chosen=est(chosen), rejected=est(rejected), margins=tuple(float(m) for m in margins),
-                         all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)))
+                         all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)),
+                         n_unscorable=unscorable)

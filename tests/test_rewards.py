@@ -84,3 +84,30 @@ def test_zero_adapter_gives_zero_rewards_and_says_why(zero_adapter, tmp_path):
     model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
     _, s = ours(HFBackend(model, tok, system_ok=True, device="cpu"), tmp_path)
     assert s.accuracy.value == 0.0 and s.margin.value == 0.0 and s.all_zero
+
+
+def test_max_length_keeps_the_start_as_trl_does_and_drops_prompt_only_rows(backend):
+    from dpo_eval_core.chat import completion_ids
+
+    p = PAIRS[1]
+    prompt, completion = completion_ids(backend.tokenizer, p.messages, p.rejected, backend.system_ok)
+    cut = len(prompt) + 5
+    ids = torch.tensor([(prompt + completion)[:cut]])
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits.log_softmax(-1)
+    want = sum(logits[0, len(prompt) + t - 1, tok].item() for t, tok in enumerate(completion[:5]))
+    got, too_long = backend.logprobs([p.messages, p.messages], [p.rejected, p.rejected], adapter=True,
+                                     max_length=cut)[0], backend.logprobs([p.messages], [p.rejected], adapter=True,
+                                                                          max_length=len(prompt))[0]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert np.isnan(too_long)
+
+
+def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
+    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 2}, batch_size=4,
+                           lengths=[0] * len(PAIRS), max_length=12)  # shorter than every templated prompt
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
+    assert (s.n, s.n_unscorable) == (0, len(PAIRS))
+    cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 2}, batch_size=4,
+                                   lengths=[0] * len(PAIRS), max_length=12)
+    assert computed == 0 and all(np.isnan(x.policy_chosen) for x in cached)

@@ -78,3 +78,18 @@ def make_adapter(base: Path, path: Path, init: Literal["random", "zero"] = "rand
     cfg["base_model_name_or_path"] = str(base)
     (path / "adapter_config.json").write_text(json.dumps(cfg))
     return path
+
+
+def make_silent_base(path: Path) -> Path:
+    """A tiny model that answers every prompt with EOS first: the final norm is zeroed, so every logit is 0,
+    greedy decoding picks token 0, and token 0 is declared an EOS id."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    make_base(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.generation_config.eos_token_id = [0, model.config.eos_token_id]
+    model.save_pretrained(path, safe_serialization=True)
+    return path
