@@ -163,10 +163,10 @@ def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], featur
         tr, va = ok & is_train, ok & is_valid
         s = float(np.std(d_cr[tr], ddof=1)) if tr.sum() >= 2 else math.nan
 
-        def norm(d: np.ndarray, m: np.ndarray) -> float:
-            if m.sum() == 0 or not (s > 0):
+        def norm(d: np.ndarray, m: np.ndarray, scale: float = s) -> float:
+            if m.sum() == 0 or not (scale > 0):
                 return math.nan
-            return float(np.mean(d[m]) / s)
+            return float(np.mean(d[m]) / scale)
 
         mean_cr_v = float(np.mean(d_cr[va])) if va.any() else math.nan
         mean_tb_v = float(np.mean(d_tb[va])) if va.any() else math.nan

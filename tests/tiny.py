@@ -19,7 +19,7 @@ Kind = Literal["llama", "mistral"]
 
 def make_tokenizer(kind: Kind):  # type: ignore[no-untyped-def]
     """A byte-level tokenizer (every byte a token) with the special tokens of the model family."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -29,7 +29,8 @@ def make_tokenizer(kind: Kind):  # type: ignore[no-untyped-def]
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)
-    if kind == "mistral":
+    if kind == "mistral":  # like Mistral's and Llama's tokenizers: tokenizing text adds a BOS
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
         fast.chat_template = MISTRAL
     else:
