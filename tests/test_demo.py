@@ -78,3 +78,24 @@ def test_zero_adapter_on_the_demo_base_scores_zero_rewards_and_fails(tmp_path):
     assert (acc["value"], margin["value"], acc["passed"], margin["passed"]) == (0.0, 0.0, False, False)
     assert "Every reward is exactly 0" in acc["message"]
     assert not claims["adapter-changes-model"]["passed"]
+
+
+def test_tampered_demo_weights_are_converted_again(tmp_path, monkeypatch):
+    from dpo_eval_core.demo import base
+
+    calls = []
+
+    def fake_convert(src, target):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "model.safetensors").write_bytes(b"weights")
+        (target / base.MARKER).write_text(json.dumps({"weights_sha256": base.sha256_file(target / "model.safetensors")}))
+        calls.append(target)
+
+    monkeypatch.setattr(base, "_convert", fake_convert)
+    monkeypatch.setattr(base, "gguf_path", lambda: Path("unused.gguf"))
+    target = base.demo_base_dir(tmp_path)
+    assert base.demo_base_dir(tmp_path) == target and len(calls) == 1  # verified, reused
+    (target / "model.safetensors").write_bytes(b"tampered")
+    with pytest.warns(UserWarning, match="does not match the digest"):
+        base.demo_base_dir(tmp_path)
+    assert len(calls) == 2

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from filelock import FileLock
@@ -50,14 +51,30 @@ def gguf_path() -> Path:
     return path
 
 
+MARKER = "dpo_eval_converted.json"
+
+
+def _verified(target: Path) -> bool:
+    """The converted weights are the ones this conversion wrote: checked by sha256 before every use."""
+    try:
+        marker = json.loads((target / MARKER).read_text())
+        return sha256_file(target / "model.safetensors") == marker["weights_sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def demo_base_dir(cache_dir: Path) -> Path:
-    """Directory of the converted demo base (fp32 safetensors + tokenizer), converting on first use."""
+    """Directory of the converted demo base (fp32 safetensors + tokenizer), converting on first use
+    and again whenever the cached weights no longer match the digest recorded at conversion."""
     target = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{GGUF_SHA256[:12]}"
-    if (target / "dpo_eval_converted.json").is_file():
+    if _verified(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not (target / "dpo_eval_converted.json").is_file():
+        if not _verified(target):
+            if target.exists():
+                warnings.warn(f"{target} does not match the digest recorded when it was converted; converting the "
+                              f"demo base again.", stacklevel=2)
             _convert(gguf_path(), target)
     return target
 
@@ -77,7 +94,8 @@ def _convert(src: Path, target: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "dpo_eval_converted.json").write_text(json.dumps({"gguf": src.name, "sha256": GGUF_SHA256}))
+        (tmp / MARKER).write_text(json.dumps({"gguf": src.name, "sha256": GGUF_SHA256,
+                                              "weights_sha256": sha256_file(tmp / "model.safetensors")}))
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
