@@ -91,6 +91,17 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                       values[("chosen", False, i)], values[("rejected", False, i)]) for i in range(len(pairs))], computed
 
 
+LOGP_TOL = 1e-6
+"""Log-probs computed in batches of different shapes (e.g. a reference reused from the cache) agree only to
+float precision (~1e-7 relative in fp32); log-ratios within LOGP_TOL * max(1, |reference|) are exact ties."""
+
+
+def log_ratio(policy: float, reference: float) -> float:
+    """policy - reference, with float noise below LOGP_TOL set to 0."""
+    d = policy - reference
+    return 0.0 if abs(d) <= LOGP_TOL * max(1.0, abs(reference)) else d
+
+
 def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
               rng: np.random.Generator) -> RewardSummary:
     """Accuracy, margin and mean rewards, each with a percentile bootstrap interval."""
@@ -98,8 +109,8 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
                                                                    x.reference_chosen, x.reference_rejected))]
     unscorable = len(logps) - len(rows)
     logps = rows
-    chosen = beta * np.array([x.policy_chosen - x.reference_chosen for x in logps])
-    rejected = beta * np.array([x.policy_rejected - x.reference_rejected for x in logps])
+    chosen = beta * np.array([log_ratio(x.policy_chosen, x.reference_chosen) for x in logps])
+    rejected = beta * np.array([log_ratio(x.policy_rejected, x.reference_rejected) for x in logps])
     margins = chosen - rejected
     correct = (chosen > rejected).astype(float)
 

@@ -111,3 +111,14 @@ def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
     cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 2}, batch_size=4,
                                    lengths=[0] * len(PAIRS), max_length=12)
     assert computed == 0 and all(np.isnan(x.policy_chosen) for x in cached)
+
+
+def test_float_noise_between_batch_shapes_is_a_tie_not_a_preference():
+    from dpo_eval_core.rewards import PairLogps
+
+    # reference reused from another batch shape: equal up to ~1e-7 relative, as fp32 sums are
+    noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5), PairLogps(-50.0, -80.0, -50.0, -80.0)]
+    s = summarize(noisy, 0.1, 0.95, 200, np.random.default_rng(0))
+    assert (s.accuracy.value, s.margin.value, s.all_zero) == (0.0, 0.0, True)
+    real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0)], 0.1, 0.95, 200, np.random.default_rng(0))
+    assert real.accuracy.value == 1.0 and real.margin.value == pytest.approx(2.0)
