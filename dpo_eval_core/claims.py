@@ -51,26 +51,41 @@ def _underpowered(cid: str, n_nonzero: int, p_adj: float, gate: GateConfig) -> C
     """A failing claim that says how many pairs are needed, when n can never reach alpha; else None."""
     if min_attainable_p(n_nonzero) <= gate.alpha:
         return None
+    if n_nonzero == 0:
+        return Claim(cid, False, p_adj, f"p_adj < {gate.alpha}", "", 0,
+                     "no pair differs in this feature (every difference is zero): nothing to test")
     return Claim(cid, False, p_adj, f"p_adj < {gate.alpha}", "", n_nonzero,
                  f"only {n_nonzero} non-zero differences: the smallest attainable p is "
                  f"{min_attainable_p(n_nonzero):.3g} > alpha {gate.alpha}; at least {pairs_needed(gate.alpha)} "
                  f"pairs with a difference are needed")
 
 
+LOW_N = 20
+"""Fewer valid pairs than this after the NaN drop make a per-feature estimate fragile; claims say so."""
+
+
+def _low_n(n: int) -> str:
+    return f"; only {n} pairs after dropping NaN (fewer than {LOW_N}): fragile" if n < LOW_N else ""
+
+
+def _paired(cid: str, p: float, p_adj: float, r: float, n: int, n_nonzero: int, estimate: str,
+            gate: GateConfig) -> Claim:
+    """One per-feature paired Wilcoxon claim: holds when the adjusted p is below alpha."""
+    if (short := _underpowered(cid, n_nonzero, p_adj, gate)) is not None:
+        return short
+    return Claim(cid, bool(p_adj < gate.alpha), p_adj, f"p_adj < {gate.alpha}",
+                 f"p={_fmt(p)}, p_adj={_fmt(p_adj)} ({gate.correction}), r={_fmt(r)}", n,
+                 f"{estimate}, n={n}, p_adj={_fmt(p_adj)}, rank-biserial r={_fmt(r)}" + _low_n(n))
+
+
 def data_signal(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Claim]:
     """chosen vs rejected per feature (train split), then the aggregate count."""
     claims = []
     for s in stats:
-        if (short := _underpowered(f"data-signal[{s.feature}]", s.n_cr_nonzero, s.p_cr_adj, gate)) is not None:
-            claims.append(short)
-            continue
-        ok = s.p_cr_adj < gate.alpha
-        claims.append(Claim(f"data-signal[{s.feature}]", bool(ok), s.p_cr_adj, f"p_adj < {gate.alpha}",
-                            f"p={_fmt(s.p_cr)}, p_adj={_fmt(s.p_cr_adj)} ({gate.correction}), r={_fmt(s.r_cr)}",
-                            s.n_train, f"avg(chosen-rejected)/S = {_fmt(s.cr_train)} on train, n={s.n_train}, "
-                            f"p_adj={_fmt(s.p_cr_adj)}, rank-biserial r={_fmt(s.r_cr)}" + _low_n(s.n_train)))
+        claims.append(_paired(f"data-signal[{s.feature}]", s.p_cr, s.p_cr_adj, s.r_cr, s.n_train, s.n_cr_nonzero,
+                              f"avg(chosen-rejected)/S = {_fmt(s.cr_train)} on train", gate))
     k = sum(c.passed for c in claims)
-    short = sum(min_attainable_p(s.n_cr_nonzero) > gate.alpha for s in stats)
+    short = sum(0 < s.n_cr_nonzero and min_attainable_p(s.n_cr_nonzero) > gate.alpha for s in stats)
     note = (f"; {short} features cannot reach alpha with this few pairs: at least {pairs_needed(gate.alpha)} "
             f"pairs with a difference are needed") if short else ""
     claims.append(Claim("data-signal", k >= gate.min_signal_features, float(k),
@@ -84,14 +99,6 @@ def signal_features(stats: Sequence[FeatureStat], gate: GateConfig) -> list[Feat
     return [s for s in stats if s.p_cr_adj < gate.alpha and min_attainable_p(s.n_cr_nonzero) <= gate.alpha]
 
 
-LOW_N = 20
-"""Fewer valid pairs than this after the NaN drop make a per-feature estimate fragile; claims say so."""
-
-
-def _low_n(n: int) -> str:
-    return f"; only {n} pairs after dropping NaN (fewer than {LOW_N}): fragile" if n < LOW_N else ""
-
-
 def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
               rate_ci: tuple[float, float] = (math.nan, math.nan), empty_roles: Sequence[str] = ()) -> list[Claim]:
     """tuned vs base per feature, sign agreement per signal feature, and the agreement rate.
@@ -103,15 +110,9 @@ def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
                 "sign-agreement") for s in stats] + [Claim("sign-agreement-rate", False, None, "", "", 0, why)]
     claims = []
     for s in stats:
-        if (short := _underpowered(f"tuned-differs[{s.feature}]", s.n_tb_nonzero, s.p_tb_adj, gate)) is not None:
-            claims.append(short)
-            continue
-        ok = s.p_tb_adj < gate.alpha
-        claims.append(Claim(f"tuned-differs[{s.feature}]", bool(ok), s.p_tb_adj, f"p_adj < {gate.alpha}",
-                            f"p={_fmt(s.p_tb)}, p_adj={_fmt(s.p_tb_adj)}, r={_fmt(s.r_tb)}", s.n_valid,
-                            f"avg(tuned-base)/S = {_fmt(s.tb_valid)} [{_fmt(s.tb_valid_ci[0])}, "
-                            f"{_fmt(s.tb_valid_ci[1])}] on valid, n={s.n_valid}, p_adj={_fmt(s.p_tb_adj)}, "
-                            f"r={_fmt(s.r_tb)}" + _low_n(s.n_valid)))
+        claims.append(_paired(f"tuned-differs[{s.feature}]", s.p_tb, s.p_tb_adj, s.r_tb, s.n_valid, s.n_tb_nonzero,
+                              f"avg(tuned-base)/S = {_fmt(s.tb_valid)} [{_fmt(s.tb_valid_ci[0])}, "
+                              f"{_fmt(s.tb_valid_ci[1])}] on valid", gate))
     signal = {s.feature for s in signal_features(stats, gate)}
     for s in stats:
         cid = f"sign-agreement[{s.feature}]"
