@@ -10,6 +10,8 @@ from .pairs import demo_pairs, write_demo_pairs
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_ADAPTER_DIR = ASSETS / "adapter"
+DEMO_SWAPPED_DIR = ASSETS / "controls" / "swapped"
+"""A control: the demo recipe trained on the demo pairs with chosen and rejected exchanged."""
 
 
 def demo_data_path(cache_dir: Path) -> Path:
@@ -29,4 +31,4 @@ def demo_pairs_sha256() -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256"]
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256"]
