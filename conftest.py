@@ -1,1 +1,1 @@
-pytest_plugins = ["fixtures.options", "fixtures.session", "fixtures.reporting"]
+pytest_plugins = ["fixtures.options", "fixtures.session", "fixtures.reporting", "fixtures.html_report"]

@@ -13,7 +13,7 @@ import argparse
 import json
 import resource
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

@@ -87,23 +87,30 @@ class Cache:
         path = self._path(namespace, key)
         body = canonical({"schema": SCHEMA, "key": key, "value": value,
                           "sha256": hashlib.sha256(canonical(value).encode("utf-8")).hexdigest()})
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:12]}.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write_text(path, body, prefix=f".{key[:12]}.")
         except OSError as e:
             raise CacheError(f"cannot write the cache entry {path} ({e.strerror or e}). Free space or choose another "
                              f"directory with --eval-cache-dir, or run with --no-cache.") from None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {"hits": dict(self.hits), "misses": dict(self.misses)}
+
+
+def atomic_write_text(path: Path, text: str, prefix: str = "") -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one,
+    never half of one, even when the process is killed mid-write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared and read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def file_digest(path: Path, memo: Cache | None = None) -> str:

@@ -26,6 +26,8 @@ class Claim:
     """One line a reviewer reads: estimate, interval, threshold and n; for a failure, why."""
     applicable: bool = True
     """False when the claim's precondition does not hold (reported as skipped, with the reason)."""
+    ci: tuple[float, float] | None = None
+    """Confidence interval of `value`, where it has one: baselines are compared through it."""
 
     def family(self) -> str:
         return self.id.split("[")[0]
@@ -132,7 +134,8 @@ def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
                         f">= {gate.min_agreement}", ci, len(agree),
                         f"{sum(agree)} of {len(agree)} data-signal features move the data's way "
                         f"(rate {_fmt(rate)}, {ci}, need {gate.min_agreement})" if agree else
-                        "no feature has data signal, so agreement cannot be measured"))
+                        "no feature has data signal, so agreement cannot be measured",
+                        ci=(float(rate_ci[0]), float(rate_ci[1])) if agree else None))
     return claims
 
 
@@ -152,9 +155,10 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
         Claim("reward-accuracy", a.ci_low > gate.min_reward_accuracy, a.value, f"CI low > {gate.min_reward_accuracy}",
               f"{lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}]", summary.n,
               f"accuracy {a.value:.3f}, {lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}], n={summary.n}, beta={summary.beta}"
-              + why),
+              + why, ci=(a.ci_low, a.ci_high)),
         Claim("reward-margin", m.ci_low > 0, m.value, "CI low > 0", f"{lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
-              summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why),
+              summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why,
+              ci=(m.ci_low, m.ci_high)),
     ]
 
 

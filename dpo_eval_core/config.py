@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -68,6 +69,8 @@ class GateConfig:
         "reward-margin",
         "data-signal",
         "sign-agreement-rate",
+        "still-passes[*]",
+        "not-lower[*]",
     )
     """Claim ids that fail the run ('family[*]' for every per-feature claim of a family); every other
     claim is reported as a non-strict xfail with its measured value."""

@@ -77,6 +77,11 @@ class PairSet:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.split("train")), "valid": len(self.split("valid"))}
 
+    def fingerprint(self) -> str:
+        """sha256 of every pair and its split, in order: two runs with equal fingerprints gated the same
+        pairs with the same train/valid split, so their per-pair numbers can be compared."""
+        return _hash("\n".join(f"{p.pair_id} {p.split}" for p in self.pairs))
+
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

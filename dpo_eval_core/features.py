@@ -91,6 +91,21 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 """The 69 columns TextDescriptives emits with the seven components, in its order (checked by tests)."""
 
+_FAMILY_SIZES = (("part of speech", 17), ("coherence", 2), ("readability", 8), ("information theory", 3),
+                 ("dependency distance", 4), ("descriptive stats", 14), ("quality", 21))
+
+
+def _families() -> dict[str, str]:
+    out, start = {}, 0
+    for family, size in _FAMILY_SIZES:
+        out.update({name: family for name in FEATURE_NAMES[start:start + size]})
+        start += size
+    return out
+
+
+FEATURE_FAMILIES: dict[str, str] = _families()
+"""feature -> the TextDescriptives component it comes from, in FEATURE_NAMES order (groups the report's plots)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureSettings:

@@ -19,17 +19,36 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import claims as C
+from . import regression as R
 from .backend import Generation, GenerationSettings, HFBackend
 from .cache import Cache, file_digest
-from .chat import accepts_system, leading_bos_count, require_chat_template
+from .chat import accepts_system, leading_bos_count, prompt_ids, require_chat_template
 from .config import EvalConfig
 from .data import PairSet, load_pairs
 from .demo import demo_data_path
+from .errors import ConfigError
 from .features import FEATURE_NAMES, FeatureSettings, feature_rows
-from .models import AdapterReport, CheckpointSpec, adapter_weights, attach_adapter, load_base, load_tokenizer, \
-    resolve, weights_files
-from .quantization import Probe, Variant, agreement, pick_probe_prompts, probe_batch, run_probe
+from .models import (
+    AdapterReport,
+    CheckpointSpec,
+    adapter_weights,
+    attach_adapter,
+    load_base,
+    load_tokenizer,
+    resolve,
+    weights_files,
+)
+from .quantization import (
+    VARIANTS,
+    Probe,
+    Variant,
+    agreement,
+    pick_probe_prompts,
+    probe_batch,
+    run_probe,
+)
 from .quantization import free as free_models
+from .results import load_results
 from .rewards import RewardSummary, score_logps, summarize
 from .stats import ROLES, FeatureStat, agreement_rate_ci, differences, feature_stats
 
@@ -61,6 +80,13 @@ class GateRun:
         return resolve(self.cfg)
 
     @functools.cached_property
+    def base_fingerprint(self) -> str:
+        """sha256 over the base's weight files (memoised by path, size and mtime), without loading it."""
+        files = weights_files(self.spec.base)
+        return hashlib.sha256("".join(file_digest(f, self.cache) for f in files).encode()).hexdigest() \
+            if files else f"hub:{self.spec.base}"
+
+    @functools.cached_property
     def data_source(self) -> str:
         return self.cfg.data or str(demo_data_path(self.cfg.cache_dir))
 
@@ -77,6 +103,17 @@ class GateRun:
                                   top_p=c.top_p, seed=c.seed, batch_size=c.batch_size)
 
     # ------------------------------------------------------------------ model
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The base's tokenizer, ready for batched generation; loading it does not load the model."""
+        tokenizer = load_tokenizer(self.spec.base)
+        require_chat_template(tokenizer, self.spec.base)
+        return tokenizer
+
+    @functools.cached_property
+    def system_ok(self) -> bool:
+        return accepts_system(self.tokenizer)
+
     @property
     def loaded(self) -> Loaded:
         if self._loaded is None:
@@ -88,17 +125,13 @@ class GateRun:
     def _load(self) -> Loaded:
         spec, cfg = self.spec, self.cfg
         adapter_file = adapter_weights(spec.adapter)
-        tokenizer = load_tokenizer(spec.base)
-        require_chat_template(tokenizer, spec.base)
+        tokenizer = self.tokenizer
         model = load_base(spec.base, cfg.quant, cfg.resolved_dtype, cfg.resolved_device)
         peft_model, report = attach_adapter(model, spec)
-        files = weights_files(spec.base)
-        base_fp = hashlib.sha256("".join(file_digest(f, self.cache) for f in files).encode()).hexdigest() \
-            if files else f"hub:{spec.base}"
-        key = {"base": base_fp, "adapter": file_digest(adapter_file, self.cache), "quant": cfg.quant,
+        key = {"base": self.base_fingerprint, "adapter": file_digest(adapter_file, self.cache), "quant": cfg.quant,
                "dtype": cfg.resolved_dtype, "device": cfg.resolved_device.split(":")[0],
                "chat_template": hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()}
-        backend = HFBackend(peft_model, tokenizer, system_ok=accepts_system(tokenizer), device=cfg.resolved_device)
+        backend = HFBackend(peft_model, tokenizer, system_ok=self.system_ok, device=cfg.resolved_device)
         return Loaded(backend, report, key)
 
     def free(self) -> None:
@@ -109,8 +142,8 @@ class GateRun:
     # ------------------------------------------------------------------ method
     @functools.cached_property
     def prompt_lengths(self) -> list[int]:
-        b = self.loaded.backend
-        return [len(b.prompt_ids(p.messages)) for p in self.pairs.pairs]
+        """Templated prompt lengths in tokens (batches group similar lengths)."""
+        return [len(prompt_ids(self.tokenizer, p.messages, self.system_ok)) for p in self.pairs.pairs]
 
     @functools.cached_property
     def answers(self) -> dict[str, list[Generation]]:
@@ -190,8 +223,7 @@ class GateRun:
         return [self.pairs.pairs[i].messages for i in idx]
 
     def _probe_inputs(self, device: str) -> tuple[Any, Any]:
-        b = self.loaded.backend
-        return probe_batch(b.tokenizer, self.probe_prompts, b.system_ok, device)
+        return probe_batch(self.tokenizer, self.probe_prompts, self.system_ok, device)
 
     @functools.cached_property
     def adapter_effect(self) -> tuple[float, float]:
@@ -262,6 +294,54 @@ class GateRun:
 
     def reward_claims(self) -> list[C.Claim]:
         return C.rewards(self.reward_summary, self.cfg.gate)
+
+    @functools.cached_property
+    def baseline(self) -> dict[str, Any] | None:
+        """The --baseline results, refused (ConfigError) unless made on the same data, split and base."""
+        if self.cfg.baseline is None:
+            return None
+        baseline = load_results(self.cfg.baseline)
+        why = R.mismatch(baseline, self.base_fingerprint, self.pairs.fingerprint())
+        if why is not None:
+            raise ConfigError("--baseline", str(self.cfg.baseline), "a results.json made on the same data and base "
+                              "as this run", f"Refused, not compared: {why}.")
+        return baseline
+
+    def claim_by_id(self, claim_id: str) -> C.Claim | None:
+        """This run's claim with that id, computing only its family; None when this machine cannot
+        compute it (a CUDA-only variant without CUDA)."""
+        family, _, arg = claim_id.partition("[")
+        arg = arg.rstrip("]")
+        if family in ("no-nan-logits", "quantized-agrees", "merged-agrees"):
+            variant = next((v for v in VARIANTS if v.id == arg), None)
+            if variant is None or (variant.cuda and not self.cfg.on_cuda):
+                return None
+            claims = self.quantization_claims(variant)
+        else:
+            families = {"adapter-loads": self.checkpoint_claims, "adapter-changes-model": self.checkpoint_claims,
+                        "tokenizer-ready": self.checkpoint_claims, "reward-accuracy": self.reward_claims,
+                        "reward-margin": self.reward_claims, "data-signal": self.data_claims,
+                        "tuned-differs": self.alignment_claims, "sign-agreement": self.alignment_claims,
+                        "sign-agreement-rate": self.alignment_claims}
+            if family not in families:
+                return None
+            claims = families[family]()
+        return next((c for c in claims if c.id == claim_id), None)
+
+    def regression_claims(self, claim_id: str) -> list[C.Claim]:
+        """still-passes[claim_id] when the baseline passed it, not-lower[claim_id] for the headline rates."""
+        baseline = self.baseline
+        if baseline is None:
+            raise ConfigError("--baseline", None, "a results.json of an earlier run",
+                              "Regression claims compare against a baseline.")
+        current = self.claim_by_id(claim_id)
+        out = []
+        if claim_id in R.passed_gating_claims(baseline):
+            out.append(R.still_passes(claim_id, current, "it needs CUDA" if current is None else ""))
+        if claim_id in R.RATES and current is not None:
+            old = next((c for c in baseline["claims"] if c["id"] == claim_id), None)
+            out.append(R.not_lower(claim_id, old, current))
+        return out
 
     def truncated_share(self) -> dict[str, float]:
         """Share of answers cut at --max-new-tokens (it flattens length features)."""

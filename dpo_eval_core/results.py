@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
+from .cache import atomic_write_text, file_digest
 from .claims import Claim
+from .errors import ConfigError, DpoEvalError
+from .models import adapter_weights
 
 SCHEMA_VERSION = 1
 
@@ -51,13 +52,14 @@ def run_facts(run: Any) -> dict[str, Any]:
     try:
         spec = run.spec
         facts.update(base_model=spec.base_declared, base_loaded=spec.base, adapter=str(spec.adapter),
-                     demo=spec.is_demo)
+                     demo=spec.is_demo, base_fingerprint=run.base_fingerprint,
+                     adapter_sha256=file_digest(adapter_weights(spec.adapter), run.cache))
         ps = run.pairs
         facts["data"] = {"source": ps.source, "layout": ps.layout, "rows": ps.n_rows, "dropped": dict(ps.dropped),
-                         "split_mode": ps.split_mode, "pairs": ps.counts(),
+                         "split_mode": ps.split_mode, "pairs": ps.counts(), "fingerprint": ps.fingerprint(),
                          "prompts_in_both_splits": ps.prompts_in_both_splits,
                          "truncated_by_max_samples": dict(ps.truncated_by_max_samples)}
-    except Exception as e:  # facts are best effort: the claims already carry the error
+    except DpoEvalError as e:  # the claims already carry the error; the facts say which input was missing
         facts["error"] = f"{type(e).__name__}: {e}"
     if run._loaded is not None:
         facts["model_key"] = run._loaded.model_key
@@ -66,13 +68,14 @@ def run_facts(run: Any) -> dict[str, Any]:
     return facts
 
 
-def build_results(run: Any, claims: Iterable[tuple[Claim, bool]]) -> dict[str, Any]:
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "config": _jsonable(run.cfg),
-        "facts": run_facts(run),
-        "claims": [dict(_jsonable(c), gating=g, family=c.family()) for c, g in claims],
-    }
+def claim_record(claim: Claim, gating: bool) -> dict[str, Any]:
+    """One claim as results.json stores it (JSON types only, so it also crosses xdist's wire)."""
+    return dict(_jsonable(claim), gating=gating, family=claim.family())
+
+
+def run_sections(run: Any) -> dict[str, Any]:
+    """What one process (the session, or one xdist worker) measured: config, facts, features, rewards."""
+    out = {"config": _jsonable(run.cfg), "facts": run_facts(run)}
     if "feature_stats" in run.__dict__:
         out["features"] = _jsonable(run.feature_stats)
     if "reward_summary" in run.__dict__:
@@ -80,16 +83,62 @@ def build_results(run: Any, claims: Iterable[tuple[Claim, bool]]) -> dict[str, A
     return out
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic write, so an interrupted run never leaves half a results file."""
+_SUMMED = ("timings_s", "cache", "computed")
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Sum two counters, nested dicts key by key."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _add(a.get(k, 0), b.get(k, 0)) for k in sorted({*a, *b})}
+    return round(a + b, 2)
+
+
+def merge_sections(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sections of several xdist workers as one: counters and timings add up, everything else is
+    the same in every worker (same options, same inputs) and is taken from the first that has it."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key != "facts":
+                out.setdefault(key, value)
+                continue
+            facts = out.setdefault("facts", {})
+            for fk, fv in value.items():
+                if fk in _SUMMED and fk in facts:
+                    facts[fk] = _add(facts[fk], fv)
+                else:
+                    facts.setdefault(fk, fv)
+    out.setdefault("facts", {})["processes"] = len(parts)
+    return out
+
+
+def build_results(sections: Mapping[str, Any], claims: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The results document: schema version, sections and every claim record, sorted by id."""
+    return {"schema_version": SCHEMA_VERSION, **sections,
+            "claims": sorted((dict(c) for c in claims), key=lambda c: c["id"])}
+
+
+def load_results(path: Path, option: str = "--baseline") -> dict[str, Any]:
+    """Read a results.json written by this version's schema; anything else is refused, naming `option`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(option, str(path), "an existing results.json", "Pass the results.json of an earlier run.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(option, str(path), "a results.json (valid JSON)", f"It does not parse: {e}.") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(option, str(path), f"results.json schema_version {SCHEMA_VERSION}",
+                        f"Found {found!r}; re-run the baseline with this version of dpo-eval.")
+    for key in ("config", "facts", "claims"):
+        if key not in data:
+            raise ConfigError(option, str(path), f"a results.json with a {key!r} section",
+                            "The file is incomplete; re-run the baseline.")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic write, so an interrupted run never leaves half a results file. Sorted keys and fixed
+    indentation: loading and writing a results file again gives the same bytes."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")

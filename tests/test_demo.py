@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from dpo_eval_core.data import load_pairs
-from dpo_eval_core.demo import DEMO_ADAPTER_DIR, demo_pairs, demo_pairs_sha256
+from dpo_eval_core.demo import (
+    DEMO_ADAPTER_DIR,
+    DEMO_SWAPPED_DIR,
+    demo_pairs,
+    demo_pairs_sha256,
+)
 from dpo_eval_core.demo.pairs import write_demo_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,20 +50,47 @@ def run_gate(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, d
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "evals", "-p", "no:cacheprovider", "-q",
                            "--results", str(results), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=3000)
+                          timeout=3000, check=False)
     assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, {c["id"]: c for c in json.loads(results.read_text())["claims"]}
 
 
-def test_demo_gate_end_to_end_on_a_small_sample_offline(tmp_path):
+SMALL = ("--max-samples", "16", "--max-new-tokens", "48")
+
+
+@pytest.fixture(scope="module")
+def demo_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """The demo gate on 16 pairs per split, quantization left out: the CI-sized end-to-end run."""
+    tmp = tmp_path_factory.mktemp("demo-small")
+    proc, claims = run_gate(tmp, *SMALL, "-k", "not quantization")
+    return proc, claims, tmp / "results.json"
+
+
+def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
     """The whole chain on the real demo model: load, generate, 69 features, statistics, rewards."""
-    proc, claims = run_gate(tmp_path, "--max-samples", "16", "--max-new-tokens", "48",
-                            "-k", "not quantization")
+    proc, claims, _ = demo_small
     for cid in ("adapter-loads", "adapter-changes-model", "tokenizer-ready", "reward-accuracy", "reward-margin",
                 "data-signal"):
         assert claims[cid]["passed"], (cid, claims[cid]["message"])
     assert "sign-agreement-rate" in claims and len([c for c in claims if c.startswith("tuned-differs[")]) == 69
     assert proc.returncode in (0, 1), proc.stdout[-3000:]
+
+
+def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(demo_small, tmp_path):
+    """CI gates a new adapter against the last release's results.json: an adapter trained on
+    reversed preferences fails the regression claims, naming them; the released adapter passes."""
+    _, _, baseline = demo_small
+    proc, claims = run_gate(tmp_path / "swapped", *SMALL, "--baseline", str(baseline), "--adapter",
+                            str(DEMO_SWAPPED_DIR), "-k", "regression")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    for cid in ("still-passes[reward-accuracy]", "still-passes[reward-margin]", "not-lower[reward-accuracy]"):
+        assert not claims[cid]["passed"] and "REGRESSED" in claims[cid]["message"], (cid, claims[cid]["message"])
+        assert f"FAIL  {cid}" in proc.stdout
+    assert claims["still-passes[adapter-loads]"]["passed"]
+
+    proc, claims = run_gate(tmp_path / "same", *SMALL, "--baseline", str(baseline), "-k", "regression")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert all(c["passed"] for c in claims.values() if c["applicable"])
 
 
 @pytest.mark.slow

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from tiny import make_adapter, make_base, make_silent_base
 
 from dpo_eval_core.cache import Cache, make_key
-from tiny import make_adapter, make_base, make_silent_base
 
 PLUGINS = ["-p", "fixtures.options", "-p", "fixtures.session", "-p", "fixtures.reporting", "-p", "no:cacheprovider"]
 GATE = '''

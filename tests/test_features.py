@@ -7,7 +7,13 @@ import math
 import pytest
 
 from dpo_eval_core.cache import Cache
-from dpo_eval_core.features import FEATURE_NAMES, FeatureSettings, build_pipeline, extract, feature_rows
+from dpo_eval_core.features import (
+    FEATURE_NAMES,
+    FeatureSettings,
+    build_pipeline,
+    extract,
+    feature_rows,
+)
 
 EDGE_CASES = {
     "empty": "",

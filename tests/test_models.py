@@ -8,13 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_adapter, make_base
 
 from dpo_eval_core.backend import GenerationSettings, HFBackend
-from dpo_eval_core.chat import accepts_system, fold_system, leading_bos_count, prompt_ids, require_chat_template
+from dpo_eval_core.chat import (
+    accepts_system,
+    fold_system,
+    leading_bos_count,
+    prompt_ids,
+    require_chat_template,
+)
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.errors import CheckpointError
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
-from tiny import make_adapter, make_base
 
 MESSAGES = (("system", "Be brief."), ("user", "What is DNA?"))
 

@@ -11,9 +11,8 @@ import torch
 from dpo_eval_core import claims as C
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.gate import GateRun
-from dpo_eval_core.models import load_base
+from dpo_eval_core.models import load_base, load_tokenizer
 from dpo_eval_core.quantization import VARIANTS, agreement, probe_batch, run_probe
-from dpo_eval_core.models import load_tokenizer
 
 CPU_VARIANTS = [pytest.param(v, id=v.id) for v in VARIANTS if not v.cuda]
 CUDA_VARIANTS = [pytest.param(v, id=v.id, marks=pytest.mark.gpu) for v in VARIANTS if v.cuda]

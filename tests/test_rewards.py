@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.demo.train import as_trl_rows
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
-from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.rewards import score_logps, summarize
 
 PAIRS = [PreferencePair(((("system", "Be brief."),) if i % 3 == 0 else ()) + (("user", f"Question number {i}?"),),

@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import false_discovery_control, wilcoxon
 
-from dpo_eval_core.stats import (ROLES, adjust, bootstrap_mean_ci, feature_stats, min_attainable_p, pairs_needed,
-                                 rank_biserial, wilcoxon_p)
+from dpo_eval_core.stats import (
+    ROLES,
+    adjust,
+    bootstrap_mean_ci,
+    feature_stats,
+    min_attainable_p,
+    pairs_needed,
+    rank_biserial,
+    wilcoxon_p,
+)
 
 
 def table(chosen, rejected, tuned, base):

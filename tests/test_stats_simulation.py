@@ -11,7 +11,13 @@ import pytest
 
 from dpo_eval_core import claims as C
 from dpo_eval_core.config import GateConfig
-from dpo_eval_core.stats import ROLES, adjust, agreement_rate_ci, feature_stats, wilcoxon_p
+from dpo_eval_core.stats import (
+    ROLES,
+    adjust,
+    agreement_rate_ci,
+    feature_stats,
+    wilcoxon_p,
+)
 
 N_FEATURES = 69
 ALPHA = 0.05

@@ -43,7 +43,12 @@ def make_tokenizer(kind: Kind):  # type: ignore[no-untyped-def]
 def make_base(path: Path, kind: Kind = "llama", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny random causal LM (safetensors) and its tokenizer to path."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     tok = make_tokenizer(kind)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,

@@ -1,0 +1,83 @@
+"""Compare a run with the results.json of an earlier release (--baseline).
+
+A baseline is only comparable when it gated the same pairs with the same split on the same base
+weights; anything else is refused with the reason. Then: every gating claim that passed in the
+baseline must still pass, and the headline rates must not have dropped beyond their uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .claims import Claim
+
+Results = Mapping[str, Any]
+
+RATES = ("reward-accuracy", "sign-agreement-rate")
+"""Claims whose value must not fall below the baseline's beyond the two confidence intervals."""
+
+
+def mismatch(baseline: Results, base_fingerprint: str, data_fingerprint: str) -> str | None:
+    """Why the baseline cannot be compared with this run, or None when it can."""
+    facts = baseline.get("facts", {})
+    data = facts.get("data", {})
+    reasons = []
+    if data.get("fingerprint") != data_fingerprint:
+        reasons.append(f"it gated other data or another split ({data.get('source', '?')}, "
+                       f"{data.get('pairs', '?')} pairs, fingerprint {str(data.get('fingerprint'))[:12]}; this run: "
+                       f"{data_fingerprint[:12]}). Use the same --data, --max-samples, --split, --valid-fraction "
+                       f"and --seed as the baseline")
+    if facts.get("base_fingerprint") != base_fingerprint:
+        reasons.append(f"it was made on another base ({facts.get('base_model', '?')}, weights sha256 "
+                       f"{str(facts.get('base_fingerprint'))[:12]}; this run: {base_fingerprint[:12]}). Compare "
+                       f"adapters of the same base, or make a new baseline on this one")
+    return "; and ".join(reasons) if reasons else None
+
+
+def passed_gating_claims(baseline: Results) -> list[str]:
+    """Ids of the baseline's gating claims that passed: each must still pass."""
+    return sorted(c["id"] for c in baseline["claims"] if c["gating"] and c["applicable"] and c["passed"])
+
+
+def still_passes(claim_id: str, current: Claim | None, why_missing: str = "") -> Claim:
+    """The claim that passed in the baseline passes now (with this run's thresholds)."""
+    cid = f"still-passes[{claim_id}]"
+    if current is None:
+        return Claim(cid, False, None, "passes as in the baseline", "", None,
+                     f"{claim_id} passed in the baseline but this run cannot compute it: {why_missing}",
+                     applicable=False)
+    if not current.applicable:
+        return Claim(cid, False, current.value, "passes as in the baseline", "", current.n,
+                     f"{claim_id} passed in the baseline; now not applicable: {current.message}", applicable=False)
+    verb = "still passes" if current.passed else "REGRESSED: passed in the baseline, fails now"
+    return Claim(cid, current.passed, current.value, "passes as in the baseline", current.uncertainty, current.n,
+                 f"{claim_id} {verb}: {current.message}")
+
+
+def _interval(c: Mapping[str, Any] | Claim) -> tuple[float, float, float] | None:
+    get = c.get if isinstance(c, Mapping) else lambda k: getattr(c, k)
+    ci, value = get("ci"), get("value")
+    if not ci or value is None or any(x is None or math.isnan(x) for x in (*ci, value)):
+        return None
+    return float(value), float(ci[0]), float(ci[1])
+
+
+def not_lower(claim_id: str, baseline_claim: Mapping[str, Any] | None, current: Claim) -> Claim:
+    """Holds unless this run's interval lies wholly below the baseline's: a drop beyond both
+    uncertainties (non-overlapping 95% intervals; conservative, so noise alone rarely fails it)."""
+    cid = f"not-lower[{claim_id}]"
+    threshold = "CI high >= baseline CI low"
+    if baseline_claim is None or (b := _interval(baseline_claim)) is None:
+        return Claim(cid, False, None, threshold, "", None,
+                     f"the baseline has no interval for {claim_id}, so a drop cannot be measured",
+                     applicable=False)
+    if (c := _interval(current)) is None:
+        return Claim(cid, False, current.value, threshold, "", current.n,
+                     f"{claim_id} has no interval in this run ({current.message}); baseline {b[0]:.4g} "
+                     f"[{b[1]:.4g}, {b[2]:.4g}]")
+    ok = c[2] >= b[1]
+    how = "within the uncertainty of" if ok else "REGRESSED: the intervals do not overlap, below"
+    return Claim(cid, ok, c[0] - b[0], threshold, f"now [{c[1]:.4g}, {c[2]:.4g}], baseline [{b[1]:.4g}, {b[2]:.4g}]",
+                 current.n, f"{claim_id} {c[0]:.4g} [{c[1]:.4g}, {c[2]:.4g}] {how} the baseline's {b[0]:.4g} "
+                            f"[{b[1]:.4g}, {b[2]:.4g}]")

@@ -1,0 +1,207 @@
+"""The report's run facts and plots, computed from a results document alone, so any results.json
+can be rendered again. Plots are PNGs embedded as data URIs: the report opens with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import Any, Mapping, Sequence
+
+from .features import FEATURE_FAMILIES
+
+Results = Mapping[str, Any]
+
+CHOSEN_REJECTED, TUNED_BASE = "#1f77b4", "#ff7f0e"
+AGREE, DISAGREE = "#2ca02c", "#d62728"
+
+
+def _num(x: Any) -> float:
+    """JSON null (a NaN when written) back to NaN."""
+    return math.nan if x is None else float(x)
+
+
+def _ordered(features: Sequence[Mapping[str, Any]], key: str) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """Features grouped by TextDescriptives family (in FEATURE_FAMILIES order), each group sorted by `key`
+    descending, NaN last."""
+    families = list(dict.fromkeys(FEATURE_FAMILIES.values()))
+    groups: dict[str, list[Mapping[str, Any]]] = {f: [] for f in families}
+    for f in features:
+        groups.setdefault(FEATURE_FAMILIES.get(f["feature"], "other"), []).append(f)
+    return [(fam, sorted(rows, key=lambda r: (math.isnan(_num(r[key])), -_num(r[key]) if not math.isnan(
+        _num(r[key])) else 0.0))) for fam, rows in groups.items() if rows]
+
+
+def _layout(groups: list[tuple[str, list[Mapping[str, Any]]]]) -> tuple[list[float], list[str], list[tuple[float,
+                                                                                                          str]]]:
+    """y positions (top to bottom) for each feature, its label, and (y, family) for each group header."""
+    ys, labels, headers, y = [], [], [], 0.0
+    for fam, rows in groups:
+        headers.append((y, fam))
+        y += 1.2
+        for r in rows:
+            ys.append(y)
+            labels.append(r["feature"])
+            y += 1.0
+        y += 0.4
+    return ys, labels, headers
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(n_rows: float, ncols: int = 1, width: float = 10.0) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, 1.2 + 0.16 * n_rows), sharey=True, squeeze=False,
+                        layout="constrained")
+
+
+def _label_rows(ax: Any, ys: list[float], labels: list[str], headers: list[tuple[float, str]],
+                names: bool = True) -> None:
+    ax.set_yticks(ys, labels, fontsize=7)
+    for y, fam in headers:
+        if names:
+            ax.text(0.0, y, fam, transform=ax.get_yaxis_transform(), ha="right", va="center", fontsize=8,
+                    fontweight="bold")
+        ax.axhline(y - 0.6, color="0.85", linewidth=0.6)
+    ax.set_ylim(max(ys) + 1, -1)
+    ax.axvline(0, color="0.3", linewidth=0.8)
+
+
+def feature_effects_plot(features: Sequence[Mapping[str, Any]]) -> str:
+    """Normalised avg(chosen - rejected) and avg(tuned - base) per feature, train and valid side by side."""
+    groups = _ordered(features, "cr_train")
+    ys, labels, headers = _layout(groups)
+    rows = [r for _, rs in groups for r in rs]
+    fig, axes = _figure(ys[-1] + 2, ncols=2, width=11)
+    for ax, split in zip(axes[0], ("train", "valid")):
+        cr = [_num(r[f"cr_{split}"]) for r in rows]
+        tb = [_num(r[f"tb_{split}"]) for r in rows]
+        ax.barh([y - 0.2 for y in ys], cr, height=0.4, color=CHOSEN_REJECTED, label="chosen - rejected")
+        ax.barh([y + 0.2 for y in ys], tb, height=0.4, color=TUNED_BASE, label="tuned - base")
+        _label_rows(ax, ys, labels, headers, names=split == "train")
+        ax.set_title(f"{split} split", fontsize=10)
+        ax.set_xlabel("avg(difference) / S (S = std of chosen - rejected on train)", fontsize=8)
+        ax.grid(axis="x", color="0.92")
+    axes[0][1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Per-feature effects, normalised (NaN where S is 0: the feature never differs)", fontsize=11)
+    return _png(fig)
+
+
+def sign_agreement_plot(features: Sequence[Mapping[str, Any]], signal: set[str]) -> str | None:
+    """tuned - base (with its bootstrap interval) against the data's direction, for data-signal features."""
+    chosen = [f for f in features if f["feature"] in signal]
+    if not chosen:
+        return None
+    groups = _ordered(chosen, "cr_valid")
+    ys, labels, headers = _layout(groups)
+    rows = [r for _, rs in groups for r in rs]
+    fig, axes = _figure(ys[-1] + 2, width=9)
+    ax = axes[0][0]
+    tb = [_num(r["tb_valid"]) for r in rows]
+    lo = [_num((r.get("tb_valid_ci") or [None, None])[0]) for r in rows]
+    hi = [_num((r.get("tb_valid_ci") or [None, None])[1]) for r in rows]
+    colors = [AGREE if r["sign_agreement"] > 0 else DISAGREE for r in rows]
+    ax.barh(ys, tb, height=0.6, color=colors)
+    err = [[max(t - a, 0) if not math.isnan(a) else 0 for t, a in zip(tb, lo)],
+           [max(b - t, 0) if not math.isnan(b) else 0 for t, b in zip(tb, hi)]]
+    ax.errorbar(tb, ys, xerr=err, fmt="none", ecolor="0.2", elinewidth=0.7, capsize=1.5)
+    ax.scatter([_num(r["cr_valid"]) for r in rows], ys, marker="D", s=14, color="black", zorder=3,
+               label="chosen - rejected (the data's direction)")
+    _label_rows(ax, ys, labels, headers)
+    agree = sum(r["sign_agreement"] > 0 for r in rows)
+    ax.set_title(f"Sign agreement on the valid split: {agree} of {len(rows)} data-signal features "
+                 f"({agree / len(rows):.0%}); green bars agree, red disagree", fontsize=10)
+    ax.set_xlabel("normalised avg(tuned - base), with its bootstrap interval", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", color="0.92")
+    return _png(fig)
+
+
+def reward_margin_plot(rewards: Mapping[str, Any]) -> str | None:
+    """Histogram of per-pair implicit reward margins on the valid split."""
+    margins = [m for m in rewards.get("margins", []) if m is not None]
+    if not margins:
+        return None
+    fig, axes = _figure(20, width=8)
+    ax = axes[0][0]
+    ax.hist(margins, bins=min(40, max(5, len(margins) // 3)), color=CHOSEN_REJECTED, alpha=0.85)
+    ax.axvline(0, color="0.2", linewidth=1, linestyle="--", label="0: no preference")
+    mean = sum(margins) / len(margins)
+    ax.axvline(mean, color=TUNED_BASE, linewidth=1.5, label=f"mean {mean:.3g}")
+    acc = rewards.get("accuracy", {}).get("value")
+    ax.set_title(f"Implicit reward margin beta * (log-ratio chosen - log-ratio rejected), valid split, "
+                 f"n={len(margins)}" + (f", accuracy {acc:.3f}" if acc is not None else ""), fontsize=10)
+    ax.set_xlabel("reward margin", fontsize=8)
+    ax.set_ylabel("pairs", fontsize=8)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plots(results: Results) -> dict[str, str]:
+    """Title -> base64 PNG for every plot the results support (none for a run that stopped early)."""
+    out: dict[str, str] = {}
+    features = results.get("features") or []
+    if features:
+        out["Per-feature effects"] = feature_effects_plot(features)
+        signal = {c["id"][len("sign-agreement["):-1] for c in results.get("claims", [])
+                  if c["id"].startswith("sign-agreement[") and c["applicable"]}
+        if (png := sign_agreement_plot(features, signal)) is not None:
+            out["Sign agreement per feature"] = png
+    if results.get("rewards") and (png := reward_margin_plot(results["rewards"])) is not None:
+        out["Reward margin distribution"] = png
+    return out
+
+
+def _short(digest: Any) -> str:
+    return str(digest)[:12] if digest else "-"
+
+
+def facts(results: Results) -> list[tuple[str, str]]:
+    """The report header: what was gated, on which data, how, with which libraries, how long it took."""
+    f, cfg = results.get("facts", {}), results.get("config", {})
+    data = f.get("data", {})
+    rows = [
+        ("base model", f"{f.get('base_model', '-')} (loaded from {f.get('base_loaded', '-')}, weights "
+                       f"sha256 {_short(f.get('base_fingerprint'))})"),
+        ("adapter", f"{f.get('adapter', '-')} (weights sha256 {_short(f.get('adapter_sha256'))})"),
+        ("data", f"{data.get('source', '-')} ({data.get('layout', '-')}, fingerprint {_short(data.get('fingerprint'))})"),
+        ("rows and pairs", f"{data.get('rows', '-')} rows; train {data.get('pairs', {}).get('train', '-')}, valid "
+                           f"{data.get('pairs', {}).get('valid', '-')} pairs ({data.get('split_mode', '-')} split); "
+                           f"dropped {data.get('dropped', {})}"),
+        ("quantization", f"{cfg.get('quant')} ({cfg.get('compute_dtype')} compute, device {cfg.get('device')})"),
+        ("generation", f"max_new_tokens {cfg.get('max_new_tokens')}, do_sample {cfg.get('do_sample')}, temperature "
+                       f"{cfg.get('temperature')}, top_p {cfg.get('top_p')}, batch {cfg.get('batch_size')}, seed "
+                       f"{cfg.get('seed')}; answers cut at the limit: {f.get('truncated_share', '-')}"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in f.get("libraries", {}).items())),
+        ("durations (s)", ", ".join(f"{k} {v}" for k, v in {**f.get("timings_s", {}),
+                                                            "wall": f.get("wall_s", "-")}.items())),
+        ("cache", f"hits {f.get('cache', {}).get('hits', {})}, misses {f.get('cache', {}).get('misses', {})}; "
+                  f"recomputed {f.get('computed', {})}; processes {f.get('processes', 1)}"),
+    ]
+    return rows
+
+
+def summary_html(results: Results) -> str:
+    """The facts table and every plot, as one HTML fragment with images inline."""
+    parts = ['<h2>Run facts</h2><table class="dpo-eval-facts">']
+    for k, v in facts(results):
+        parts.append(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+                     f"<td>{html.escape(v)}</td></tr>")
+    parts.append("</table>")
+    for title, png in plots(results).items():
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
+                     f"src='data:image/png;base64,{png}'/>")
+    return "".join(parts)

@@ -1,0 +1,181 @@
+"""The gate's outputs on a tiny model, run as a user runs it (`pytest evals`): results.json, the
+self-contained HTML report, xdist, and the comparison with a baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from tiny import make_adapter
+
+from dpo_eval_core.results import load_results, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gate(out: Path, adapter: Path, data: Path, cache: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`pytest evals` in a subprocess, as from the repository root; returns the process and results path."""
+    results = out / "results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "evals", "-p", "no:cacheprovider", "-q", "--adapter",
+                           str(adapter), "--data", str(data), "--eval-cache-dir", str(cache), "--results",
+                           str(results), "--max-new-tokens", "8", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200, check=False)
+    return proc, results
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_adapter: Path, pairs: Path) -> dict[str, Path]:
+    """The same gate without xdist and with -n 2 (cold caches both), every claim family included."""
+    out = {}
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2"))):
+        d = tmp_path_factory.mktemp(name)
+        proc, results = gate(d, tiny_adapter, pairs, d / "cache", *extra)
+        assert proc.returncode in (0, 1) and results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+        out[name] = results
+    return out
+
+
+def claims_of(path: Path) -> dict[str, dict]:
+    return {c["id"]: c for c in json.loads(path.read_text())["claims"]}
+
+
+def test_xdist_gives_the_same_verdicts_values_and_measurements(runs):
+    serial, xdist = (json.loads(runs[k].read_text()) for k in ("serial", "xdist"))
+    assert claims_of(runs["serial"]) == claims_of(runs["xdist"])
+    assert len(serial["claims"]) > 200  # every family, 69 features each
+    assert serial["features"] == xdist["features"] and serial["rewards"] == xdist["rewards"]
+    assert (serial["facts"]["processes"], xdist["facts"]["processes"]) == (1, 2)
+    # each worker generated its share once: the model-bound tests shared one worker, so nothing twice
+    assert serial["facts"]["computed"] == xdist["facts"]["computed"]
+
+
+def test_results_json_round_trips_byte_for_byte(runs, tmp_path):
+    again = tmp_path / "again.json"
+    write_json(again, load_results(runs["serial"]))
+    assert again.read_bytes() == runs["serial"].read_bytes()
+
+
+def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
+    data = json.loads(runs["serial"].read_text())
+    assert data["schema_version"] == 1 and len(data["features"]) == 69
+    facts = data["facts"]
+    for key in ("base_fingerprint", "adapter_sha256", "libraries", "timings_s", "cache", "wall_s"):
+        assert facts[key], key
+    assert len(facts["data"]["fingerprint"]) == 64 and facts["data"]["pairs"]["train"] > 0
+    assert len(data["rewards"]["margins"]) == data["rewards"]["n"] > 0
+
+
+class Resources(HTMLParser):
+    """Every URL the page would fetch when opened: src of any element, link hrefs, object data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value and (name in ("src", "srcset", "data", "poster") or (tag == "link" and name == "href")):
+                self.urls.append(value)
+
+
+def fetched_urls(html: str) -> list[str]:
+    parser = Resources()
+    parser.feed(html)
+    css = re.findall(r"<style[^>]*>(.*?)</style>", html, re.S | re.I)
+    return parser.urls + [u for block in css for u in re.findall(r"(?:url\(|@import\s+)[\"']?([^\"')\s;]+)", block)]
+
+
+@pytest.mark.parametrize("name", ["serial", "xdist"])
+def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, name):
+    report = runs[name].with_suffix(".html")
+    html = report.read_text()
+    resources = fetched_urls(html)
+    assert resources and all(r.startswith("data:") for r in resources), [r[:80] for r in resources
+                                                                         if not r.startswith("data:")]
+    assert html.count("data:image/png;base64,") == 3  # feature effects, sign agreement, reward margins
+    for column in ("Claim", "Value", "Threshold", "Uncertainty", "Verdict"):
+        assert f'data-column-type="{column.lower()}"' in html
+    # the rows live in the report's embedded JSON; each carries its claim cells
+    assert "col-claim" in html and "reward-accuracy" in html and "sign-agreement-rate" in html
+    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed"):
+        assert fact in html, fact
+
+
+def test_pytest_on_the_unit_tests_writes_no_report(tmp_path):
+    """Only a session that records gate claims writes results.json and the report."""
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
+    plugins = [a for name in ("options", "session", "reporting", "html_report") for a in ("-p", f"fixtures.{name}")]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_x.py", "-p", "no:cacheprovider", *plugins,
+                           "--results", "results.json"], cwd=tmp_path, capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "results.html").exists()
+
+
+# ------------------------------------------------------------------ baseline
+
+
+def test_same_adapter_against_its_own_baseline_passes_every_regression_claim(runs, tiny_adapter, pairs, tmp_path):
+    proc, results = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "--baseline",
+                         str(runs["serial"]), "-k", "regression")
+    claims = claims_of(results)
+    regression = {k: c for k, c in claims.items() if k.startswith(("still-passes[", "not-lower["))}
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(regression) >= 10 and all(c["passed"] for c in regression.values() if c["applicable"])
+    assert regression["not-lower[reward-accuracy]"]["passed"]
+
+
+def test_a_zeroed_adapter_fails_the_regression_claims_naming_what_regressed(runs, tiny_llama, pairs, tmp_path):
+    zero = make_adapter(tiny_llama, tmp_path / "zero", init="zero")
+    proc, results = gate(tmp_path, zero, pairs, runs["serial"].parent / "cache", "--baseline",
+                         str(runs["serial"]), "-k", "regression")
+    claims = claims_of(results)
+    assert proc.returncode == 1
+    for cid in ("still-passes[reward-accuracy]", "still-passes[adapter-changes-model]", "not-lower[reward-accuracy]"):
+        assert not claims[cid]["passed"] and "REGRESSED" in claims[cid]["message"], cid
+    assert "FAILED evals/test_regression.py::test_gating_claim_still_passes[reward-accuracy]" in proc.stdout
+    assert claims["still-passes[adapter-loads]"]["passed"]
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ("data", "it gated other data or another split"),
+    ("seed", "it gated other data or another split"),
+    ("base", "it was made on another base"),
+], ids=["other-data", "other-split", "other-base"])
+def test_a_baseline_of_other_data_or_base_is_refused_with_the_reason(runs, tiny_adapter, tiny_mistral, pairs, tmp_path,
+                                                                     change, fragment):
+    adapter, data, extra = tiny_adapter, pairs, []
+    if change == "data":
+        data = tmp_path / "fewer.jsonl"
+        data.write_text("".join(pairs.read_text().splitlines(keepends=True)[:30]))
+    elif change == "seed":
+        extra = ["--seed", "1"]
+    else:
+        adapter = make_adapter(tiny_mistral, tmp_path / "mistral-adapter")
+    proc, results = gate(tmp_path, adapter, data, tmp_path / "cache", "--baseline", str(runs["serial"]), *extra)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, out[-3000:]
+    assert "Refused, not compared" in out and fragment in out and "Traceback" not in out
+    assert not results.exists()
+
+
+def test_without_baseline_the_regression_tests_skip_with_the_reason(runs, tiny_adapter, pairs, tmp_path):
+    proc, _ = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k", "regression", "-rs")
+    assert proc.returncode == 0
+    assert "no --baseline given" in proc.stdout and "3 skipped" in proc.stdout
