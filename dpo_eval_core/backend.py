@@ -134,7 +134,11 @@ class HFBackend:
         return sums.tolist()
 
 
-def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any, chunk: int = 1024) -> Any:
+LOGITS_CHUNK_BYTES = 64 << 20
+"""Upper bound of one chunk of fp32 logits: positions per chunk = this / (4 * vocab size)."""
+
+
+def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any) -> Any:
     """log p of the target tokens, in row-major order of `targets`.
 
     Applies the LM head only at the positions that predict a target, in chunks, so a
@@ -154,6 +158,7 @@ def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any, 
         hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
         h = hidden[prev[:, 0], prev[:, 1]]
         head = causal_lm.get_output_embeddings()
+        chunk = max(16, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
         out = []
         for s in range(0, h.shape[0], chunk):
             logits = head(h[s:s + chunk]).float()

@@ -1,17 +1,28 @@
-"""Benchmark of the gate's hot paths on the demo, measured side by side in one run.
+"""Benchmark of the gate on the demo, measured side by side in one run.
 
-    python -m dpo_eval_core.bench [--out bench.json] [--prompts 32] [--texts 500]
+    python -m dpo_eval_core.bench [--out bench.json] [--prompts 32] [--texts 500] [--max-samples 32]
 
 Prints one table of ratios (batched vs one-by-one generation, feature pipeline vs
-TextDescriptives text by text) with throughput, the share of this machine's measured
-matmul throughput that generation reaches, and peak memory, and writes it as JSON.
+TextDescriptives text by text, warm vs cold gate, new adapter vs cold gate, peak memory of
+the gate vs one loaded model) with throughput and the share of this machine's measured
+matmul throughput that generation reaches, and writes it as JSON.
+
+The gate rows run the whole gate (every claim, the CPU quantization variants included) in a
+fresh process-local GateRun each: cold from an empty cache (the converted demo base is shared,
+converting a GGUF is not gating), warm on the cache cold left, and a new adapter (the noise
+control: same shapes and norms as the demo adapter) on the same data and cache. Peak memory is
+measured in child processes, so each number is that process's own peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +31,11 @@ from typing import Any
 from .backend import GenerationSettings
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
+from .demo import DEMO_ADAPTER_DIR, demo_base_dir
+from .demo.controls import noise_adapter
 from .features import FeatureSettings, build_pipeline, doc_features, extract
 from .gate import GateRun
+from .quantization import VARIANTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +102,61 @@ def bench_features(texts: list[str], settings: FeatureSettings) -> dict[str, Any
             "same_values": same}
 
 
+def gate_claims(run: GateRun) -> dict[str, Any]:
+    """Every claim the gate makes on this machine: model-bound ones first, quantization last."""
+    claims = run.all_claims() + [c for v in VARIANTS if not v.cuda for c in run.quantization_claims(v)]
+    return {c.id: [c.passed, c.value] for c in claims}
+
+
+def timed_gate(cfg: EvalConfig, cache_dir: Path) -> dict[str, Any]:
+    run = GateRun(cfg, cache=Cache(cache_dir))
+    start = time.perf_counter()
+    claims = gate_claims(run)
+    seconds = time.perf_counter() - start
+    run.free()
+    return {"seconds": seconds, "computed": dict(run.computed), "claims": claims}
+
+
+def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str, Any]:
+    """Cold, warm and new-adapter gate runs on the demo, side by side."""
+    with tempfile.TemporaryDirectory(prefix="dpo-eval-bench-") as tmp:
+        fresh = Path(tmp) / "cache"
+        base = demo_base_dir(cache_dir)
+        (fresh / base.parent.name).mkdir(parents=True)
+        (fresh / base.parent.name / base.name).symlink_to(base, target_is_directory=True)
+        cfg = EvalConfig(cache_dir=fresh, max_samples=max_samples)
+        cold = timed_gate(cfg, fresh)
+        warm = timed_gate(cfg, fresh)
+        new = timed_gate(dataclasses.replace(cfg, adapter=new_adapter), fresh)
+        peak_gate = _child_peak("gate", fresh, max_samples)
+        peak_model = _child_peak("model", fresh, max_samples)
+    return {"max_samples": max_samples, "cold": cold, "warm": warm, "new_adapter": new,
+            "same_verdicts_warm": cold["claims"] == warm["claims"], "peak_gate_mb": peak_gate,
+            "peak_one_model_mb": peak_model}
+
+
+def _child_peak(what: str, cache_dir: Path, max_samples: int) -> float:
+    """Peak RSS (MiB) of a child that runs the whole gate, or only loads the model and runs one forward."""
+    out = subprocess.run([sys.executable, "-m", "dpo_eval_core.bench", "--peak-of", what, "--eval-cache-dir",
+                          str(cache_dir), "--max-samples", str(max_samples)], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_of(what: str, cache_dir: Path, max_samples: int) -> float:
+    cfg = EvalConfig(cache_dir=cache_dir, max_samples=max_samples)
+    run = GateRun(cfg, cache=Cache(cache_dir, enabled=what == "gate"))
+    if what == "gate":
+        gate_claims(run)
+    else:
+        import torch
+
+        ids, mask = run._probe_inputs("cpu")
+        with torch.inference_mode():
+            run.loaded.backend.model(input_ids=ids, attention_mask=mask)
+    return rss_mb()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
@@ -96,13 +165,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--texts", type=int, default=500)
     parser.add_argument("--n-process", type=int, default=2)
     parser.add_argument("--eval-cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--max-samples", type=int, default=32, help="pairs per split in the gate rows")
+    parser.add_argument("--peak-of", choices=["gate", "model"], help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
+    if ns.peak_of:
+        print(peak_of(ns.peak_of, ns.eval_cache_dir, ns.max_samples))
+        return {}
 
-    baseline_rss = rss_mb()
+    with tempfile.TemporaryDirectory(prefix="dpo-eval-noise-") as tmp:
+        gate = bench_gate(ns.eval_cache_dir, ns.max_samples, noise_adapter(DEMO_ADAPTER_DIR, Path(tmp) / "noise"))
     run = GateRun(EvalConfig(cache_dir=ns.eval_cache_dir), cache=Cache(ns.eval_cache_dir, enabled=False))
     gen = bench_generation(run, ns.prompts, ns.max_new_tokens)
     weights_mb = sum(p.numel() * p.element_size() for p in run.loaded.backend.model.parameters()) / 2**20
-    peak_after_model = rss_mb()
     pool = [t for p in run.pairs.pairs for t in (p.chosen, p.rejected)]
     texts = (pool * (ns.texts // max(1, len(pool)) + 1))[:ns.texts]
     feats = bench_features(texts, FeatureSettings(n_process=ns.n_process))
@@ -116,18 +190,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Row("features: pipeline / per text", feats["ratio"],
             f"{feats['texts_per_s_pipeline']:.1f} vs {feats['texts_per_s_naive']:.1f} texts/s, "
             f"{feats['texts']} texts, same values: {feats['same_values']}"),
-        Row("memory: peak RSS growth / model weights", (peak_after_model - baseline_rss) / weights_mb,
-            f"peak {rss_mb():.0f} MiB, weights {weights_mb:.0f} MiB"),
+        Row("gate: warm / cold", gate["warm"]["seconds"] / gate["cold"]["seconds"],
+            f"{gate['warm']['seconds']:.1f} s vs {gate['cold']['seconds']:.1f} s, {gate['max_samples']} pairs per "
+            f"split; warm recomputed {_counts(gate['warm']['computed'])}; same verdicts: {gate['same_verdicts_warm']}"),
+        Row("gate: new adapter / cold", gate["new_adapter"]["seconds"] / gate["cold"]["seconds"],
+            f"{gate['new_adapter']['seconds']:.1f} s; recomputed {_counts(gate['new_adapter']['computed'])} "
+            f"(cold: {_counts(gate['cold']['computed'])})"),
+        Row("memory: gate peak RSS / one loaded model", gate["peak_gate_mb"] / gate["peak_one_model_mb"],
+            f"{gate['peak_gate_mb']:.0f} MiB vs {gate['peak_one_model_mb']:.0f} MiB (model loaded, one forward; "
+            f"weights {weights_mb:.0f} MiB)"),
     ]
     width = max(len(r.name) for r in rows)
     print(f"{'measure':<{width}}  {'ratio':>7}  detail")
     for r in rows:
         print(f"{r.name:<{width}}  {r.ratio:>7.2f}  {r.detail}")
-    result = {"rows": [asdict(r) for r in rows], "generation": gen, "features": feats,
-              "peak_rss_mb": rss_mb(), "weights_mb": weights_mb}
+    result = {"rows": [asdict(r) for r in rows], "generation": gen, "features": feats, "gate": gate,
+              "weights_mb": weights_mb}
     ns.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {ns.out}")
     return result
+
+
+def _counts(computed: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(computed.items())) or "nothing"
 
 
 if __name__ == "__main__":

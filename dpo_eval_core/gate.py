@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from . import claims as C
 from . import regression as R
 from .backend import Generation, GenerationSettings, HFBackend
-from .cache import Cache, file_digest
+from .cache import Cache, file_digest, make_key
 from .chat import accepts_system, leading_bos_count, prompt_ids, require_chat_template
 from .config import EvalConfig
 from .data import PairSet, load_pairs
@@ -48,9 +49,14 @@ from .quantization import (
     run_probe,
 )
 from .quantization import free as free_models
-from .results import load_results
+from .results import library_versions, load_results
 from .rewards import RewardSummary, score_logps, summarize
 from .stats import ROLES, FeatureStat, agreement_rate_ci, differences, feature_stats
+
+
+def _nan_to_none(values: list[Any]) -> list[Any]:
+    """JSON has no NaN: a cached measurement stores None in its place."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
 
 @dataclass
@@ -261,17 +267,39 @@ class GateRun:
         return probe
 
     def quantization_claims(self, variant: Variant) -> list[C.Claim]:
-        """Claims for one quantization variant; each model is loaded, probed and freed in turn."""
+        """Claims for one quantization variant; each model is loaded, probed and freed in turn.
+
+        The measurements are cached, keyed by base and adapter digests, the variant, the device,
+        the probe token ids and the versions of the libraries that do the arithmetic."""
         if variant.id not in self._quant:
-            reference = self._reference_probe
-            probe = self._probe_variant(variant.quant, variant.dtype, merged=False, name=variant.id)
-            free_models()
-            merged = self._probe_variant(variant.quant, variant.dtype, merged=True, name=f"{variant.id}-merged")
-            free_models()
-            self._quant[variant.id] = C.quantization(variant.id, probe.finite, probe.first_nonfinite_module,
-                                                     *agreement(reference, probe), *agreement(probe, merged),
-                                                     self.cfg.gate)
+            start = time.perf_counter()
+            ids, _ = self._probe_inputs("cpu")
+            versions = library_versions()
+            key = make_key("quantization", {
+                "base": self.base_fingerprint, "adapter": file_digest(adapter_weights(self.spec.adapter), self.cache),
+                "quant": variant.quant, "dtype": variant.dtype, "device": self.cfg.resolved_device.split(":")[0],
+                "probe": ids.tolist(), "libraries": {k: versions[k] for k in ("torch", "transformers", "peft",
+                                                                                "bitsandbytes")}})
+            measured = self.cache.get("quantization", key)
+            if measured is None:
+                self.free()  # probes load models of their own: never hold two copies at once
+                measured = _nan_to_none(self._measure_quantization(variant))
+                self.cache.put("quantization", key, measured)
+                self.computed["quantization_variants"] = self.computed.get("quantization_variants", 0) + 1
+            finite, first_bad, *numbers = measured
+            self._quant[variant.id] = C.quantization(variant.id, finite, first_bad,
+                                                     *(math.nan if x is None else x for x in numbers), self.cfg.gate)
+            self._timed("quantization", start)
         return self._quant[variant.id]
+
+    def _measure_quantization(self, variant: Variant) -> list[Any]:
+        """[finite, first non-finite module, top-1, KL, merged top-1, merged KL] for one variant."""
+        reference = self._reference_probe
+        probe = self._probe_variant(variant.quant, variant.dtype, merged=False, name=variant.id)
+        free_models()
+        merged = self._probe_variant(variant.quant, variant.dtype, merged=True, name=f"{variant.id}-merged")
+        free_models()
+        return [probe.finite, probe.first_nonfinite_module, *agreement(reference, probe), *agreement(probe, merged)]
 
     # ------------------------------------------------------------------ claims
     def checkpoint_claims(self) -> list[C.Claim]:

@@ -184,7 +184,9 @@ def facts(results: Results) -> list[tuple[str, str]]:
         ("quantization", f"{cfg.get('quant')} ({cfg.get('compute_dtype')} compute, device {cfg.get('device')})"),
         ("generation", f"max_new_tokens {cfg.get('max_new_tokens')}, do_sample {cfg.get('do_sample')}, temperature "
                        f"{cfg.get('temperature')}, top_p {cfg.get('top_p')}, batch {cfg.get('batch_size')}, seed "
-                       f"{cfg.get('seed')}; answers cut at the limit: {f.get('truncated_share', '-')}"),
+                       f"{cfg.get('seed')}; answers cut at the limit: "
+                       + (", ".join(f"{k} {v:.1%}" for k, v in f["truncated_share"].items())
+                          if f.get("truncated_share") else "-")),
         ("libraries", ", ".join(f"{k} {v}" for k, v in f.get("libraries", {}).items())),
         ("durations (s)", ", ".join(f"{k} {v}" for k, v in {**f.get("timings_s", {}),
                                                             "wall": f.get("wall_s", "-")}.items())),
