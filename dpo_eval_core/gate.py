@@ -93,6 +93,11 @@ class GateRun:
             if files else f"hub:{self.spec.base}"
 
     @functools.cached_property
+    def adapter_fingerprint(self) -> str:
+        """sha256 of the adapter's weights file, hashed once per run."""
+        return file_digest(adapter_weights(self.spec.adapter), self.cache)
+
+    @functools.cached_property
     def data_source(self) -> str:
         return self.cfg.data or str(demo_data_path(self.cfg.cache_dir))
 
@@ -130,11 +135,11 @@ class GateRun:
 
     def _load(self) -> Loaded:
         spec, cfg = self.spec, self.cfg
-        adapter_file = adapter_weights(spec.adapter)
+        adapter_fp = self.adapter_fingerprint  # a missing or unsafe weights file fails before the base loads
         tokenizer = self.tokenizer
         model = load_base(spec.base, cfg.quant, cfg.resolved_dtype, cfg.resolved_device)
         peft_model, report = attach_adapter(model, spec)
-        key = {"base": self.base_fingerprint, "adapter": file_digest(adapter_file, self.cache), "quant": cfg.quant,
+        key = {"base": self.base_fingerprint, "adapter": adapter_fp, "quant": cfg.quant,
                "dtype": cfg.resolved_dtype, "device": cfg.resolved_device.split(":")[0],
                "chat_template": hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()}
         backend = HFBackend(peft_model, tokenizer, system_ok=self.system_ok, device=cfg.resolved_device)
@@ -276,7 +281,7 @@ class GateRun:
             ids, _ = self._probe_inputs("cpu")
             versions = library_versions()
             key = make_key("quantization", {
-                "base": self.base_fingerprint, "adapter": file_digest(adapter_weights(self.spec.adapter), self.cache),
+                "base": self.base_fingerprint, "adapter": self.adapter_fingerprint,
                 "quant": variant.quant, "dtype": variant.dtype, "device": self.cfg.resolved_device.split(":")[0],
                 "probe": ids.tolist(), "libraries": {k: versions[k] for k in ("torch", "transformers", "peft",
                                                                                 "bitsandbytes")}})

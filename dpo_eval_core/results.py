@@ -9,10 +9,9 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .cache import atomic_write_text, file_digest
+from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError, DpoEvalError
-from .models import adapter_weights
 
 SCHEMA_VERSION = 1
 
@@ -53,7 +52,7 @@ def run_facts(run: Any) -> dict[str, Any]:
         spec = run.spec
         facts.update(base_model=spec.base_declared, base_loaded=spec.base, adapter=str(spec.adapter),
                      demo=spec.is_demo, base_fingerprint=run.base_fingerprint,
-                     adapter_sha256=file_digest(adapter_weights(spec.adapter), run.cache))
+                     adapter_sha256=run.adapter_fingerprint)
         ps = run.pairs
         facts["data"] = {"source": ps.source, "layout": ps.layout, "rows": ps.n_rows, "dropped": dict(ps.dropped),
                          "split_mode": ps.split_mode, "pairs": ps.counts(), "fingerprint": ps.fingerprint(),

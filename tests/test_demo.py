@@ -4,12 +4,11 @@ DPO on the gate's train split only, and the gate run end to end on it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from evals_cli import run_evals
 
 from dpo_eval_core.data import load_pairs
 from dpo_eval_core.demo import (
@@ -19,8 +18,6 @@ from dpo_eval_core.demo import (
     demo_pairs_sha256,
 )
 from dpo_eval_core.demo.pairs import write_demo_pairs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_pairs_are_deterministic_many_and_distinct():
@@ -47,10 +44,7 @@ def test_demo_adapter_is_really_dpo_trained():
 
 def run_gate(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     results = tmp_path / "results.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "evals", "-p", "no:cacheprovider", "-q",
-                           "--results", str(results), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=3000, check=False)
+    proc = run_evals(results, *args)
     assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, {c["id"]: c for c in json.loads(results.read_text())["claims"]}
 

@@ -12,21 +12,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from evals_cli import ROOT, run_evals
 from tiny import make_adapter
 
 from dpo_eval_core.results import load_results, write_json
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def gate(out: Path, adapter: Path, data: Path, cache: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     """`pytest evals` in a subprocess, as from the repository root; returns the process and results path."""
     results = out / "results.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "evals", "-p", "no:cacheprovider", "-q", "--adapter",
-                           str(adapter), "--data", str(data), "--eval-cache-dir", str(cache), "--results",
-                           str(results), "--max-new-tokens", "8", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200, check=False)
+    proc = run_evals(results, "--adapter", str(adapter), "--data", str(data), "--eval-cache-dir", str(cache),
+                     "--max-new-tokens", "8", *args, timeout=1200)
     return proc, results
 
 
