@@ -164,7 +164,7 @@ class EvalConfig:
     """auto: float32 on CPU, bfloat16 on CUDA."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    batch_size: int = 16
+    batch_size: int = 64
     """Prompts per generation or scoring batch."""
     max_new_tokens: int = 96
     """Generation stops at EOS or after this many new tokens."""

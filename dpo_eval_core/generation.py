@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from .backend import Backend, Generation, GenerationSettings, batches
+from .backend import DECODER_VERSION, Backend, Generation, GenerationSettings, batches
 from .cache import Cache, make_key
 from .chat import Message
 
@@ -15,11 +15,11 @@ from .chat import Message
 def generation_key(model_key: Mapping[str, Any], adapter: bool, settings: GenerationSettings,
                    messages: Sequence[Message]) -> str:
     """Keyed by base weights, adapter weights (none for the base role), quantization, dtype, device,
-    chat template, generation settings and prompt."""
+    chat template, generation settings, decoder version and prompt."""
     fields = dict(model_key)
     if not adapter:
         fields["adapter"] = None
-    return make_key("generation", {"model": fields, "settings": dataclasses.asdict(settings),
+    return make_key("generation", {"model": fields, "settings": dataclasses.asdict(settings), "decoder": DECODER_VERSION,
                                    "messages": [list(m) for m in messages]})
 
 

@@ -113,6 +113,32 @@ def test_batched_generation_equals_one_by_one_in_fp32(kind, tmp_path):
     assert all(g.n_tokens <= 8 for g in batched)
 
 
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_decoding_that_drops_finished_rows_matches_transformers_generate(kind, tmp_path):
+    """Rows stop at different steps (an EOS taken from one row's answer); every row must equal
+    transformers' generate, which keeps finished rows in the batch."""
+    backend, _ = load(make_adapter(make_base(tmp_path / kind, kind), tmp_path / "ad"))
+    prompts = [(("user", f"Question number {i} about {'foxes ' * i}?"),) for i in range(6)]
+    ids = [backend.prompt_ids(m) for m in prompts]
+    width, pad = max(map(len, ids)), backend.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+
+    def reference(eos: list[int]) -> list[list[int]]:
+        out = backend.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                     pad_token_id=pad, eos_token_id=eos, temperature=None, top_p=None, top_k=None)
+        rows = out[:, width:].tolist()
+        return [row[:next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
+
+    first = reference([backend.tokenizer.eos_token_id])
+    backend.model.generation_config.eos_token_id = [first[0][3]]  # row 0 stops at step 4, others later or never
+    expected = reference(backend._eos_ids())
+    got = backend.generate(prompts, adapter=True, settings=GenerationSettings(max_new_tokens=12, batch_size=6))
+    assert len({len(r) for r in expected}) > 1, "rows must finish at different steps for this test to bite"
+    assert [g.text for g in got] == [backend.tokenizer.decode(r, skip_special_tokens=True).strip() for r in expected]
+    assert [g.n_tokens for g in got] == [len(r) for r in expected]
+
+
 def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adapter):
     backend, _ = load(tiny_adapter)
     settings = GenerationSettings(max_new_tokens=12)
