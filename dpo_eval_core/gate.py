@@ -249,25 +249,31 @@ class GateRun:
                 base = b.model(input_ids=ids, attention_mask=mask).logits[mask.bool()].float()
         return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())
 
-    def _probe_variant(self, quant: str, dtype: str, merged: bool, name: str) -> Probe:
-        """Load the base (quantized as asked) with the adapter, probe it, and let it go.
+    def _probe_variant(self, quant: str, dtype: str, name: str) -> tuple[Probe, Probe]:
+        """(unmerged, merged) probes of the base quantized as asked with the adapter; one load serves both.
 
-        merged=True dequantizes a quantized base first and merges the adapter with safe_merge, as a
-        QLoRA adapter is merged for serving; merging into 4-bit weights would re-round them.
+        The merged model is what serving a QLoRA adapter uses: a quantized base is dequantized first
+        and the adapter merged with safe_merge, since merging into 4-bit weights would re-round them.
         """
-        base = load_base(self.spec.base, quant, dtype, self.cfg.resolved_device)
-        if merged and quant != "none":
-            base = base.dequantize()
-        model, _ = attach_adapter(base, self.spec)
-        if merged:
-            model = model.merge_and_unload(safe_merge=True)
-        return run_probe(model, *self._probe_inputs(self.cfg.resolved_device), name)
+        model, _ = attach_adapter(load_base(self.spec.base, quant, dtype, self.cfg.resolved_device), self.spec)
+        inputs = self._probe_inputs(self.cfg.resolved_device)
+        unmerged = run_probe(model, *inputs, name)
+        if quant != "none":
+            base = model.unload().dequantize()  # LoRA layers out, bnb weights back to `dtype`
+            model, _ = attach_adapter(base, self.spec)
+        merged = run_probe(model.merge_and_unload(safe_merge=True), *inputs, f"{name}-merged")
+        return unmerged, merged
 
     @functools.cached_property
     def _reference_probe(self) -> Probe:
-        """Full precision (fp32 on CPU, the compute dtype on CUDA), adapter unmerged."""
+        """Full precision (fp32 on CPU, the compute dtype on CUDA), adapter unmerged: the gate's own
+        model when it was loaded that way, else one loaded for the purpose."""
         dtype = "float32" if not self.cfg.on_cuda else self.cfg.resolved_dtype
-        probe = self._probe_variant("none", dtype, merged=False, name="reference")
+        if self._loaded is not None and self.cfg.quant == "none" and self.cfg.resolved_dtype == dtype:
+            return run_probe(self._loaded.backend.model, *self._probe_inputs(self.cfg.resolved_device), "reference")
+        model, _ = attach_adapter(load_base(self.spec.base, "none", dtype, self.cfg.resolved_device), self.spec)
+        probe = run_probe(model, *self._probe_inputs(self.cfg.resolved_device), "reference")
+        del model
         free_models()
         return probe
 
@@ -287,6 +293,7 @@ class GateRun:
                                                                                 "bitsandbytes")}})
             measured = self.cache.get("quantization", key)
             if measured is None:
+                _ = self._reference_probe  # from the loaded model, before it is freed
                 self.free()  # probes load models of their own: never hold two copies at once
                 measured = _nan_to_none(self._measure_quantization(variant))
                 self.cache.put("quantization", key, measured)
@@ -300,9 +307,7 @@ class GateRun:
     def _measure_quantization(self, variant: Variant) -> list[Any]:
         """[finite, first non-finite module, top-1, KL, merged top-1, merged KL] for one variant."""
         reference = self._reference_probe
-        probe = self._probe_variant(variant.quant, variant.dtype, merged=False, name=variant.id)
-        free_models()
-        merged = self._probe_variant(variant.quant, variant.dtype, merged=True, name=f"{variant.id}-merged")
+        probe, merged = self._probe_variant(variant.quant, variant.dtype, variant.id)
         free_models()
         return [probe.finite, probe.first_nonfinite_module, *agreement(reference, probe), *agreement(probe, merged)]
 
