@@ -1,11 +1,12 @@
 """Benchmark of the gate on the demo, measured side by side in one run.
 
-    python -m dpo_eval_core.bench [--out bench.json] [--prompts 32] [--texts 500] [--max-samples 32]
+    python -m dpo_eval_core.bench [--out bench.json] [--prompts 64] [--texts 500] [--max-samples 32]
 
 Prints one table of ratios (batched vs one-by-one generation, feature pipeline vs
 TextDescriptives text by text, warm vs cold gate, new adapter vs cold gate, peak memory of
 the gate vs one loaded model) with throughput and the share of this machine's measured
-matmul throughput that generation reaches, and writes it as JSON.
+matmul throughput that generation reaches, and writes it as JSON. Generation runs with the
+gate's own settings (batch size, max new tokens) and batching.
 
 The gate rows run the whole gate (every claim, the CPU quantization variants included) in a
 fresh process-local GateRun each: cold from an empty cache (the converted demo base is shared,
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .backend import GenerationSettings
+from .backend import GenerationSettings, batches
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
 from .demo import DEMO_ADAPTER_DIR, demo_base_dir
@@ -56,40 +57,55 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    """fp32 GEMM throughput of this machine now, the roofline for generation."""
+def matmul_gflops(sizes: tuple[int, ...] = (1024, 2048), seconds: float = 1.0) -> float:
+    """Peak fp32 GEMM throughput of this machine now (best of square sizes): the roofline."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+        start, repeats = time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - start) < seconds:
+            torch.mm(a, b)
+            repeats += 1
+        best = max(best, 2 * n**3 * repeats / elapsed / 1e9)
+    return best
 
 
-def bench_generation(run: GateRun, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def bench_generation(run: GateRun, n_prompts: int, settings: GenerationSettings) -> dict[str, Any]:
+    """The gate's own batched generation against the same prompts one at a time.
+
+    The roofline share counts the tokens the model must process, prompt and answer (2 FLOPs
+    per parameter each), against peak GEMM throughput; the share of answer tokens alone is
+    reported beside it, since prefill is work a user never sees as output.
+    """
     backend = run.loaded.backend
     prompts = [p.messages for p in run.pairs.pairs[:n_prompts]]
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=16)
+    lengths = [len(backend.prompt_ids(m)) for m in prompts]
     start = time.perf_counter()
-    batched = []
-    for i in range(0, len(prompts), settings.batch_size):
-        batched += backend.generate(prompts[i:i + settings.batch_size], adapter=True, settings=settings)
+    batched: dict[int, Any] = {}
+    for batch in batches(len(prompts), settings.batch_size, lengths):  # as the gate batches them
+        batched.update(zip(batch, backend.generate([prompts[i] for i in batch], adapter=True, settings=settings)))
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
     single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
     t_single = time.perf_counter() - start
-    tokens_b, tokens_s = sum(g.n_tokens for g in batched), sum(g.n_tokens for g in single)
-    n_params = sum(p.numel() for p in backend.model.parameters())
+    answers = [batched[i] for i in range(len(prompts))]
+    tokens_b, tokens_s = sum(g.n_tokens for g in answers), sum(g.n_tokens for g in single)
+    gflop_per_token = 2 * sum(p.numel() for p in backend.model.parameters()) / 1e9
     gflops = matmul_gflops()
     tok_s = tokens_b / t_batched
-    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "tokens_batched": tokens_b,
-            "tokens_single": tokens_s, "seconds_batched": t_batched, "seconds_single": t_single,
+    processed_s = (tokens_b + sum(lengths)) / t_batched
+    return {"prompts": len(prompts), "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+            "prompt_tokens": sum(lengths), "tokens_batched": tokens_b, "tokens_single": tokens_s,
+            "seconds_batched": t_batched, "seconds_single": t_single,
             "tokens_per_s_batched": tok_s, "tokens_per_s_single": tokens_s / t_single,
-            "ratio": tok_s / (tokens_s / t_single), "same_answers": [g.text for g in batched] == [g.text for g in single],
-            "matmul_gflops": gflops, "model_gflop_per_token": 2 * n_params / 1e9,
-            "roofline_share": tok_s * 2 * n_params / 1e9 / gflops}
+            "ratio": tok_s / (tokens_s / t_single),
+            "same_answers": [g.text for g in answers] == [g.text for g in single],
+            "matmul_gflops": gflops, "model_gflop_per_token": gflop_per_token,
+            "roofline_share": processed_s * gflop_per_token / gflops,
+            "roofline_share_answer_tokens": tok_s * gflop_per_token / gflops}
 
 
 def bench_features(texts: list[str], settings: FeatureSettings) -> dict[str, Any]:
@@ -120,7 +136,7 @@ def timed_gate(cfg: EvalConfig, cache_dir: Path) -> dict[str, Any]:
     claims = gate_claims(run)
     seconds = time.perf_counter() - start
     run.free()
-    return {"seconds": seconds, "computed": dict(run.computed), "claims": claims}
+    return {"seconds": seconds, "computed": dict(run.computed), "timings": dict(run.timings), "claims": claims}
 
 
 def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str, Any]:
@@ -166,8 +182,7 @@ def peak_of(what: str, cache_dir: Path, max_samples: int) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts in the generation rows")
     parser.add_argument("--texts", type=int, default=500)
     parser.add_argument("--n-process", type=int, default=2)
     parser.add_argument("--eval-cache-dir", type=Path, default=default_cache_dir())
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dpo-eval-noise-") as tmp:
         gate = bench_gate(ns.eval_cache_dir, ns.max_samples, noise_adapter(DEMO_ADAPTER_DIR, Path(tmp) / "noise"))
     run = GateRun(EvalConfig(cache_dir=ns.eval_cache_dir), cache=Cache(ns.eval_cache_dir, enabled=False))
-    gen = bench_generation(run, ns.prompts, ns.max_new_tokens)
+    gen = bench_generation(run, ns.prompts, run.settings)
     weights_mb = sum(p.numel() * p.element_size() for p in run.loaded.backend.model.parameters()) / 2**20
     pool = [t for p in run.pairs.pairs for t in (p.chosen, p.rejected)]
     texts = (pool * (ns.texts // max(1, len(pool)) + 1))[:ns.texts]
@@ -191,8 +206,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{gen['tokens_per_s_batched']:.0f} vs {gen['tokens_per_s_single']:.0f} tok/s, "
             f"{gen['prompts']} prompts, same answers: {gen['same_answers']}"),
         Row("generation: share of matmul roofline", gen["roofline_share"],
-            f"{gen['tokens_per_s_batched']:.0f} tok/s x {gen['model_gflop_per_token']:.2f} GFLOP/tok vs "
-            f"{gen['matmul_gflops']:.0f} GFLOP/s measured"),
+            f"({gen['prompt_tokens']} prompt + {gen['tokens_batched']} answer tokens) x "
+            f"{gen['model_gflop_per_token']:.2f} GFLOP in {gen['seconds_batched']:.1f} s vs "
+            f"{gen['matmul_gflops']:.0f} GFLOP/s peak GEMM; answer tokens alone "
+            f"{gen['roofline_share_answer_tokens']:.2f}; batch {gen['batch_size']}, "
+            f"max {gen['max_new_tokens']} new tokens"),
         Row("features: pipeline / per text", feats["ratio"],
             f"{feats['texts_per_s_pipeline']:.1f} vs {feats['texts_per_s_naive']:.1f} texts/s, "
             f"{feats['texts']} texts, same values: {feats['same_values']}"),
@@ -201,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"split; warm recomputed {_counts(gate['warm']['computed'])}; same verdicts: {gate['same_verdicts_warm']}"),
         Row("gate: new adapter / cold", gate["new_adapter"]["seconds"] / gate["cold"]["seconds"],
             f"{gate['new_adapter']['seconds']:.1f} s; recomputed {_counts(gate['new_adapter']['computed'])} "
-            f"(cold: {_counts(gate['cold']['computed'])})"),
+            f"(cold: {_counts(gate['cold']['computed'])}); seconds by phase {_phases(gate['new_adapter'])} "
+            f"(cold: {_phases(gate['cold'])})"),
         Row("memory: gate peak RSS / one loaded model", gate["peak_gate_mb"] / gate["peak_one_model_mb"],
             f"{gate['peak_gate_mb']:.0f} MiB vs {gate['peak_one_model_mb']:.0f} MiB (model loaded, one forward; "
             f"weights {weights_mb:.0f} MiB)"),
@@ -215,6 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {ns.out}")
     return result
+
+
+def _phases(run: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in sorted(run["timings"].items()))
 
 
 def _counts(computed: dict[str, int]) -> str:

@@ -1,0 +1,49 @@
+"""A new adapter on the same data and cache recomputes exactly what depends on the adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tiny import make_adapter
+
+from dpo_eval_core.cache import Cache
+from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.gate import GateRun
+from dpo_eval_core.quantization import VARIANTS
+
+
+def whole_gate(cfg: EvalConfig) -> GateRun:
+    run = GateRun(cfg, cache=Cache(cfg.cache_dir))
+    run.all_claims()
+    for variant in VARIANTS:
+        if not variant.cuda:
+            run.quantization_claims(variant)
+    run.free()
+    return run
+
+
+def test_new_adapter_recomputes_tuned_answers_their_features_policy_logps_and_probes_only(
+        tmp_path: Path, tiny_llama: Path, tiny_adapter: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+                                        "rejected": f"Well, um, I guess {i}, maybe."}) + "\n" for i in range(12)))
+    cfg = EvalConfig(adapter=tiny_adapter, data=str(data), cache_dir=tmp_path / "cache", max_new_tokens=6,
+                     device="cpu")
+    cold = whole_gate(cfg)
+    n_prompts, n_valid = len(cold.pairs.pairs), len(list(cold.pairs.split("valid")))
+    assert cold.computed["generations_tuned"] == cold.computed["generations_base"] == n_prompts
+    assert cold.computed["logps"] == 4 * n_valid  # policy and reference, chosen and rejected
+
+    assert not any(whole_gate(cfg).computed.values())  # the same adapter again: nothing
+
+    other = make_adapter(tiny_llama, tmp_path / "other", seed=7)
+    new = whole_gate(dataclasses.replace(cfg, adapter=other))
+    seen = {t for p in cold.pairs.pairs for t in (p.chosen, p.rejected)}
+    seen |= {g.text for role in ("tuned", "base") for g in cold.answers[role]}
+    new_texts = {g.text for g in new.answers["tuned"]} - seen
+    assert new.computed == {"generations_tuned": n_prompts, "generations_base": 0, "feature_rows": len(new_texts),
+                            "logps": 2 * n_valid, "quantization_variants": sum(not v.cuda for v in VARIANTS)}
+    assert new_texts, "the other adapter must answer differently for this test to bite"
+
