@@ -54,6 +54,16 @@ def batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
         yield order[start:start + size]
 
 
+def left_pad(ids: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for a batch of prompts, padded on the left as decoding needs."""
+    import torch
+
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    return input_ids, mask
+
+
 class HFBackend:
     """A loaded PEFT model and its tokenizer."""
 
@@ -71,11 +81,7 @@ class HFBackend:
         """One batch, left-padded; greedy unless settings say otherwise."""
         import torch
 
-        ids = [self.prompt_ids(m) for m in prompts]
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        input_ids, mask = left_pad([self.prompt_ids(m) for m in prompts], self.tokenizer.pad_token_id, self.device)
         eos = self._eos_ids()
         with torch.inference_mode(), self.adapter_context(adapter):
             rows = decode(self.model, input_ids, mask, eos, settings)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .backend import left_pad
 from .chat import Message, prompt_ids
 
 
@@ -49,14 +50,7 @@ class Probe:
 
 def probe_batch(tokenizer: Any, prompts: Sequence[Sequence[Message]], system_ok: bool, device: str) -> tuple[Any, Any]:
     """Left-padded ids and mask for the probe prompts."""
-    import torch
-
-    ids = [prompt_ids(tokenizer, m, system_ok) for m in prompts]
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-    return input_ids, mask
+    return left_pad([prompt_ids(tokenizer, m, system_ok) for m in prompts], tokenizer.pad_token_id, device)
 
 
 def pick_probe_prompts(prompts: Sequence[Sequence[Message]], lengths: Sequence[int], k: int = 6,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import make_adapter, make_base
 
-from dpo_eval_core.backend import GenerationSettings, HFBackend
+from dpo_eval_core.backend import GenerationSettings, HFBackend, left_pad
 from dpo_eval_core.chat import (
     accepts_system,
     fold_system,
@@ -119,10 +119,9 @@ def test_decoding_that_drops_finished_rows_matches_transformers_generate(kind, t
     transformers' generate, which keeps finished rows in the batch."""
     backend, _ = load(make_adapter(make_base(tmp_path / kind, kind), tmp_path / "ad"))
     prompts = [(("user", f"Question number {i} about {'foxes ' * i}?"),) for i in range(6)]
-    ids = [backend.prompt_ids(m) for m in prompts]
-    width, pad = max(map(len, ids)), backend.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    pad = backend.tokenizer.pad_token_id
+    input_ids, mask = left_pad([backend.prompt_ids(m) for m in prompts], pad, "cpu")
+    width = input_ids.shape[1]
 
     def reference(eos: list[int]) -> list[list[int]]:
         out = backend.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
