@@ -250,17 +250,19 @@ class GateRun:
         return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())
 
     def _probe_variant(self, quant: str, dtype: str, name: str) -> tuple[Probe, Probe]:
-        """(unmerged, merged) probes of the base quantized as asked with the adapter; one load serves both.
+        """(unmerged, merged) probes of the base quantized as asked with the adapter.
 
         The merged model is what serving a QLoRA adapter uses: a quantized base is dequantized first
         and the adapter merged with safe_merge, since merging into 4-bit weights would re-round them.
         """
-        model, _ = attach_adapter(load_base(self.spec.base, quant, dtype, self.cfg.resolved_device), self.spec)
         inputs = self._probe_inputs(self.cfg.resolved_device)
+        model, _ = attach_adapter(load_base(self.spec.base, quant, dtype, self.cfg.resolved_device), self.spec)
         unmerged = run_probe(model, *inputs, name)
-        if quant != "none":
-            base = model.unload().dequantize()  # LoRA layers out, bnb weights back to `dtype`
-            model, _ = attach_adapter(base, self.spec)
+        if quant != "none":  # a fresh load: dequantizing the unloaded model gave other weights (demo, NF4)
+            del model
+            free_models()
+            model, _ = attach_adapter(load_base(self.spec.base, quant, dtype, self.cfg.resolved_device).dequantize(),
+                                      self.spec)
         merged = run_probe(model.merge_and_unload(safe_merge=True), *inputs, f"{name}-merged")
         return unmerged, merged
 
