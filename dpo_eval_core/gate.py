@@ -40,6 +40,7 @@ from .models import (
     weights_files,
 )
 from .quantization import (
+    PROBE_VERSION,
     VARIANTS,
     Probe,
     Variant,
@@ -283,7 +284,7 @@ class GateRun:
         """Claims for one quantization variant; each model is loaded, probed and freed in turn.
 
         The measurements are cached, keyed by base and adapter digests, the variant, the device,
-        the probe token ids and the versions of the libraries that do the arithmetic."""
+        the probe token ids, the probe code's version and the versions of the libraries that do the arithmetic."""
         if variant.id not in self._quant:
             start = time.perf_counter()
             ids, _ = self._probe_inputs("cpu")
@@ -291,8 +292,8 @@ class GateRun:
             key = make_key("quantization", {
                 "base": self.base_fingerprint, "adapter": self.adapter_fingerprint,
                 "quant": variant.quant, "dtype": variant.dtype, "device": self.cfg.resolved_device.split(":")[0],
-                "probe": ids.tolist(), "libraries": {k: versions[k] for k in ("torch", "transformers", "peft",
-                                                                                "bitsandbytes")}})
+                "probe": ids.tolist(), "probe_version": PROBE_VERSION,
+                "libraries": {k: versions[k] for k in ("torch", "transformers", "peft", "bitsandbytes")}})
             measured = self.cache.get("quantization", key)
             if measured is None:
                 _ = self._reference_probe  # from the loaded model, before it is freed

@@ -14,6 +14,11 @@ from typing import Any, Sequence
 from .backend import left_pad
 from .chat import Message, prompt_ids
 
+PROBE_VERSION = 2
+"""Joins the cache key of quantization measurements: raise it when how a probe is built changes, so
+measurements made by older code are not trusted (version 1 reused an unloaded, dequantized model for
+the merged probe and got wrong weights)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Variant:
