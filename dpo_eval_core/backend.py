@@ -46,6 +46,9 @@ class Backend(Protocol):
     def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                  adapter: bool, max_length: int | None = None) -> list[float]: ...
 
+    def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
+                           max_length: int | None = None) -> list[int]: ...
+
 
 def batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
     """Index batches of at most `size`, grouped by length so little padding is computed."""
@@ -99,6 +102,19 @@ class HFBackend:
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         return sorted(i for i in ids if i is not None)
 
+    def _scored_rows(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str],
+                     max_length: int | None) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, completion ids) per row, cut to max_length tokens as TRL's keep_start does."""
+        rows = [completion_ids(self.tokenizer, m, c, self.system_ok) for m, c in zip(prompts, completions)]
+        if max_length is not None:
+            rows = [(p, c[:max(0, max_length - len(p))]) for p, c in rows]
+        return rows
+
+    def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
+                           max_length: int | None = None) -> list[int]:
+        """How many completion tokens `logprobs` sums per row (0 where it scores NaN); needs no model."""
+        return [len(c) for p, c in self._scored_rows(prompts, completions, max_length)]
+
     def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                  adapter: bool, max_length: int | None = None) -> list[float]:
         """Sum of log p(completion token | prefix) per row; prompt and padding masked out (TRL's rule).
@@ -108,9 +124,7 @@ class HFBackend:
         """
         import torch
 
-        rows = [completion_ids(self.tokenizer, m, c, self.system_ok) for m, c in zip(prompts, completions)]
-        if max_length is not None:
-            rows = [(p, c[:max(0, max_length - len(p))]) for p, c in rows]
+        rows = self._scored_rows(prompts, completions, max_length)
         keep = [i for i, (p, c) in enumerate(rows) if c and (max_length is None or len(p) < max_length)]
         if len(keep) < len(rows):
             out = [float("nan")] * len(rows)

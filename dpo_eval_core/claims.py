@@ -141,7 +141,7 @@ def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
 
 def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
     lvl = f"{gate.ci_level:.0%} CI"
-    a, m = summary.accuracy, summary.margin
+    a, t, m = summary.accuracy, summary.accuracy_per_token, summary.margin
     why = " Every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the " \
           "adapter is not active)." if summary.all_zero else ""
     if summary.n_unscorable:
@@ -149,13 +149,18 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
                 f"too).")
     if summary.n == 0:
         empty = "no valid pairs to score" + why
-        return [Claim("reward-accuracy", False, None, "", "", 0, empty),
-                Claim("reward-margin", False, None, "", "", 0, empty)]
+        return [Claim(cid, False, None, "", "", 0, empty)
+                for cid in ("reward-accuracy", "reward-accuracy-per-token", "reward-margin")]
     return [
         Claim("reward-accuracy", a.ci_low > gate.min_reward_accuracy, a.value, f"CI low > {gate.min_reward_accuracy}",
               f"{lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}]", summary.n,
               f"accuracy {a.value:.3f}, {lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}], n={summary.n}, beta={summary.beta}"
               + why, ci=(a.ci_low, a.ci_high)),
+        Claim("reward-accuracy-per-token", t.ci_low > gate.min_reward_accuracy, t.value,
+              f"CI low > {gate.min_reward_accuracy}", f"{lvl} [{t.ci_low:.3f}, {t.ci_high:.3f}]", summary.n,
+              f"accuracy of rewards per completion token {t.value:.3f}, {lvl} [{t.ci_low:.3f}, {t.ci_high:.3f}], "
+              f"n={summary.n} (summed: {a.value:.3f}; length alone cannot move this one)" + why,
+              ci=(t.ci_low, t.ci_high)),
         Claim("reward-margin", m.ci_low > 0, m.value, "CI low > 0", f"{lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
               summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why,
               ci=(m.ci_low, m.ci_high)),

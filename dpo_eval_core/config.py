@@ -45,7 +45,7 @@ class GateConfig:
     min_agreement: float = 0.6
     """Share of data-signal features whose tuned-minus-base sign agrees with chosen-minus-rejected."""
     min_reward_accuracy: float = 0.5
-    """Lower CI bound of implicit-reward accuracy on the valid split must exceed this."""
+    """Lower CI bound of implicit-reward accuracy (summed and per token) on the valid split must exceed this."""
     beta: float = 0.1
     """DPO beta used to turn log-ratios into rewards (TRL's default)."""
     ci_level: float = 0.95
@@ -66,6 +66,7 @@ class GateConfig:
         "quantized-agrees[*]",
         "merged-agrees[*]",
         "reward-accuracy",
+        "reward-accuracy-per-token",
         "reward-margin",
         "data-signal",
         "sign-agreement-rate",

@@ -361,6 +361,7 @@ class GateRun:
         else:
             families = {"adapter-loads": self.checkpoint_claims, "adapter-changes-model": self.checkpoint_claims,
                         "tokenizer-ready": self.checkpoint_claims, "reward-accuracy": self.reward_claims,
+                        "reward-accuracy-per-token": self.reward_claims,
                         "reward-margin": self.reward_claims, "data-signal": self.data_claims,
                         "tuned-differs": self.alignment_claims, "sign-agreement": self.alignment_claims,
                         "sign-agreement-rate": self.alignment_claims}

@@ -14,7 +14,7 @@ from .claims import Claim
 
 Results = Mapping[str, Any]
 
-RATES = ("reward-accuracy", "sign-agreement-rate")
+RATES = ("reward-accuracy", "reward-accuracy-per-token", "sign-agreement-rate")
 """Claims whose value must not fall below the baseline's beyond the two confidence intervals."""
 
 

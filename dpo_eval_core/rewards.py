@@ -4,6 +4,12 @@ reward = beta * (log p_policy(completion | prompt) - log p_reference(completion 
 policy = base + adapter, reference = the same weights with the adapter disabled.
 accuracy = mean(reward_chosen > reward_rejected) (ties count as not preferred),
 margin = mean(reward_chosen - reward_rejected).
+
+The summed reward grows with the length of the completion, so an adapter that only shifts every
+token's log-probability (a random, degrading one) "prefers" the shorter or the longer answer of
+each pair, and its accuracy follows the data's length bias. The per-token accuracy compares
+rewards divided by the number of completion tokens (length-normalised, as SimPO and length-
+controlled evaluations do): it stays at chance for such an adapter and holds for a real one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ class PairLogps:
     policy_rejected: float
     reference_chosen: float
     reference_rejected: float
+    n_chosen: int
+    n_rejected: int
+    """Completion tokens scored (after the max_length cut); 0 where the log-probs are NaN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,8 @@ class RewardSummary:
     n: int
     beta: float
     accuracy: Estimate
+    accuracy_per_token: Estimate
+    """Accuracy of rewards divided by completion length: not moved by length alone."""
     margin: Estimate
     chosen: Estimate
     rejected: Estimate
@@ -87,8 +98,11 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                         values[(w, adapter, i)] = lp
                         cache.put("logp", keys[(w, adapter, i)], {"logp": None if math.isnan(lp) else lp})
                     bar.update(len(chunk))
+    n_tokens = {which: backend.completion_lengths([p.messages for p in pairs], [getattr(p, which) for p in pairs],
+                                                  max_length=max_length) for which in ("chosen", "rejected")}
     return [PairLogps(values[("chosen", True, i)], values[("rejected", True, i)],
-                      values[("chosen", False, i)], values[("rejected", False, i)]) for i in range(len(pairs))], computed
+                      values[("chosen", False, i)], values[("rejected", False, i)],
+                      n_tokens["chosen"][i], n_tokens["rejected"][i]) for i in range(len(pairs))], computed
 
 
 LOGP_TOL = 1e-6
@@ -109,16 +123,21 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
                                                                    x.reference_chosen, x.reference_rejected))]
     unscorable = len(logps) - len(rows)
     logps = rows
-    chosen = beta * np.array([log_ratio(x.policy_chosen, x.reference_chosen) for x in logps])
-    rejected = beta * np.array([log_ratio(x.policy_rejected, x.reference_rejected) for x in logps])
+    ratio_c = np.array([log_ratio(x.policy_chosen, x.reference_chosen) for x in logps])
+    ratio_r = np.array([log_ratio(x.policy_rejected, x.reference_rejected) for x in logps])
+    chosen, rejected = beta * ratio_c, beta * ratio_r
     margins = chosen - rejected
     correct = (chosen > rejected).astype(float)
+    n_c = np.array([x.n_chosen for x in logps], dtype=float)
+    n_r = np.array([x.n_rejected for x in logps], dtype=float)
+    correct_per_token = (ratio_c / np.maximum(n_c, 1) > ratio_r / np.maximum(n_r, 1)).astype(float)
 
     def est(x: np.ndarray) -> Estimate:
         lo, hi = bootstrap_mean_ci(x, ci_level, n_bootstrap, rng)
         return Estimate(float(x.mean()) if x.size else float("nan"), lo, hi)
 
-    return RewardSummary(n=len(logps), beta=beta, accuracy=est(correct), margin=est(margins),
+    return RewardSummary(n=len(logps), beta=beta, accuracy=est(correct),
+                         accuracy_per_token=est(correct_per_token), margin=est(margins),
                          chosen=est(chosen), rejected=est(rejected), margins=tuple(float(m) for m in margins),
                          all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)),
                          n_unscorable=unscorable)

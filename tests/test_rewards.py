@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.cache import Cache
@@ -13,7 +15,7 @@ from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.demo.train import as_trl_rows
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
-from dpo_eval_core.rewards import score_logps, summarize
+from dpo_eval_core.rewards import PairLogps, log_ratio, score_logps, summarize
 
 PAIRS = [PreferencePair(((("system", "Be brief."),) if i % 3 == 0 else ()) + (("user", f"Question number {i}?"),),
                         f"Short answer {i}.", f"Well, um, a much longer and rambling answer number {i}, I think.",
@@ -114,11 +116,49 @@ def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
 
 
 def test_float_noise_between_batch_shapes_is_a_tie_not_a_preference():
-    from dpo_eval_core.rewards import PairLogps
-
     # reference reused from another batch shape: equal up to ~1e-7 relative, as fp32 sums are
-    noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5), PairLogps(-50.0, -80.0, -50.0, -80.0)]
+    noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5, 30, 40), PairLogps(-50.0, -80.0, -50.0, -80.0, 5, 8)]
     s = summarize(noisy, 0.1, 0.95, 200, np.random.default_rng(0))
-    assert (s.accuracy.value, s.margin.value, s.all_zero) == (0.0, 0.0, True)
-    real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0)], 0.1, 0.95, 200, np.random.default_rng(0))
+    assert (s.accuracy.value, s.accuracy_per_token.value, s.margin.value, s.all_zero) == (0.0, 0.0, 0.0, True)
+    real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0, 30, 40)], 0.1, 0.95, 200, np.random.default_rng(0))
     assert real.accuracy.value == 1.0 and real.margin.value == pytest.approx(2.0)
+
+
+def test_completion_lengths_count_the_tokens_logprobs_sums(backend, tmp_path):
+    from dpo_eval_core.chat import completion_ids
+
+    p = PAIRS[2]
+    prompt, completion = completion_ids(backend.tokenizer, p.messages, p.rejected, backend.system_ok)
+    assert backend.completion_lengths([p.messages], [p.rejected]) == [len(completion)]
+    assert backend.completion_lengths([p.messages] * 2, [p.rejected] * 2, max_length=len(prompt) + 5) == [5, 5]
+    assert backend.completion_lengths([p.messages], [p.rejected], max_length=len(prompt)) == [0]
+    logps, _ = score_logps(backend, [p], cache=Cache(tmp_path, enabled=False), model_key={"m": 3}, batch_size=1,
+                           lengths=[0], max_length=len(prompt) + 5)
+    assert (logps[0].n_rejected, logps[0].n_chosen) == (5, min(5, backend.completion_lengths([p.messages],
+                                                                                                [p.chosen])[0]))
+
+
+token_counts = st.integers(1, 400)
+
+
+@given(st.lists(st.tuples(token_counts, token_counts), min_size=1, max_size=40),
+       st.integers(-64, 64).filter(bool).map(lambda k: k / 64))
+def test_a_shift_of_every_token_moves_summed_accuracy_with_length_not_per_token_accuracy(lengths, shift):
+    """An adapter that adds the same log-ratio to every token (what a random, degrading one does on
+    average) looks like a preference for the longer or shorter answer to the summed accuracy; the
+    per-token accuracy sees ties only. (shift is a multiple of 1/64: exact in binary.)"""
+    logps = [PairLogps(-100.0 + shift * c, -200.0 + shift * r, -100.0, -200.0, c, r) for c, r in lengths]
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
+    prefers_chosen = [(c > r) if shift > 0 else (c < r) for c, r in lengths]
+    assert s.accuracy.value == pytest.approx(np.mean(prefers_chosen))
+    assert s.accuracy_per_token.value == 0.0
+
+
+@given(st.lists(st.tuples(token_counts, token_counts, st.floats(-2, 2), st.floats(-2, 2)), min_size=1, max_size=40))
+def test_per_token_accuracy_is_the_share_of_pairs_whose_mean_token_log_ratio_is_higher(rows):
+    logps = [PairLogps(-50.0 + a * c, -60.0 + b * r, -50.0, -60.0, c, r) for c, r, a, b in rows]
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
+    want = np.mean([log_ratio(x.policy_chosen, x.reference_chosen) / x.n_chosen
+                    > log_ratio(x.policy_rejected, x.reference_rejected) / x.n_rejected for x in logps])
+    assert s.accuracy_per_token.value == pytest.approx(want)
+    assert s.accuracy_per_token.ci_low <= s.accuracy_per_token.value <= s.accuracy_per_token.ci_high

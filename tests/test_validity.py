@@ -9,12 +9,12 @@ import pytest
 from dpo_eval_core.demo import validity
 
 EXPECTED_FAILURES = {
-    "zero (B = 0)": ("adapter-changes-model", "reward-accuracy", "reward-margin"),
-    # Not the reward claims: any adapter that degrades the model lowers the log-ratio of every token,
-    # so the longer answer (rejected, in the demo) loses more and accuracy looks high (0.875 on 16
-    # pairs) with a margin ~400x smaller than the real adapter's. Only alignment catches it here.
+    "zero (B = 0)": ("adapter-changes-model", "reward-accuracy", "reward-accuracy-per-token", "reward-margin"),
+    # Not the reward claims on the demo: the noise adapter's log-ratios favour the demo's short chosen
+    # answers (accuracy 0.875 on 16 pairs, still 0.78 per token) with a margin ~400x smaller than the
+    # real adapter's. Alignment catches it here; on UltraFeedback the per-token accuracy does (README).
     "noise (same norms)": ("sign-agreement-rate",),
-    "swapped preferences": ("reward-accuracy", "reward-margin", "sign-agreement-rate"),
+    "swapped preferences": ("reward-accuracy", "reward-accuracy-per-token", "reward-margin", "sign-agreement-rate"),
 }
 
 

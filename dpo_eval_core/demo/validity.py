@@ -24,7 +24,8 @@ from ..gate import GateRun
 from . import DEMO_ADAPTER_DIR, DEMO_SWAPPED_DIR
 from .controls import noise_adapter, zero_adapter
 
-CLAIMS = ("adapter-changes-model", "reward-accuracy", "reward-margin", "data-signal", "sign-agreement-rate")
+CLAIMS = ("adapter-changes-model", "reward-accuracy", "reward-accuracy-per-token", "reward-margin", "data-signal",
+          "sign-agreement-rate")
 """The gating claims the controls are meant to fail (quantization claims test the base's numerics)."""
 
 
