@@ -36,3 +36,24 @@ def test_gate_passes_the_dpo_adapter_and_fails_every_control(size, tmp_path):
     check(results)
     table = (tmp_path / "table.md").read_text()
     assert table.count("\n") == 2 + 4 and "| DPO adapter | pass" in table
+
+
+@pytest.mark.parametrize("build", [validity.zero_adapter, validity.noise_adapter], ids=["zero", "noise"])
+def test_a_control_built_twice_is_the_same_file_so_the_cache_reuses_its_work(build, tmp_path):
+    """The gate keys its cache by the adapter file's bytes: a control rebuilt for another run
+    must be byte-identical, or every run recomputes its answers and log-probs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dpo_eval_core.demo import DEMO_ADAPTER_DIR
+    from dpo_eval_core.models import ADAPTER_WEIGHTS
+
+    files = [build(DEMO_ADAPTER_DIR, tmp_path / str(i)) / ADAPTER_WEIGHTS for i in range(3)]
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    src, ctrl = load_file(str(DEMO_ADAPTER_DIR / ADAPTER_WEIGHTS)), load_file(str(files[0]))
+    for name, t in src.items():
+        if build is validity.zero_adapter and ".lora_B." in name:
+            assert not ctrl[name].any()
+        elif build is validity.noise_adapter:
+            assert not torch.equal(ctrl[name], t)
+            assert float(ctrl[name].float().norm()) == pytest.approx(float(t.float().norm()), rel=1e-3)

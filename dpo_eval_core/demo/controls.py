@@ -12,6 +12,7 @@ adapter moves the model as much as the real one, in no learned direction.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def _rewrite(src: Path, out: Path, kind: str, seed: int) -> Path:
             tensors[name] = (noise * (t.float().norm() / noise.norm())).to(t.dtype)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(Path(src) / "adapter_config.json", out / "adapter_config.json")
-    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt", "dpo_eval_control": kind})
+    # one metadata key: safetensors writes several in a per-process random order, and the gate keys
+    # its cache by the file's bytes, so the same control would look like a new adapter every time
+    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (out / "control.json").write_text(json.dumps({"kind": kind, "source": str(src), "seed": seed}) + "\n")
     return out
 
 
