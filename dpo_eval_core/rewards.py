@@ -67,10 +67,12 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                 batch_size: int, lengths: Sequence[int], max_length: int | None = None) -> tuple[list[PairLogps], int]:
     """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
 
-    Reference log-probs are keyed without the adapter, so a new adapter reuses them.
+    Reference log-probs are keyed without the adapter, so a new adapter reuses them. Each entry also
+    holds the number of completion tokens scored, so a warm run tokenizes nothing.
     """
     ref_key = {**model_key, "adapter": None}
     values: dict[tuple[str, bool, int], float] = {}
+    n_tokens: dict[tuple[str, int], int] = {}
     todo: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
     keys = {}
     for i, p in enumerate(pairs):
@@ -84,6 +86,8 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                     todo[adapter].append((i, which))
                 else:
                     values[(which, adapter, i)] = math.nan if hit["logp"] is None else float(hit["logp"])
+                    if "n_tokens" in hit:
+                        n_tokens[(which, i)] = int(hit["n_tokens"])
     computed = sum(len(v) for v in todo.values())
     if computed:
         with tqdm(total=computed, desc="log-probs", unit="seq", leave=False) as bar:
@@ -91,18 +95,23 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cac
                 lens = [lengths[i] + len(getattr(pairs[i], w)) // 4 for i, w in items]
                 for batch in batches(len(items), batch_size, lens):
                     chunk = [items[b] for b in batch]
-                    out = backend.logprobs([pairs[i].messages for i, _ in chunk],
-                                           [getattr(pairs[i], w) for i, w in chunk], adapter=adapter,
-                                           max_length=max_length)
-                    for (i, w), lp in zip(chunk, out):
-                        values[(w, adapter, i)] = lp
-                        cache.put("logp", keys[(w, adapter, i)], {"logp": None if math.isnan(lp) else lp})
+                    messages = [pairs[i].messages for i, _ in chunk]
+                    texts = [getattr(pairs[i], w) for i, w in chunk]
+                    out = backend.logprobs(messages, texts, adapter=adapter, max_length=max_length)
+                    counts = backend.completion_lengths(messages, texts, max_length=max_length)
+                    for (i, w), lp, n in zip(chunk, out, counts):
+                        values[(w, adapter, i)], n_tokens[(w, i)] = lp, n
+                        cache.put("logp", keys[(w, adapter, i)],
+                                  {"logp": None if math.isnan(lp) else lp, "n_tokens": n})
                     bar.update(len(chunk))
-    n_tokens = {which: backend.completion_lengths([p.messages for p in pairs], [getattr(p, which) for p in pairs],
-                                                  max_length=max_length) for which in ("chosen", "rejected")}
+    missing = [(i, w) for i in range(len(pairs)) for w in ("chosen", "rejected") if (w, i) not in n_tokens]
+    if missing:  # entries written before counts were cached
+        counts = backend.completion_lengths([pairs[i].messages for i, _ in missing],
+                                            [getattr(pairs[i], w) for i, w in missing], max_length=max_length)
+        n_tokens.update({(w, i): n for (i, w), n in zip(missing, counts)})
     return [PairLogps(values[("chosen", True, i)], values[("rejected", True, i)],
                       values[("chosen", False, i)], values[("rejected", False, i)],
-                      n_tokens["chosen"][i], n_tokens["rejected"][i]) for i in range(len(pairs))], computed
+                      n_tokens[("chosen", i)], n_tokens[("rejected", i)]) for i in range(len(pairs))], computed
 
 
 LOGP_TOL = 1e-6

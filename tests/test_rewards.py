@@ -117,7 +117,8 @@ def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
 
 def test_float_noise_between_batch_shapes_is_a_tie_not_a_preference():
     # reference reused from another batch shape: equal up to ~1e-7 relative, as fp32 sums are
-    noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5, 30, 40), PairLogps(-50.0, -80.0, -50.0, -80.0, 5, 8)]
+    noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5, 30, 40),
+             PairLogps(-50.0, -80.0, -50.0, -80.0, 5, 8)]
     s = summarize(noisy, 0.1, 0.95, 200, np.random.default_rng(0))
     assert (s.accuracy.value, s.accuracy_per_token.value, s.margin.value, s.all_zero) == (0.0, 0.0, 0.0, True)
     real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0, 30, 40)], 0.1, 0.95, 200, np.random.default_rng(0))
@@ -136,6 +137,15 @@ def test_completion_lengths_count_the_tokens_logprobs_sums(backend, tmp_path):
                            lengths=[0], max_length=len(prompt) + 5)
     assert (logps[0].n_rejected, logps[0].n_chosen) == (5, min(5, backend.completion_lengths([p.messages],
                                                                                                 [p.chosen])[0]))
+
+
+def test_a_warm_cache_gives_the_token_counts_without_tokenizing(backend, tmp_path, monkeypatch):
+    cold, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 4}, batch_size=4,
+                          lengths=[0] * len(PAIRS))
+    monkeypatch.setattr(backend, "completion_lengths", lambda *a, **k: pytest.fail("tokenized on a warm run"))
+    warm, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 4}, batch_size=4,
+                                 lengths=[0] * len(PAIRS))
+    assert computed == 0 and warm == cold
 
 
 token_counts = st.integers(1, 400)

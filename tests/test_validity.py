@@ -11,7 +11,7 @@ from dpo_eval_core.demo import validity
 EXPECTED_FAILURES = {
     "zero (B = 0)": ("adapter-changes-model", "reward-accuracy", "reward-accuracy-per-token", "reward-margin"),
     # Not the reward claims on the demo: the noise adapter's log-ratios favour the demo's short chosen
-    # answers (accuracy 0.875 on 16 pairs, still 0.78 per token) with a margin ~400x smaller than the
+    # answers (accuracy 0.875 on 16 pairs, 0.875 per token too) with a margin ~400x smaller than the
     # real adapter's. Alignment catches it here; on UltraFeedback the per-token accuracy does (README).
     "noise (same norms)": ("sign-agreement-rate",),
     "swapped preferences": ("reward-accuracy", "reward-accuracy-per-token", "reward-margin", "sign-agreement-rate"),
