@@ -32,11 +32,10 @@ from typing import Any
 from .backend import GenerationSettings, batches
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
-from .demo import DEMO_ADAPTER_DIR, demo_base_dir
+from .demo import DEMO_ADAPTER_DIR, demo_base_dir, local_bases, with_demo_defaults
 from .demo.controls import noise_adapter
 from .features import FeatureSettings, build_pipeline, doc_features, extract
 from .gate import GateRun
-from .quantization import VARIANTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ def bench_generation(run: GateRun, n_prompts: int, settings: GenerationSettings)
     per parameter each), against peak GEMM throughput; the share of answer tokens alone is
     reported beside it, since prefill is work a user never sees as output.
     """
-    backend = run.loaded.backend
+    backend = run.model.backend
     prompts = [p.messages for p in run.pairs.pairs[:n_prompts]]
     lengths = [len(backend.prompt_ids(m)) for m in prompts]
     start = time.perf_counter()
@@ -126,12 +125,17 @@ def bench_features(texts: list[str], settings: FeatureSettings) -> dict[str, Any
 
 def gate_claims(run: GateRun) -> dict[str, Any]:
     """Every claim the gate makes on this machine: model-bound ones first, quantization last."""
-    claims = run.all_claims() + [c for v in VARIANTS if not v.cuda for c in run.quantization_claims(v)]
+    claims = run.all_claims(quantization=True)
     return {c.id: [c.passed, c.value] for c in claims}
 
 
+def demo_run(cfg: EvalConfig, cache: Cache) -> GateRun:
+    """A GateRun on the demo (what the options leave out filled in, as the pytest plugin does)."""
+    return GateRun(with_demo_defaults(cfg), cache=cache, local_bases=local_bases(cfg.cache_dir))
+
+
 def timed_gate(cfg: EvalConfig, cache_dir: Path) -> dict[str, Any]:
-    run = GateRun(cfg, cache=Cache(cache_dir))
+    run = demo_run(cfg, Cache(cache_dir))
     start = time.perf_counter()
     claims = gate_claims(run)
     seconds = time.perf_counter() - start
@@ -167,15 +171,15 @@ def _child_peak(what: str, cache_dir: Path, max_samples: int) -> float:
 
 def peak_of(what: str, cache_dir: Path, max_samples: int) -> float:
     cfg = EvalConfig(cache_dir=cache_dir, max_samples=max_samples)
-    run = GateRun(cfg, cache=Cache(cache_dir, enabled=what == "gate"))
+    run = demo_run(cfg, Cache(cache_dir, enabled=what == "gate"))
     if what == "gate":
         gate_claims(run)
     else:
         import torch
 
-        ids, mask = run._probe_inputs("cpu")
+        ids, mask = run.probe_inputs
         with torch.inference_mode():
-            run.loaded.backend.model(input_ids=ids, attention_mask=mask)
+            run.model.backend.model(input_ids=ids, attention_mask=mask)
     return rss_mb()
 
 
@@ -195,9 +199,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="dpo-eval-noise-") as tmp:
         gate = bench_gate(ns.eval_cache_dir, ns.max_samples, noise_adapter(DEMO_ADAPTER_DIR, Path(tmp) / "noise"))
-    run = GateRun(EvalConfig(cache_dir=ns.eval_cache_dir), cache=Cache(ns.eval_cache_dir, enabled=False))
-    gen = bench_generation(run, ns.prompts, run.settings)
-    weights_mb = sum(p.numel() * p.element_size() for p in run.loaded.backend.model.parameters()) / 2**20
+    run = demo_run(EvalConfig(cache_dir=ns.eval_cache_dir), Cache(ns.eval_cache_dir, enabled=False))
+    gen = bench_generation(run, ns.prompts, run.cfg.generation)
+    weights_mb = sum(p.numel() * p.element_size() for p in run.model.backend.model.parameters()) / 2**20
     pool = [t for p in run.pairs.pairs for t in (p.chosen, p.rejected)]
     texts = (pool * (ns.texts // max(1, len(pool)) + 1))[:ns.texts]
     feats = bench_features(texts, FeatureSettings(n_process=ns.n_process))

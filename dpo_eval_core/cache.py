@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CacheError
 
@@ -113,17 +113,50 @@ def atomic_write_text(path: Path, text: str, prefix: str = "") -> None:
             os.unlink(tmp)
 
 
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_digest(path: Path, memo: Cache | None = None) -> str:
     """sha256 of a file's bytes, memoised by (path, size, mtime) so a 14 GB base is hashed once."""
     st = Path(path).stat()
     key = make_key("file-digest", {"path": str(Path(path).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
     if memo is not None and (hit := memo.get("file-digest", key)) is not None:
         return str(hit)
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     if memo is not None:
         memo.put("file-digest", key, digest)
     return digest
+
+
+def memoized(cache: Cache, namespace: str, keys: Sequence[str],
+             compute: Callable[[list[int]], Iterable[tuple[int, Any]]]) -> tuple[list[Any], int]:
+    """The JSON value for each key: read from the cache, else computed, written and returned.
+
+    `compute` gets the indices of the missing keys (the first index of each distinct key) and yields
+    (index, value) as each value is ready; each one is written as it arrives, so an interrupted run
+    keeps everything it finished. Returns (values in key order, how many were computed).
+    """
+    values: dict[str, Any] = {}
+    missing: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in values or key in missing:
+            continue
+        hit = cache.get(namespace, key)
+        if hit is None:
+            missing[key] = i
+        else:
+            values[key] = hit
+    if missing:
+        for i, value in compute(list(missing.values())):
+            cache.put(namespace, keys[i], value)
+            values[keys[i]] = value
+        lost = [k for k in missing if k not in values]
+        if lost:
+            raise RuntimeError(f"{namespace}: compute returned no value for {len(lost)} of {len(missing)} keys")
+    return [values[k] for k in keys], len(missing)

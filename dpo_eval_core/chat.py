@@ -7,6 +7,7 @@ system text folded into the first user turn.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import CheckpointError
@@ -80,3 +81,26 @@ def leading_bos_count(ids: Sequence[int], bos_id: int | None) -> int:
     while n < len(ids) and ids[n] == bos_id:
         n += 1
     return n
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerFacts:
+    """What batched generation needs from a tokenizer, as observed on a real templated prompt."""
+
+    bos_id: int | None
+    model_bos_id: int | None
+    """The model config's bos_token_id (must equal the tokenizer's)."""
+    pad_id: int | None
+    padding_side: str
+    leading_bos: int
+    """BOS tokens that open the templated prompt (more than one is the double-BOS bug)."""
+    template_has_bos: bool
+    """The chat template writes a BOS itself."""
+
+
+def tokenizer_facts(tokenizer: Any, model_bos_id: int | None, messages: Sequence[Message],
+                    system_ok: bool) -> TokenizerFacts:
+    ids = prompt_ids(tokenizer, messages, system_ok)
+    return TokenizerFacts(tokenizer.bos_token_id, model_bos_id, tokenizer.pad_token_id, tokenizer.padding_side,
+                          leading_bos_count(ids, tokenizer.bos_token_id),
+                          bool(tokenizer.bos_token) and "bos_token" in str(tokenizer.chat_template))

@@ -10,7 +10,9 @@ from typing import Any, Literal, Mapping, get_args
 
 import tomllib
 
+from .backend import GenerationSettings
 from .errors import ConfigError
+from .registry import check_claim_ids, default_gating
 
 Quant = Literal["none", "8bit", "4bit"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -58,23 +60,9 @@ class GateConfig:
     nats on its own); tighten it for larger models."""
     min_top1_agreement: float = 0.6
     """Quantized vs full-precision share of positions with the same top-1 token (see max_kl)."""
-    gating: tuple[str, ...] = (
-        "adapter-loads",
-        "adapter-changes-model",
-        "tokenizer-ready",
-        "no-nan-logits[*]",
-        "quantized-agrees[*]",
-        "merged-agrees[*]",
-        "reward-accuracy",
-        "reward-accuracy-per-token",
-        "reward-margin",
-        "data-signal",
-        "sign-agreement-rate",
-        "still-passes[*]",
-        "not-lower[*]",
-    )
-    """Claim ids that fail the run ('family[*]' for every per-feature claim of a family); every other
-    claim is reported as a non-strict xfail with its measured value."""
+    gating: tuple[str, ...] = field(default_factory=default_gating)
+    """Claim ids that fail the run ('family[*]' for every per-item claim of a family); every other
+    claim is reported as a non-strict xfail with its measured value. Default: the registry's."""
 
     def __post_init__(self) -> None:
         for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement"):
@@ -90,6 +78,7 @@ class GateConfig:
             raise ConfigError("gate.beta", self.beta, "a number > 0")
         if not (isinstance(self.max_kl, (int, float)) and self.max_kl >= 0):
             raise ConfigError("gate.max_kl", self.max_kl, "a number >= 0")
+        check_claim_ids(self.gating, "gate.gating")
 
     def gates(self, claim_id: str) -> bool:
         """True when a failure of this claim fails the run."""
@@ -104,12 +93,12 @@ class GateConfig:
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"{source}: {key}", raw, "one of " + ", ".join(sorted(known)))
-            values[name] = _coerce(f"{source}: {key}", raw, known[name].default)
+            values[name] = _coerce(f"{source}: {key}", raw, values[name])
         return GateConfig(**values)
 
 
 def _coerce(option: str, raw: Any, default: Any) -> Any:
-    """Turn TOML values or command-line strings into the type of the field's default."""
+    """Turn TOML values or command-line strings into the type of the field's current value."""
     try:
         if isinstance(default, tuple):
             if isinstance(raw, str):
@@ -237,6 +226,13 @@ class EvalConfig:
         if self.compute_dtype != "auto":
             return self.compute_dtype
         return "bfloat16" if self.on_cuda else "float32"
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """Everything besides model and prompt that changes an answer."""
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                  temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                  batch_size=self.batch_size)
 
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""

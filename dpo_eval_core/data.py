@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import DataError
+from .locate import looks_local
 
 Message = tuple[str, str]  # (role, content)
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
@@ -99,8 +100,7 @@ def hash_split(prompt_key: str, valid_fraction: float, seed: int) -> str:
 def read_rows(source: str) -> dict[str, list[dict[str, Any]]]:
     """Raw rows per split name ('' when the source has no splits of its own)."""
     path = Path(source).expanduser()
-    looks_local = path.suffix.lower() in EXTENSIONS or source.startswith((".", "/", "~")) or path.exists()
-    if not looks_local:
+    if not looks_local(source, EXTENSIONS):
         return _read_hub(source)
     if not path.is_file():
         raise DataError(f"--data {source}: file not found. Give a path to a .jsonl, .json, .csv or .parquet "
@@ -281,9 +281,12 @@ def _check_pair(messages: Sequence[Message], chosen: Any, rejected: Any) -> str 
     return None
 
 
-def load_pairs(source: str, *, columns: Sequence[tuple[str, str]] = (), split_mode: str = "auto",
+def load_pairs(source: str | None, *, columns: Sequence[tuple[str, str]] = (), split_mode: str = "auto",
                valid_fraction: float = 0.2, seed: int = 0, max_samples: int | None = None) -> PairSet:
     """Read, normalise, de-duplicate and split preference pairs; raise DataError with a fix when unusable."""
+    if not source:
+        raise DataError("--data is not set: give a .jsonl, .json, .csv or .parquet file or a hub dataset id (the "
+                        "pytest plugin gates the bundled demo pairs when it is left out).")
     raw = read_rows(source)
     renames = dict(columns)
     named = {split: [{renames.get(k, k): v for k, v in row.items()} for row in rows] for split, rows in raw.items()}

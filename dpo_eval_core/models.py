@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
+from .chat import require_chat_template
 from .config import EvalConfig
-from .demo import DEMO_ADAPTER_DIR, DEMO_BASE_ID, demo_base_dir
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+from .locate import looks_local
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -29,7 +30,6 @@ class CheckpointSpec:
     base_declared: str
     """The base named in adapter_config.json."""
     adapter: Path
-    is_demo: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +65,27 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({e}).") from None
 
 
-def resolve(cfg: EvalConfig) -> CheckpointSpec:
-    """Base and adapter locations; the demo when no adapter is given."""
-    adapter = Path(cfg.adapter) if cfg.adapter is not None else DEMO_ADAPTER_DIR
+LocalBases = Mapping[str, Callable[[], Path]]
+"""Base ids that resolve to a local directory made on demand (the demo's converted base): id -> maker."""
+
+
+def resolve(cfg: EvalConfig, local_bases: LocalBases | None = None) -> CheckpointSpec:
+    """Base and adapter locations. A base named in `local_bases` is made (or found) by its maker."""
+    if cfg.adapter is None:
+        raise ConfigError("adapter", None, "a PEFT adapter directory",
+                          "The pytest plugin and the dpo-eval command gate the bundled demo when --adapter is left "
+                          "out; from Python, resolve the demo first (dpo_eval_core.demo.with_demo_defaults).")
+    adapter = Path(cfg.adapter)
     declared = str(read_adapter_config(adapter).get("base_model_name_or_path") or "")
     base = cfg.base_model or declared
     if not base:
         raise CheckpointError(f"--adapter {adapter}: adapter_config.json names no base model and --base-model is not "
                               f"set. Pass --base-model (a hub id or a local directory).")
-    if base == DEMO_BASE_ID:
-        base = str(demo_base_dir(cfg.cache_dir))
-    elif _looks_local(base) and not Path(base).expanduser().is_dir():
+    if local_bases and base in local_bases:
+        base = str(local_bases[base]())
+    elif looks_local(base) and not Path(base).expanduser().is_dir():
         raise CheckpointError(f"--base-model {base}: directory not found.")
-    return CheckpointSpec(base=base, base_declared=declared, adapter=adapter, is_demo=cfg.adapter is None)
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") != 1
+    return CheckpointSpec(base=base, base_declared=declared, adapter=adapter)
 
 
 def adapter_weights(adapter: Path) -> Path:
@@ -131,6 +135,13 @@ def load_tokenizer(base: str) -> Any:
                                   f"generation needs one. Set tokenizer.pad_token and save it.")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_chat_tokenizer(base: str) -> Any:
+    """load_tokenizer, refusing a tokenizer without a chat template (prompts could not be formatted)."""
+    tokenizer = load_tokenizer(base)
+    require_chat_template(tokenizer, base)
+    return tokenizer
 
 
 def load_base(base: str, quant: str, dtype: str, device: str) -> Any:
@@ -200,7 +211,13 @@ def _target_modules(peft_model: Any) -> set[str]:
     return set(tm) if not isinstance(tm, str) else {tm}
 
 
-def weights_files(base: str) -> list[Path]:
-    """The safetensors files of a local base (empty for a hub id)."""
-    path = Path(base)
-    return sorted(path.glob("*.safetensors")) if path.is_dir() else []
+def logit_effect(model: Any, input_ids: Any, mask: Any) -> tuple[float, float]:
+    """(max |tuned - base| logit, share of positions whose top-1 token changed) over real positions:
+    how much the adapter moves the model, from the one loaded PEFT model with its adapter on and off."""
+    import torch
+
+    with torch.inference_mode():
+        tuned = model(input_ids=input_ids, attention_mask=mask).logits[mask.bool()].float()
+        with model.disable_adapter():
+            base = model(input_ids=input_ids, attention_mask=mask).logits[mask.bool()].float()
+    return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())

@@ -8,36 +8,20 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 from .backend import left_pad
+from .cache import Cache, memoized
 from .chat import Message, prompt_ids
+from .identity import ModelIdentity, library_versions, quantization_key
+from .models import CheckpointSpec, attach_adapter, load_base
+from .registry import Variant
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 """Joins the cache key of quantization measurements: raise it when how a probe is built changes, so
 measurements made by older code are not trusted (version 1 reused an unloaded, dequantized model for
-the merged probe and got wrong weights)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Variant:
-    id: str
-    quant: str
-    dtype: str
-    cuda: bool
-    """True: runs only on CUDA (skipped elsewhere)."""
-
-
-VARIANTS: tuple[Variant, ...] = (
-    Variant("none-fp32", "none", "float32", False),
-    Variant("8bit", "8bit", "float32", False),
-    Variant("4bit-nf4-fp32", "4bit", "float32", False),
-    Variant("4bit-nf4-bf16", "4bit", "bfloat16", False),
-    Variant("bf16-cuda", "none", "bfloat16", True),
-    Variant("8bit-cuda", "8bit", "bfloat16", True),
-    Variant("4bit-nf4-bf16-cuda", "4bit", "bfloat16", True),
-)
+the merged probe and got wrong weights; version 3 stores a QuantMeasurement record instead of a list)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +102,82 @@ def free(*objs: Any) -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+@dataclass(frozen=True, slots=True)
+class QuantMeasurement:
+    """What the quantization claims of one variant are made from (cached as this record)."""
+
+    finite: bool
+    first_nonfinite_module: str | None
+    top1: float
+    """Top-1 agreement with the full-precision reference, unmerged adapter."""
+    kl: float
+    """Mean KL(reference || variant) in nats."""
+    merged_top1: float
+    """Top-1 agreement of the merged model with the unmerged one (same variant)."""
+    merged_kl: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "QuantMeasurement":
+        return QuantMeasurement(**{k: math.nan if v is None and k != "first_nonfinite_module" else v
+                                   for k, v in d.items()})
+
+
+def measurement_key(model: ModelIdentity, variant: Variant, probe_ids: list[list[int]]) -> str:
+    """The cache key of one variant's measurements (identity.quantization_key, with this code's version)."""
+    versions = library_versions()
+    return quantization_key(model, variant.quant, variant.dtype, probe_ids, PROBE_VERSION,
+                            {k: versions[k] for k in ("torch", "transformers", "peft", "bitsandbytes")})
+
+
+def reference_probe(spec: CheckpointSpec, dtype: str, device: str, inputs: tuple[Any, Any],
+                    loaded: Any | None = None) -> Probe:
+    """Full precision, adapter unmerged: from `loaded` (the gate's own model, when it was loaded that way),
+    else from a model loaded for the purpose and freed."""
+    if loaded is not None:
+        return run_probe(loaded, *inputs, "reference")
+    model, _ = attach_adapter(load_base(spec.base, "none", dtype, device), spec)
+    probe = run_probe(model, *inputs, "reference")
+    del model
+    free()
+    return probe
+
+
+def measure(spec: CheckpointSpec, variant: Variant, device: str, inputs: tuple[Any, Any],
+            reference: Probe) -> QuantMeasurement:
+    """Load the base quantized as the variant says with the adapter, probe it unmerged and merged, free it.
+
+    The merged model is what serving a QLoRA adapter uses: a quantized base is dequantized first and the
+    adapter merged with safe_merge, since merging into 4-bit weights would re-round them. It comes from a
+    fresh load: dequantizing the model already probed gave other weights (demo, NF4).
+    """
+    model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device), spec)
+    unmerged = run_probe(model, *inputs, variant.id)
+    if variant.quant != "none":
+        del model
+        free()
+        model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device).dequantize(), spec)
+    merged = run_probe(model.merge_and_unload(safe_merge=True), *inputs, f"{variant.id}-merged")
+    del model
+    free()
+    return QuantMeasurement(unmerged.finite, unmerged.first_nonfinite_module, *agreement(reference, unmerged),
+                            *agreement(unmerged, merged))
+
+
+def cached_measurement(cache: Cache, key: str, reference: Callable[[], Probe], release: Callable[[], None],
+                       spec: CheckpointSpec, variant: Variant, device: str,
+                       inputs: tuple[Any, Any]) -> tuple[QuantMeasurement, int]:
+    """(the variant's measurement, 1 if it was computed now else 0). On a miss, `reference()` is probed
+    first (it may use the caller's loaded model) and `release()` frees that model before the variant loads,
+    so memory never holds two copies."""
+    def compute(_: list[int]) -> Iterator[tuple[int, Any]]:
+        ref = reference()
+        release()
+        yield 0, measure(spec, variant, device, inputs, ref).to_json()
+
+    (value,), n = memoized(cache, "quantization", [key], compute)
+    return QuantMeasurement.from_json(value), n

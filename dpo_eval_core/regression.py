@@ -8,14 +8,15 @@ baseline must still pass, and the headline rates must not have dropped beyond th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 from .claims import Claim
+from .errors import ConfigError
+from .results import load_results
 
 Results = Mapping[str, Any]
 
-RATES = ("reward-accuracy", "reward-accuracy-per-token", "sign-agreement-rate")
-"""Claims whose value must not fall below the baseline's beyond the two confidence intervals."""
 
 
 def mismatch(baseline: Results, base_fingerprint: str, data_fingerprint: str) -> str | None:
@@ -33,6 +34,16 @@ def mismatch(baseline: Results, base_fingerprint: str, data_fingerprint: str) ->
                        f"{str(facts.get('base_fingerprint'))[:12]}; this run: {base_fingerprint[:12]}). Compare "
                        f"adapters of the same base, or make a new baseline on this one")
     return "; and ".join(reasons) if reasons else None
+
+
+def load_baseline(path: Path, base_fingerprint: str, data_fingerprint: str) -> dict[str, Any]:
+    """The --baseline results, refused (ConfigError) unless made on the same data, split and base."""
+    baseline = load_results(path)
+    why = mismatch(baseline, base_fingerprint, data_fingerprint)
+    if why is not None:
+        raise ConfigError("--baseline", str(path), "a results.json made on the same data and base as this run",
+                          f"Refused, not compared: {why}.")
+    return baseline
 
 
 def passed_gating_claims(baseline: Results) -> list[str]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from .cache import atomic_write_text
 from .claims import Claim
-from .errors import ConfigError, DpoEvalError
+from .errors import ConfigError
+from .identity import library_versions
 
 SCHEMA_VERSION = 1
 
@@ -30,40 +32,30 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ("torch", "transformers", "peft", "bitsandbytes", "textdescriptives", "spacy", "scipy", "numpy")
-    out = {"python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
-
-
 def run_facts(run: Any) -> dict[str, Any]:
-    """What was gated, on what, how: the header of the report and the identity of a baseline."""
+    """What was gated, on what, how: the header of the report and the identity of a baseline. Only what
+    the run computed is reported (a data-only run has no model facts)."""
+    sec = run.sections()
     facts: dict[str, Any] = {"libraries": library_versions(), "timings_s": {k: round(v, 2) for k, v in
                                                                              run.timings.items()},
                              "cache": run.cache.stats(), "computed": dict(run.computed)}
-    try:
-        spec = run.spec
-        facts.update(base_model=spec.base_declared, base_loaded=spec.base, adapter=str(spec.adapter),
-                     demo=spec.is_demo, base_fingerprint=run.base_fingerprint,
-                     adapter_sha256=run.adapter_fingerprint)
-        ps = run.pairs
+    if "spec" in sec:
+        spec = sec["spec"]
+        facts.update(base_model=spec.base_declared, base_loaded=spec.base, adapter=str(spec.adapter))
+    for name, key in (("base_fingerprint", "base_fingerprint"), ("adapter_fingerprint", "adapter_sha256")):
+        if name in sec:
+            facts[key] = sec[name]
+    if "pairs" in sec:
+        ps = sec["pairs"]
         facts["data"] = {"source": ps.source, "layout": ps.layout, "rows": ps.n_rows, "dropped": dict(ps.dropped),
                          "split_mode": ps.split_mode, "pairs": ps.counts(), "fingerprint": ps.fingerprint(),
                          "prompts_in_both_splits": ps.prompts_in_both_splits,
                          "truncated_by_max_samples": dict(ps.truncated_by_max_samples)}
-    except DpoEvalError as e:  # the claims already carry the error; the facts say which input was missing
-        facts["error"] = f"{type(e).__name__}: {e}"
-    if run._loaded is not None:
-        facts["model_key"] = run._loaded.model_key
-    if "answers" in run.__dict__:
-        facts["truncated_share"] = run.truncated_share()
+    if "identity" in sec:
+        facts["model_key"] = sec["identity"].fields()
+    if "answers" in sec:
+        facts["truncated_share"] = {r: float(np.mean([g.truncated for g in gens])) if gens else 0.0
+                                    for r, gens in sec["answers"].items()}
     return facts
 
 
@@ -75,10 +67,12 @@ def claim_record(claim: Claim, gating: bool) -> dict[str, Any]:
 def run_sections(run: Any) -> dict[str, Any]:
     """What one process (the session, or one xdist worker) measured: config, facts, features, rewards."""
     out = {"config": _jsonable(run.cfg), "facts": run_facts(run)}
-    if "feature_stats" in run.__dict__:
-        out["features"] = _jsonable(run.feature_stats)
-    if "reward_summary" in run.__dict__:
-        out["rewards"] = _jsonable(run.reward_summary)
+    sec = run.sections()
+    stats = sec.get("feature_stats", sec.get("data_stats"))
+    if stats is not None:
+        out["features"] = _jsonable(stats)
+    if "reward_summary" in sec:
+        out["rewards"] = _jsonable(sec["reward_summary"])
     return out
 
 
@@ -141,3 +135,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic write, so an interrupted run never leaves half a results file. Sorted keys and fixed
     indentation: loading and writing a results file again gives the same bytes."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def summary_markdown(results: Mapping[str, Any]) -> str:
+    """A short markdown table of the gating claims and the verdict, for a CI job summary."""
+    claims = [c for c in results["claims"] if c["gating"] and c["applicable"]]
+    failed = [c["id"] for c in claims if not c["passed"]]
+    facts = results.get("facts", {})
+    lines = [f"### dpo-eval gate: {'FAILED' if failed else 'PASSED'}", "",
+             f"Adapter `{facts.get('adapter', '-')}` on `{facts.get('base_model', '-')}`, data "
+             f"`{facts.get('data', {}).get('source', '-')}`" + (f"; failed: {', '.join(failed)}" if failed else ""), "",
+             "| claim | verdict | value | interval | n |", "|---|---|---|---|---|"]
+    for c in claims:
+        value = "-" if c["value"] is None else f"{c['value']:.4g}"
+        ci = f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]" if c.get("ci") and None not in c["ci"] else ""
+        lines.append(f"| `{c['id']}` | {'pass' if c['passed'] else '**FAIL**'} | {value} | {ci} | {c['n'] or ''} |")
+    return "\n".join(lines) + "\n"

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .backend import Backend, batches
-from .cache import Cache, make_key
+from .cache import Cache, memoized
 from .data import PreferencePair
+from .identity import ModelIdentity, logp_key
 from .stats import bootstrap_mean_ci
 
 
@@ -63,55 +64,44 @@ class RewardSummary:
     """Pairs left out because the prompt alone fills max_length (as TRL drops them)."""
 
 
-def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, cache: Cache, model_key: Mapping[str, Any],
+def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: ModelIdentity, cache: Cache,
                 batch_size: int, lengths: Sequence[int], max_length: int | None = None) -> tuple[list[PairLogps], int]:
     """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
 
     Reference log-probs are keyed without the adapter, so a new adapter reuses them. Each entry also
     holds the number of completion tokens scored, so a warm run tokenizes nothing.
     """
-    ref_key = {**model_key, "adapter": None}
-    values: dict[tuple[str, bool, int], float] = {}
-    n_tokens: dict[tuple[str, int], int] = {}
-    todo: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
-    keys = {}
-    for i, p in enumerate(pairs):
-        for adapter, mk in ((True, model_key), (False, ref_key)):
-            for which, text in (("chosen", p.chosen), ("rejected", p.rejected)):
-                key = make_key("logp", {"model": dict(mk), "messages": [list(m) for m in p.messages],
-                                        "completion": text, "max_length": max_length})
-                keys[(which, adapter, i)] = key
-                hit = cache.get("logp", key)
-                if hit is None:
-                    todo[adapter].append((i, which))
-                else:
-                    values[(which, adapter, i)] = math.nan if hit["logp"] is None else float(hit["logp"])
-                    if "n_tokens" in hit:
-                        n_tokens[(which, i)] = int(hit["n_tokens"])
-    computed = sum(len(v) for v in todo.values())
-    if computed:
-        with tqdm(total=computed, desc="log-probs", unit="seq", leave=False) as bar:
-            for adapter, items in todo.items():
-                lens = [lengths[i] + len(getattr(pairs[i], w)) // 4 for i, w in items]
-                for batch in batches(len(items), batch_size, lens):
-                    chunk = [items[b] for b in batch]
-                    messages = [pairs[i].messages for i, _ in chunk]
-                    texts = [getattr(pairs[i], w) for i, w in chunk]
+    items = [(i, which, adapter) for adapter in (True, False) for i in range(len(pairs))
+             for which in ("chosen", "rejected")]
+    identity = {True: model, False: model.without_adapter()}
+    keys = [logp_key(identity[a], pairs[i].messages, getattr(pairs[i], w), max_length) for i, w, a in items]
+
+    def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
+        with tqdm(total=len(missing), desc="log-probs", unit="seq", leave=False) as bar:
+            for adapter in (True, False):  # one adapter state per batch
+                todo = [k for k in missing if items[k][2] == adapter]
+                lens = [lengths[items[k][0]] + len(getattr(pairs[items[k][0]], items[k][1])) // 4 for k in todo]
+                for batch in batches(len(todo), batch_size, lens):
+                    chunk = [todo[b] for b in batch]
+                    messages = [pairs[items[k][0]].messages for k in chunk]
+                    texts = [getattr(pairs[items[k][0]], items[k][1]) for k in chunk]
                     out = backend.logprobs(messages, texts, adapter=adapter, max_length=max_length)
                     counts = backend.completion_lengths(messages, texts, max_length=max_length)
-                    for (i, w), lp, n in zip(chunk, out, counts):
-                        values[(w, adapter, i)], n_tokens[(w, i)] = lp, n
-                        cache.put("logp", keys[(w, adapter, i)],
-                                  {"logp": None if math.isnan(lp) else lp, "n_tokens": n})
+                    yield from ((k, {"logp": None if math.isnan(lp) else lp, "n_tokens": n})
+                                for k, lp, n in zip(chunk, out, counts))
                     bar.update(len(chunk))
-    missing = [(i, w) for i in range(len(pairs)) for w in ("chosen", "rejected") if (w, i) not in n_tokens]
+
+    entries, computed = memoized(cache, "logp", keys, compute)
+    values = {item: math.nan if e["logp"] is None else float(e["logp"]) for item, e in zip(items, entries)}
+    n_tokens = {(i, w): int(e["n_tokens"]) for (i, w, _), e in zip(items, entries) if "n_tokens" in e}
+    missing = [(i, w) for i in range(len(pairs)) for w in ("chosen", "rejected") if (i, w) not in n_tokens]
     if missing:  # entries written before counts were cached
         counts = backend.completion_lengths([pairs[i].messages for i, _ in missing],
                                             [getattr(pairs[i], w) for i, w in missing], max_length=max_length)
-        n_tokens.update({(w, i): n for (i, w), n in zip(missing, counts)})
-    return [PairLogps(values[("chosen", True, i)], values[("rejected", True, i)],
-                      values[("chosen", False, i)], values[("rejected", False, i)],
-                      n_tokens[("chosen", i)], n_tokens[("rejected", i)]) for i in range(len(pairs))], computed
+        n_tokens.update(zip(missing, counts))
+    return [PairLogps(values[(i, "chosen", True)], values[(i, "rejected", True)], values[(i, "chosen", False)],
+                      values[(i, "rejected", False)], n_tokens[(i, "chosen")], n_tokens[(i, "rejected")])
+            for i in range(len(pairs))], computed
 
 
 LOGP_TOL = 1e-6

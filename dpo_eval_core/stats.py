@@ -1,7 +1,9 @@
 """Paired statistics of the method: pure functions over arrays, no I/O, no global state.
 
-For feature j and pair i: d_cr = chosen - rejected, d_tb = tuned - base. A pair is dropped
-for feature j when any of its four values is NaN (per feature, not globally).
+For feature j and pair i: d_cr = chosen - rejected, d_tb = tuned - base. Per feature, not globally,
+chosen-rejected statistics (S_j, the data-signal test, avg d_cr) use the pairs where chosen and
+rejected are defined, so they describe the data alone and do not move with the adapter's answers;
+tuned-base statistics use the pairs where all four values are defined.
 S_j = std(d_cr) on the train split normalises the scale of feature j.
 """
 
@@ -95,7 +97,9 @@ class FeatureStat:
 
     feature: str
     n_train: int
+    """Train pairs with chosen and rejected defined (the data-signal test's n)."""
     n_valid: int
+    """Valid pairs with all four values defined (the tuned-base test's n)."""
     scale: float
     """S_j = std(d_cr) on train (ddof=1); NaN when undefined, 0 when constant."""
     cr_train: float
@@ -121,13 +125,13 @@ class FeatureStat:
 
 
 def differences(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(d_cr, d_tb) as [n_pairs, n_features] arrays, NaN wherever any of a pair's four values is NaN."""
+    """(d_cr, d_tb) as [n_pairs, n_features] arrays: d_cr NaN where chosen or rejected is NaN, d_tb NaN
+    where any of a pair's four values is NaN."""
     a = {r: np.asarray(values[r], dtype=float) for r in ROLES}
-    bad = np.any([np.isnan(a[r]) for r in ROLES], axis=0)
     d_cr = round_noise(a["chosen"] - a["rejected"], np.maximum(abs(a["chosen"]), abs(a["rejected"])))
     d_tb = round_noise(a["tuned"] - a["base"], np.maximum(abs(a["tuned"]), abs(a["base"])))
-    d_cr[bad] = np.nan
-    d_tb[bad] = np.nan
+    d_cr[np.isnan(a["chosen"]) | np.isnan(a["rejected"])] = np.nan
+    d_tb[np.any([np.isnan(a[r]) for r in ROLES], axis=0)] = np.nan
     return d_cr, d_tb
 
 
@@ -146,39 +150,51 @@ def agreement_rate_ci(d_cr: np.ndarray, d_tb: np.ndarray, level: float, n_boot: 
     return (float(lo), float(hi))
 
 
+def signal_agreement_ci(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
+                        signal: set[str], level: float, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Bootstrap interval of the sign-agreement rate over the `signal` features on the valid split."""
+    cols = [j for j, n in enumerate(features) if n in signal]
+    valid = np.asarray([s == "valid" for s in split])
+    d_cr, d_tb = differences(values)
+    return agreement_rate_ci(d_cr[valid][:, cols], d_tb[valid][:, cols], level, n_boot, rng)
+
+
 def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
                   correction: str = "bh", *, ci_level: float = 0.95, n_boot: int = 1000,
                   rng: np.random.Generator | None = None) -> list[FeatureStat]:
-    """Per-feature statistics. `values[role]` is an [n_pairs, n_features] array for each of ROLES.
+    """Per-feature statistics. `values[role]` is an [n_pairs, n_features] array for chosen and rejected,
+    and for tuned and base when answers exist (without them every tuned-base field is NaN or 0).
     With an rng, the normalised valid averages get percentile bootstrap intervals."""
     is_train = np.asarray([s == "train" for s in split])
     is_valid = ~is_train
-    arrays = {r: np.asarray(values[r], dtype=float) for r in ROLES}
+    n_pairs = len(split)
+    nan = np.full((n_pairs, len(features)), np.nan)
+    arrays = {r: np.asarray(values[r], dtype=float) if r in values else nan for r in ROLES}
+    d_cr_all, d_tb_all = differences(arrays)
     stats = []
     for j, name in enumerate(features):
-        col = {r: arrays[r][:, j] for r in ROLES}
-        ok = ~np.any([np.isnan(col[r]) for r in ROLES], axis=0)
-        d_cr = round_noise(col["chosen"] - col["rejected"], np.maximum(abs(col["chosen"]), abs(col["rejected"])))
-        d_tb = round_noise(col["tuned"] - col["base"], np.maximum(abs(col["tuned"]), abs(col["base"])))
-        tr, va = ok & is_train, ok & is_valid
-        s = float(np.std(d_cr[tr], ddof=1)) if tr.sum() >= 2 else math.nan
+        d_cr, d_tb = d_cr_all[:, j], d_tb_all[:, j]
+        ok_cr, ok = ~np.isnan(d_cr), ~np.isnan(d_tb)
+        tr_cr, va_cr, tr, va = ok_cr & is_train, ok_cr & is_valid, ok & is_train, ok & is_valid
+        s = float(np.std(d_cr[tr_cr], ddof=1)) if tr_cr.sum() >= 2 else math.nan
 
         def norm(d: np.ndarray, m: np.ndarray, scale: float = s) -> float:
             if m.sum() == 0 or not (scale > 0):
                 return math.nan
             return float(np.mean(d[m]) / scale)
 
-        mean_cr_v = float(np.mean(d_cr[va])) if va.any() else math.nan
+        mean_cr_v = float(np.mean(d_cr[va_cr])) if va_cr.any() else math.nan
         mean_tb_v = float(np.mean(d_tb[va])) if va.any() else math.nan
         cis = [(math.nan, math.nan)] * 2
         if rng is not None and s > 0:
-            cis = [tuple(v / s for v in bootstrap_mean_ci(d[va], ci_level, n_boot, rng)) for d in (d_cr, d_tb)]
+            cis = [tuple(v / s for v in bootstrap_mean_ci(d[m], ci_level, n_boot, rng))
+                   for d, m in ((d_cr, va_cr), (d_tb, va))]
         stats.append(FeatureStat(
-            feature=name, n_train=int(tr.sum()), n_valid=int(va.sum()), scale=s,
-            cr_train=norm(d_cr, tr), tb_train=norm(d_tb, tr), cr_valid=norm(d_cr, va), tb_valid=norm(d_tb, va),
-            p_cr=wilcoxon_p(d_cr[tr]), p_tb=wilcoxon_p(d_tb[va]),
-            r_cr=rank_biserial(d_cr[tr]), r_tb=rank_biserial(d_tb[va]),
-            n_cr_nonzero=int(np.count_nonzero(d_cr[tr])), n_tb_nonzero=int(np.count_nonzero(d_tb[va])),
+            feature=name, n_train=int(tr_cr.sum()), n_valid=int(va.sum()), scale=s,
+            cr_train=norm(d_cr, tr_cr), tb_train=norm(d_tb, tr), cr_valid=norm(d_cr, va_cr), tb_valid=norm(d_tb, va),
+            p_cr=wilcoxon_p(d_cr[tr_cr]), p_tb=wilcoxon_p(d_tb[va]),
+            r_cr=rank_biserial(d_cr[tr_cr]), r_tb=rank_biserial(d_tb[va]),
+            n_cr_nonzero=int(np.count_nonzero(d_cr[tr_cr])), n_tb_nonzero=int(np.count_nonzero(d_tb[va])),
             sign_agreement=sign(mean_cr_v) * sign(mean_tb_v), cr_valid_ci=cis[0], tb_valid_ci=cis[1]))
     p_cr_adj = adjust([s.p_cr for s in stats], correction)
     p_tb_adj = adjust([s.p_tb for s in stats], correction)

@@ -2,18 +2,17 @@
 
 import pytest
 
-from dpo_eval_core.features import FEATURE_NAMES
+
+@pytest.mark.claim("tuned-differs[*]")
+def test_tuned_and_base_differ(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-@pytest.mark.parametrize("feature", FEATURE_NAMES)
-def test_tuned_and_base_differ(feature, gate_run, claim, check_claim):
-    check_claim(claim(gate_run.alignment_claims, f"tuned-differs[{feature}]"))
+@pytest.mark.claim("sign-agreement[*]")
+def test_tuned_moves_the_data_way(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-@pytest.mark.parametrize("feature", FEATURE_NAMES)
-def test_tuned_moves_the_data_way(feature, gate_run, claim, check_claim):
-    check_claim(claim(gate_run.alignment_claims, f"sign-agreement[{feature}]"))
-
-
-def test_sign_agreement_rate(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.alignment_claims, "sign-agreement-rate"))
+@pytest.mark.claim("sign-agreement-rate")
+def test_sign_agreement_rate(claim_id, check_claim):
+    check_claim(claim_id)

@@ -1,14 +1,19 @@
 """The adapter is the right checkpoint for its base, it loads, it changes the model, and the
 tokenizer is ready for batched generation."""
 
-
-def test_adapter_loads(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.checkpoint_claims, "adapter-loads"))
+import pytest
 
 
-def test_adapter_changes_the_model(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.checkpoint_claims, "adapter-changes-model"))
+@pytest.mark.claim("adapter-loads")
+def test_adapter_loads(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-def test_tokenizer_ready_for_batched_generation(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.checkpoint_claims, "tokenizer-ready"))
+@pytest.mark.claim("adapter-changes-model")
+def test_adapter_changes_the_model(claim_id, check_claim):
+    check_claim(claim_id)
+
+
+@pytest.mark.claim("tokenizer-ready")
+def test_tokenizer_ready_for_batched_generation(claim_id, check_claim):
+    check_claim(claim_id)

@@ -1,25 +1,19 @@
-"""Quantization does not break the adapter: finite logits, agreement with full precision, safe merge."""
+"""Quantization does not break the adapter: finite logits, agreement with full precision, safe merge.
+One test per variant; the CUDA-only variants skip without CUDA."""
 
 import pytest
-import torch
-
-from dpo_eval_core.quantization import VARIANTS
-
-CUDA = torch.cuda.is_available()
-variants = [pytest.param(v, id=v.id, marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]
-                         if v.cuda else []) for v in VARIANTS]
 
 
-@pytest.mark.parametrize("variant", variants)
-def test_no_nan_logits(variant, gate_run, claim, check_claim):
-    check_claim(claim(lambda: gate_run.quantization_claims(variant), f"no-nan-logits[{variant.id}]"))
+@pytest.mark.claim("no-nan-logits[*]")
+def test_no_nan_logits(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-@pytest.mark.parametrize("variant", variants)
-def test_quantized_logits_agree_with_full_precision(variant, gate_run, claim, check_claim):
-    check_claim(claim(lambda: gate_run.quantization_claims(variant), f"quantized-agrees[{variant.id}]"))
+@pytest.mark.claim("quantized-agrees[*]")
+def test_quantized_logits_agree_with_full_precision(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-@pytest.mark.parametrize("variant", variants)
-def test_merged_and_unmerged_adapter_agree(variant, gate_run, claim, check_claim):
-    check_claim(claim(lambda: gate_run.quantization_claims(variant), f"merged-agrees[{variant.id}]"))
+@pytest.mark.claim("merged-agrees[*]")
+def test_merged_and_unmerged_adapter_agree(claim_id, check_claim):
+    check_claim(claim_id)

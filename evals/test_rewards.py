@@ -1,13 +1,18 @@
 """The adapter's implicit DPO reward prefers chosen over rejected on held-out pairs."""
 
-
-def test_reward_accuracy(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.reward_claims, "reward-accuracy"))
+import pytest
 
 
-def test_reward_accuracy_per_token(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.reward_claims, "reward-accuracy-per-token"))
+@pytest.mark.claim("reward-accuracy")
+def test_reward_accuracy(claim_id, check_claim):
+    check_claim(claim_id)
 
 
-def test_reward_margin(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.reward_claims, "reward-margin"))
+@pytest.mark.claim("reward-accuracy-per-token")
+def test_reward_accuracy_per_token(claim_id, check_claim):
+    check_claim(claim_id)
+
+
+@pytest.mark.claim("reward-margin")
+def test_reward_margin(claim_id, check_claim):
+    check_claim(claim_id)

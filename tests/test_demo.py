@@ -42,9 +42,10 @@ def test_demo_adapter_is_really_dpo_trained():
                                                                         "adapter_model.safetensors").is_file()
 
 
-def run_gate(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_gate(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess,
+                                                                                     dict]:
     results = tmp_path / "results.json"
-    proc = run_evals(results, *args)
+    proc = run_evals(results, *args, env=env)
     assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, {c["id"]: c for c in json.loads(results.read_text())["claims"]}
 
@@ -56,7 +57,8 @@ SMALL = ("--max-samples", "16", "--max-new-tokens", "48")
 def demo_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     """The demo gate on 16 pairs per split, quantization left out: the CI-sized end-to-end run."""
     tmp = tmp_path_factory.mktemp("demo-small")
-    proc, claims = run_gate(tmp, *SMALL, "-k", "not quantization")
+    proc, claims = run_gate(tmp, *SMALL, "-k", "not quantization", "--junitxml", str(tmp / "junit.xml"),
+                            env={"GITHUB_STEP_SUMMARY": str(tmp / "summary.md")})
     return proc, claims, tmp / "results.json"
 
 
@@ -68,6 +70,30 @@ def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
         assert claims[cid]["passed"], (cid, claims[cid]["message"])
     assert "sign-agreement-rate" in claims and len([c for c in claims if c.startswith("tuned-differs[")]) == 69
     assert proc.returncode in (0, 1), proc.stdout[-3000:]
+
+
+def test_junit_xml_carries_every_claims_value_threshold_interval_n_and_gating(demo_small):
+    """CI dashboards read JUnit XML: each gate test's properties hold its claim."""
+    import xml.etree.ElementTree as ET
+
+    _, claims, results = demo_small
+    cases = ET.parse(results.parent / "junit.xml").getroot().iter("testcase")
+    props = [{p.get("name"): p.get("value") for p in case.iter("property")} for case in cases]
+    by_id = {p["claim_id"]: p for p in props if "claim_id" in p}
+    assert set(by_id) == set(claims)
+    margin = by_id["reward-margin"]
+    assert float(margin["claim_value"]) == pytest.approx(claims["reward-margin"]["value"])
+    assert float(margin["claim_ci_low"]) == pytest.approx(claims["reward-margin"]["ci"][0]) > 0
+    assert (margin["claim_threshold"], margin["claim_n"], margin["claim_gating"]) == ("CI low > 0", "16", "True")
+    assert json.loads(margin["dpo_eval_claim"])["message"] == claims["reward-margin"]["message"]
+
+
+def test_the_gate_writes_a_markdown_table_of_gating_claims_to_the_github_job_summary(demo_small):
+    _, claims, results = demo_small
+    summary = (results.parent / "summary.md").read_text()
+    gating = [cid for cid, c in claims.items() if c["gating"] and c["applicable"]]
+    assert summary.startswith("### dpo-eval gate: ") and all(f"| `{cid}` |" in summary for cid in gating)
+    assert "| `data-signal[" not in summary  # per-feature claims do not gate by default
 
 
 def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(demo_small, tmp_path):

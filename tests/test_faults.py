@@ -23,17 +23,12 @@ from tiny import make_adapter, make_base, make_silent_base
 
 from dpo_eval_core.cache import Cache, make_key
 
-PLUGINS = ["-p", "fixtures.options", "-p", "fixtures.session", "-p", "fixtures.reporting", "-p", "no:cacheprovider"]
-GATE = '''
-def test_adapter_loads(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.checkpoint_claims, "adapter-loads"))
-def test_reward_accuracy(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.reward_claims, "reward-accuracy"))
-def test_data_signal(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.data_claims, "data-signal"))
-def test_sign_agreement_rate(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.alignment_claims, "sign-agreement-rate"))
-'''
+PLUGINS = ["-p", "no:cacheprovider"]  # the dpo-eval plugin comes from its pytest11 entry point
+GATE = "import pytest\n" + "".join(f'''
+@pytest.mark.claim("{cid}")
+def test_{cid.replace("-", "_")}(claim_id, check_claim):
+    check_claim(claim_id)
+''' for cid in ("adapter-loads", "reward-accuracy", "data-signal", "sign-agreement-rate"))
 GOOD = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"Well, um, I guess {i}, maybe, or so."}
         for i in range(16)]
 ONLY_LOADS = ["--gate", "gating=adapter-loads"]
@@ -203,10 +198,10 @@ def test_unwritable_cache_stops_with_the_fix_and_keeps_entries(pytester, ctx, mo
 def test_features_nan_for_every_row_fail_the_data_claims(pytester, ctx, monkeypatch):
     import math
 
-    import dpo_eval_core.gate as gate
+    import dpo_eval_core.features as features
     from dpo_eval_core.features import FEATURE_NAMES
 
-    monkeypatch.setattr(gate, "feature_rows", lambda texts, *a, **k: ([{f: math.nan for f in FEATURE_NAMES}
+    monkeypatch.setattr(features, "feature_rows", lambda texts, *a, **k: ([{f: math.nan for f in FEATURE_NAMES}
                                                                        for _ in texts], 0))
     pytester.makepyfile(test_gate=GATE)
     result = pytester.runpytest_inprocess(*PLUGINS, *ctx.args())

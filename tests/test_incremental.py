@@ -11,15 +11,12 @@ from tiny import make_adapter
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.gate import GateRun
-from dpo_eval_core.quantization import VARIANTS
+from dpo_eval_core.registry import VARIANTS
 
 
 def whole_gate(cfg: EvalConfig) -> GateRun:
     run = GateRun(cfg, cache=Cache(cfg.cache_dir))
-    run.all_claims()
-    for variant in VARIANTS:
-        if not variant.cuda:
-            run.quantization_claims(variant)
+    run.all_claims(quantization=True)
     run.free()
     return run
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-PLUGINS = ["-p", "fixtures.options", "-p", "fixtures.session", "-p", "fixtures.reporting", "-p", "no:cacheprovider"]
+PLUGINS = ["-p", "no:cacheprovider"]  # the dpo-eval plugin comes from its pytest11 entry point
 GATE_TEST = """
-def test_adapter_loads(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.checkpoint_claims, "adapter-loads"))
+import pytest
+
+@pytest.mark.claim("adapter-loads")
+def test_adapter_loads(claim_id, check_claim):
+    check_claim(claim_id)
 """
 
 
@@ -79,8 +82,9 @@ def test_bad_data_stops_before_any_model_loads(pytester, tmp_path, tiny_adapter,
 
 def test_gate_on_a_tiny_model_passes_loading_and_writes_results(pytester, tmp_path, tiny_adapter, pairs_file):
     pytester.makepyfile(test_gate=GATE_TEST + """
-def test_reward_margin(gate_run, claim, check_claim):
-    check_claim(claim(gate_run.reward_claims, "reward-margin"))
+@pytest.mark.claim("reward-margin")
+def test_reward_margin(claim_id, check_claim):
+    check_claim(claim_id)
 """)
     results = tmp_path / "results.json"
     result = run(pytester, "--adapter", str(tiny_adapter), "--data", str(pairs_file), "--results", str(results),

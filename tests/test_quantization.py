@@ -12,7 +12,8 @@ from dpo_eval_core import claims as C
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.gate import GateRun
 from dpo_eval_core.models import load_base, load_tokenizer
-from dpo_eval_core.quantization import VARIANTS, agreement, probe_batch, run_probe
+from dpo_eval_core.quantization import agreement, probe_batch, run_probe
+from dpo_eval_core.registry import VARIANTS
 
 CPU_VARIANTS = [pytest.param(v, id=v.id) for v in VARIANTS if not v.cuda]
 CUDA_VARIANTS = [pytest.param(v, id=v.id, marks=pytest.mark.gpu) for v in VARIANTS if v.cuda]
@@ -29,6 +30,15 @@ def pairs_file(tmp_path_factory) -> Path:
 
 def gate(adapter: Path, data: Path, tmp_path: Path) -> GateRun:
     return GateRun(EvalConfig(adapter=adapter, data=str(data), cache_dir=tmp_path, device="cpu"))
+
+
+def checkpoint_claims(run: GateRun) -> dict:
+    return {cid: run.claim(cid) for cid in ("adapter-loads", "adapter-changes-model", "tokenizer-ready")}
+
+
+def quantization_claims(run: GateRun, variant) -> dict:
+    return {cid: run.claim(cid) for cid in (f"{f}[{variant.id}]" for f in ("no-nan-logits", "quantized-agrees",
+                                                                            "merged-agrees"))}
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -54,7 +64,7 @@ def test_identical_probes_agree_exactly(tiny_llama):
 
 
 def test_zero_adapter_fails_changes_the_model(zero_adapter, pairs_file, tmp_path):
-    claims = {c.id: c for c in gate(zero_adapter, pairs_file, tmp_path).checkpoint_claims()}
+    claims = checkpoint_claims(gate(zero_adapter, pairs_file, tmp_path))
     assert claims["adapter-loads"].passed
     assert not claims["adapter-changes-model"].passed
     assert "All LoRA B matrices are zero" in claims["adapter-changes-model"].message
@@ -64,7 +74,7 @@ def test_random_adapter_changes_the_model_and_mistral_tokenizer_is_ready(tiny_mi
     from tiny import make_adapter
 
     adapter = make_adapter(tiny_mistral, tmp_path / "m")
-    claims = {c.id: c for c in gate(adapter, pairs_file, tmp_path).checkpoint_claims()}
+    claims = checkpoint_claims(gate(adapter, pairs_file, tmp_path))
     assert claims["adapter-changes-model"].passed and claims["tokenizer-ready"].passed
     assert "bos=1" in claims["tokenizer-ready"].message
 
@@ -76,7 +86,7 @@ def test_double_bos_fails_tokenizer_ready():
 
 @pytest.mark.parametrize("variant", CPU_VARIANTS)
 def test_quantized_variants_give_finite_agreeing_logits_on_cpu(variant, tiny_adapter, pairs_file, tmp_path):
-    claims = {c.id: c for c in gate(tiny_adapter, pairs_file, tmp_path).quantization_claims(variant)}
+    claims = quantization_claims(gate(tiny_adapter, pairs_file, tmp_path), variant)
     assert claims[f"no-nan-logits[{variant.id}]"].passed
     merged = claims[f"merged-agrees[{variant.id}]"]
     assert merged.passed, merged.message  # merged into the dequantized base = the unmerged quantized model
@@ -88,5 +98,5 @@ def test_quantized_variants_give_finite_agreeing_logits_on_cpu(variant, tiny_ada
 @pytest.mark.parametrize("variant", CUDA_VARIANTS)
 def test_cuda_variants_give_finite_logits(variant, tiny_adapter, pairs_file, tmp_path):
     run = GateRun(EvalConfig(adapter=tiny_adapter, data=str(pairs_file), cache_dir=tmp_path, device="cuda"))
-    claims = {c.id: c for c in run.quantization_claims(variant)}
+    claims = quantization_claims(run, variant)
     assert claims[f"no-nan-logits[{variant.id}]"].passed, claims[f"no-nan-logits[{variant.id}]"].message

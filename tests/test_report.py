@@ -15,7 +15,7 @@ import pytest
 from evals_cli import ROOT, run_evals
 from tiny import make_adapter
 
-from dpo_eval_core.regression import RATES
+from dpo_eval_core.registry import RATES
 from dpo_eval_core.results import load_results, write_json
 
 

@@ -14,8 +14,14 @@ from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.demo.train import as_trl_rows
+from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.rewards import PairLogps, log_ratio, score_logps, summarize
+
+
+def model_id(n: int) -> ModelIdentity:
+    """A distinct model identity per test, so cache entries never cross tests."""
+    return ModelIdentity(f"base-{n}", "adapter", "none", "float32", "cpu", "template")
 
 PAIRS = [PreferencePair(((("system", "Be brief."),) if i % 3 == 0 else ()) + (("user", f"Question number {i}?"),),
                         f"Short answer {i}.", f"Well, um, a much longer and rambling answer number {i}, I think.",
@@ -31,7 +37,7 @@ def backend(tiny_adapter):
 
 
 def ours(backend, tmp_path, batch_size=4, beta=0.1):
-    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path, enabled=False), model_key={"m": 1},
+    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path, enabled=False), model=model_id(1),
                            batch_size=batch_size, lengths=[0] * len(PAIRS))
     return logps, summarize(logps, beta, 0.95, 200, np.random.default_rng(0))
 
@@ -106,11 +112,11 @@ def test_max_length_keeps_the_start_as_trl_does_and_drops_prompt_only_rows(backe
 
 
 def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
-    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 2}, batch_size=4,
+    logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
                            lengths=[0] * len(PAIRS), max_length=12)  # shorter than every templated prompt
     s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
     assert (s.n, s.n_unscorable) == (0, len(PAIRS))
-    cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 2}, batch_size=4,
+    cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
                                    lengths=[0] * len(PAIRS), max_length=12)
     assert computed == 0 and all(np.isnan(x.policy_chosen) for x in cached)
 
@@ -133,17 +139,17 @@ def test_completion_lengths_count_the_tokens_logprobs_sums(backend, tmp_path):
     assert backend.completion_lengths([p.messages], [p.rejected]) == [len(completion)]
     assert backend.completion_lengths([p.messages] * 2, [p.rejected] * 2, max_length=len(prompt) + 5) == [5, 5]
     assert backend.completion_lengths([p.messages], [p.rejected], max_length=len(prompt)) == [0]
-    logps, _ = score_logps(backend, [p], cache=Cache(tmp_path, enabled=False), model_key={"m": 3}, batch_size=1,
+    logps, _ = score_logps(backend, [p], cache=Cache(tmp_path, enabled=False), model=model_id(3), batch_size=1,
                            lengths=[0], max_length=len(prompt) + 5)
     assert (logps[0].n_rejected, logps[0].n_chosen) == (5, min(5, backend.completion_lengths([p.messages],
                                                                                                 [p.chosen])[0]))
 
 
 def test_a_warm_cache_gives_the_token_counts_without_tokenizing(backend, tmp_path, monkeypatch):
-    cold, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 4}, batch_size=4,
+    cold, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(4), batch_size=4,
                           lengths=[0] * len(PAIRS))
     monkeypatch.setattr(backend, "completion_lengths", lambda *a, **k: pytest.fail("tokenized on a warm run"))
-    warm, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model_key={"m": 4}, batch_size=4,
+    warm, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(4), batch_size=4,
                                  lengths=[0] * len(PAIRS))
     assert computed == 0 and warm == cold
 

@@ -114,9 +114,23 @@ def test_nan_rows_are_dropped_per_feature_not_globally(t):
     vals, split, names = t
     stats = feature_stats(vals, split, names)
     for j, s in enumerate(stats):
+        # chosen-rejected tests count the pairs where both are defined; tuned-base ones where all four are
+        ok_cr = ~np.any([np.isnan(vals[r][:, j]) for r in ("chosen", "rejected")], axis=0)
         ok = ~np.any([np.isnan(vals[r][:, j]) for r in ROLES], axis=0)
         tr = np.array([x == "train" for x in split])
-        assert s.n_train == int((ok & tr).sum()) and s.n_valid == int((ok & ~tr).sum())
+        assert s.n_train == int((ok_cr & tr).sum()) and s.n_valid == int((ok & ~tr).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(tables(nan_ok=True))
+def test_chosen_rejected_statistics_do_not_depend_on_the_answers(t):
+    """The data-signal tests are the same with any answers, or none: a new adapter cannot move them."""
+    vals, split, names = t
+    fields = ("n_train", "scale", "cr_train", "cr_valid", "p_cr", "p_cr_adj", "r_cr", "n_cr_nonzero")
+    with_answers = feature_stats(vals, split, names)
+    data_only = feature_stats({r: vals[r] for r in ("chosen", "rejected")}, split, names)
+    for x, y in zip(with_answers, data_only):
+        assert [getattr(x, f) for f in fields] == pytest.approx([getattr(y, f) for f in fields], nan_ok=True)
 
 
 @settings(max_examples=50, deadline=None)

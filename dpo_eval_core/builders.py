@@ -1,0 +1,93 @@
+"""One builder per claim family: the run's measurements -> that family's claims.
+
+A builder reads the public stages of a GateRun (each computed on first use) and calls the pure claim
+constructors in claims.py and regression.py. It touches only the stages its claims need, so a
+data-only claim loads no model. Keyed by `Family.pattern` (registry.py); tests check that every
+family has exactly one builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
+
+from . import claims as C
+from . import regression as R
+from .claims import Claim
+from .registry import VARIANTS
+
+if TYPE_CHECKING:
+    from .gate import GateRun
+
+Builder = Callable[["GateRun", "str | None"], list[Claim]]
+"""(run, the claim id's bracket value or None) -> the claims of that family the run can compute."""
+
+
+def adapter_loads(run: GateRun, _: str | None) -> list[Claim]:
+    return [C.adapter_loads(run.model.report, str(run.spec.adapter), run.spec.base)]
+
+
+def adapter_changes_model(run: GateRun, _: str | None) -> list[Claim]:
+    return [C.adapter_changes_model(run.model.report, *run.adapter_effect)]
+
+
+def tokenizer_ready(run: GateRun, _: str | None) -> list[Claim]:
+    return [C.tokenizer_ready(**dataclasses.asdict(run.tokenizer_facts))]
+
+
+def quantization(run: GateRun, variant_id: str | None) -> list[Claim]:
+    """The three claims of one variant; none for a CUDA-only variant on a machine without CUDA."""
+    variant = next(v for v in VARIANTS if v.id == variant_id)
+    if variant.cuda and not run.cfg.on_cuda:
+        return []
+    m = run.quantization(variant)
+    return C.quantization(variant.id, m.finite, m.first_nonfinite_module, m.top1, m.kl, m.merged_top1, m.merged_kl,
+                          run.cfg.gate)
+
+
+def rewards(run: GateRun, _: str | None) -> list[Claim]:
+    return C.rewards(run.reward_summary, run.cfg.gate)
+
+
+def data_signal(run: GateRun, _: str | None) -> list[Claim]:
+    return C.data_signal(run.data_stats, run.cfg.gate)
+
+
+def alignment(run: GateRun, _: str | None) -> list[Claim]:
+    empty = [role for role, gens in run.answers.items() if gens and all(not g.text.strip() for g in gens)]
+    return C.alignment(run.feature_stats, run.cfg.gate, run.agreement_ci, empty)
+
+
+def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
+    assert claim_id is not None
+    current = run.claim(claim_id)
+    return [R.still_passes(claim_id, current, "it needs CUDA" if current is None else "")]
+
+
+def not_lower(run: GateRun, rate: str | None) -> list[Claim]:
+    current = run.claim(rate or "")
+    if current is None:
+        return []
+    old = next((c for c in run.baseline["claims"] if c["id"] == rate), None)
+    return [R.not_lower(current.id, old, current)]
+
+
+BUILDERS: dict[str, Builder] = {
+    "adapter-loads": adapter_loads,
+    "adapter-changes-model": adapter_changes_model,
+    "tokenizer-ready": tokenizer_ready,
+    "no-nan-logits[VARIANT]": quantization,
+    "quantized-agrees[VARIANT]": quantization,
+    "merged-agrees[VARIANT]": quantization,
+    "reward-accuracy": rewards,
+    "reward-accuracy-per-token": rewards,
+    "reward-margin": rewards,
+    "data-signal[FEATURE]": data_signal,
+    "data-signal": data_signal,
+    "tuned-differs[FEATURE]": alignment,
+    "sign-agreement[FEATURE]": alignment,
+    "sign-agreement-rate": alignment,
+    "still-passes[CLAIM]": still_passes,
+    "not-lower[RATE]": not_lower,
+}
+

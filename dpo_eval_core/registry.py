@@ -1,0 +1,161 @@
+"""The claims registry: one frozen spec per claim family, the single place claim ids are defined.
+
+Everything that needs to know about claims reads it: the gating defaults (GateConfig), the
+validation of `gating` and `--gate gating=...` (with "did you mean"), the parameters of the tests
+in evals/, the xdist work units, the regression rates, the validity table, the console summary and
+the docs test. How a family is computed lives in `builders.py`, one builder per family.
+
+Adding a claim family: a `Family` here, a builder in builders.py, one test in evals/.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+from .features import FEATURE_NAMES
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A quantization the quantization claims are made for."""
+
+    id: str
+    quant: str
+    dtype: str
+    cuda: bool
+    """True: runs only on CUDA (skipped elsewhere)."""
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("none-fp32", "none", "float32", False),
+    Variant("8bit", "8bit", "float32", False),
+    Variant("4bit-nf4-fp32", "4bit", "float32", False),
+    Variant("4bit-nf4-bf16", "4bit", "bfloat16", False),
+    Variant("bf16-cuda", "none", "bfloat16", True),
+    Variant("8bit-cuda", "8bit", "bfloat16", True),
+    Variant("4bit-nf4-bf16-cuda", "4bit", "bfloat16", True),
+)
+
+Over = Literal["one", "feature", "variant", "rate", "baseline"]
+"""What the bracket of a claim id ranges over: nothing (a single claim), the text features, the
+quantization variants, the regression rates, or the gating claims that passed in --baseline."""
+Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline"]
+"""What computing a family takes: the preference data, the base tokenizer, the loaded model, the
+tuned and base answers, the quantization probes (models of their own), a --baseline file."""
+
+
+PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM"}
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One claim family: its id, the claims it makes, and what computing them needs."""
+
+    id: str
+    """The claim id, or the part before the bracket for per-item families."""
+    over: Over
+    gates: bool
+    """Whether it fails the run by default (GateConfig.gating); per-item families gate as `id[*]`."""
+    needs: frozenset[Need]
+    summary: str
+    """One line for the docs: what holds when the claim passes."""
+    rate: bool = False
+    """A headline rate with an interval: `not-lower[id]` checks it against --baseline."""
+    validity: bool = False
+    """Shown in the validity script's table: a claim the control adapters are meant to fail."""
+
+    @property
+    def pattern(self) -> str:
+        """How the docs write it: `data-signal[FEATURE]`, `reward-margin`."""
+        return self.id if self.over == "one" else f"{self.id}[{PLACEHOLDERS[self.over]}]"
+
+    @property
+    def gating_entry(self) -> str:
+        """How GateConfig.gating names the whole family."""
+        return self.id if self.over == "one" else f"{self.id}[*]"
+
+
+def _f(id: str, over: Over, gates: bool, needs: str, summary: str, **kw: bool) -> Family:
+    return Family(id, over, gates, frozenset(needs.split()), summary, **kw)  # type: ignore[arg-type]
+
+
+FAMILIES: tuple[Family, ...] = (
+    _f("adapter-loads", "one", True, "model",
+       "the adapter loads onto its base: every LoRA tensor meets a module, no missing or unexpected keys"),
+    _f("adapter-changes-model", "one", True, "model",
+       "some LoRA B matrix is non-zero and tuned logits differ from base logits on real prompts", validity=True),
+    _f("tokenizer-ready", "one", True, "model",
+       "pad token set, left padding, BOS id consistent, exactly one BOS after the chat template"),
+    _f("no-nan-logits", "variant", True, "probes", "finite logits on a left-padded batch under this quantization"),
+    _f("quantized-agrees", "variant", True, "probes", "top-1 agreement and mean KL against full precision"),
+    _f("merged-agrees", "variant", True, "probes", "the adapter merged into the dequantized base agrees with it unmerged"),
+    _f("reward-accuracy", "one", True, "model",
+       "implicit DPO reward accuracy on the valid split: CI lower bound above the threshold", rate=True,
+       validity=True),
+    _f("reward-accuracy-per-token", "one", True, "model",
+       "the same accuracy with each reward divided by its completion's token count", rate=True, validity=True),
+    _f("reward-margin", "one", True, "model", "mean reward margin on the valid split: CI above 0", validity=True),
+    _f("data-signal", "feature", False, "data", "chosen and rejected differ in this feature (train split)"),
+    _f("data-signal", "one", True, "data", "at least K features differ chosen vs rejected", validity=True),
+    _f("tuned-differs", "feature", False, "answers", "tuned and base answers differ in this feature (valid split)"),
+    _f("sign-agreement", "feature", False, "answers", "tuned - base moves the same way as chosen - rejected"),
+    _f("sign-agreement-rate", "one", True, "answers",
+       "share of data-signal features that agree is at least the threshold", rate=True, validity=True),
+    _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),
+    _f("not-lower", "rate", True, "baseline", "a headline rate did not drop beyond its uncertainty"),
+)
+
+RATES: tuple[str, ...] = tuple(f.id for f in FAMILIES if f.rate)
+"""Claims whose value must not fall below the baseline's beyond the two confidence intervals."""
+
+
+def split_id(claim_id: str) -> tuple[str, str | None]:
+    """'data-signal[n_tokens]' -> ('data-signal', 'n_tokens'); 'still-passes[no-nan-logits[8bit]]' keeps the
+    inner brackets; 'reward-margin' -> ('reward-margin', None)."""
+    head, bracket, rest = claim_id.partition("[")
+    return (head, rest[:-1]) if bracket and rest.endswith("]") else (head, None)
+
+
+def family_of(claim_id: str) -> Family | None:
+    """The family that makes this claim id, or None for an id no family makes."""
+    head, arg = split_id(claim_id)
+    for fam in FAMILIES:
+        if fam.id == head and (fam.over == "one") == (arg is None):
+            if arg is None or arg == "*" or arg in arguments(fam):
+                return fam
+            if fam.over == "baseline" and family_of(arg) is not None:
+                return fam
+    return None
+
+
+def arguments(fam: Family) -> tuple[str, ...]:
+    """The bracket values of a per-item family; the baseline's ids are known only with a baseline."""
+    if fam.over == "feature":
+        return FEATURE_NAMES
+    if fam.over == "variant":
+        return tuple(v.id for v in VARIANTS)
+    if fam.over == "rate":
+        return RATES
+    return ()
+
+
+def claim_ids(fam: Family) -> tuple[str, ...]:
+    """Every claim id the family makes (none known in advance for `still-passes`)."""
+    return (fam.id,) if fam.over == "one" else tuple(f"{fam.id}[{a}]" for a in arguments(fam))
+
+
+def default_gating() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f.gating_entry for f in FAMILIES if f.gates))
+
+
+def check_claim_ids(ids: tuple[str, ...], option: str) -> None:
+    """Raise ConfigError naming the closest known id for each id no family makes."""
+    known = sorted({f.gating_entry for f in FAMILIES})
+    for cid in ids:
+        if family_of(cid) is None:
+            close = difflib.get_close_matches(cid, known, n=3, cutoff=0.5)
+            hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise ConfigError(option, cid, "a claim id or family[*] from the claims registry",
+                              f"{hint}Known: {', '.join(known)}.")

@@ -1,0 +1,58 @@
+"""`pytest evals -k data_signal --data prefs.jsonl`: the check a team runs on its preference data before
+training. It loads no model and no tokenizer, generates nothing, and its verdicts equal the full run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dpo_eval_core.cache import Cache
+from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.gate import GateRun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """Chosen answers short and plain, rejected ones long and hedged: several features differ."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({
+        "prompt": f"What is item {i}?", "chosen": f"Item {i} is a thing.",
+        "rejected": f"Well, honestly, I think that item {i} might perhaps be, more or less, some kind of thing, "
+                    f"maybe, although I am not entirely sure about it at all."}) + "\n" for i in range(40)))
+    return path
+
+
+REFUSE = """
+import transformers
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a model or tokenizer was loaded")
+
+for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+    auto.from_pretrained = refuse
+"""
+
+
+def test_data_signal_alone_loads_no_model_and_agrees_with_the_full_run(pytester, tmp_path, data, tiny_adapter):
+    full = GateRun(EvalConfig(adapter=tiny_adapter, data=str(data), cache_dir=tmp_path / "full", max_new_tokens=4,
+                              device="cpu"), cache=Cache(tmp_path / "full"))
+    expected = {c.id: (c.passed, c.value, c.message) for c in full.all_claims() if c.id.startswith("data-signal")}
+    full.free()
+    assert full.computed["generations_tuned"] > 0  # the full run did answer: its features had four roles
+
+    pytester.makepyfile(refuse_models=REFUSE)  # loaded with -p: any model or tokenizer load fails the run
+    results = tmp_path / "results.json"
+    result = pytester.runpytest_subprocess(str(ROOT / "evals"), "-k", "data_signal", "-p", "refuse_models",
+                                           "-p", "no:cacheprovider",
+                                           "--adapter", str(tiny_adapter), "--data", str(data), "--results",
+                                           str(results), "--eval-cache-dir", str(tmp_path / "data-only"))
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    doc = json.loads(results.read_text())
+    got = {c["id"]: (c["passed"], c["value"], c["message"]) for c in doc["claims"]}
+    assert len(got) == 70 and got == expected
+    assert "model_key" not in doc["facts"] and "load" not in doc["facts"]["timings_s"]
+    assert doc["facts"]["computed"] == {"feature_rows": 80}  # 40 chosen + 40 rejected texts
