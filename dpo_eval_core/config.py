@@ -54,6 +54,9 @@ class GateConfig:
     """Confidence level of bootstrap intervals."""
     n_bootstrap: int = 2000
     """Bootstrap resamples for confidence intervals."""
+    reward_tie_tolerance: float = 1e-6
+    """Log-ratios within this share of |reference log-prob| (at least 1 nat) are ties, not preferences:
+    batches of different shapes give log-probs equal only to float precision (~1e-7 relative in fp32)."""
     max_kl: float = 1.0
     """Quantized vs full-precision mean KL (nats) per next-token distribution must stay below this. The
     default catches a broken quantization on a small model (NF4 moves the 135M demo base by up to ~1.1
@@ -76,6 +79,8 @@ class GateConfig:
             raise ConfigError("gate.n_bootstrap", self.n_bootstrap, "an integer >= 100")
         if not (isinstance(self.beta, (int, float)) and self.beta > 0):
             raise ConfigError("gate.beta", self.beta, "a number > 0")
+        if not (isinstance(self.reward_tie_tolerance, (int, float)) and 0 <= self.reward_tie_tolerance < 1e-2):
+            raise ConfigError("gate.reward_tie_tolerance", self.reward_tie_tolerance, "a number in [0, 0.01)")
         if not (isinstance(self.max_kl, (int, float)) and self.max_kl >= 0):
             raise ConfigError("gate.max_kl", self.max_kl, "a number >= 0")
         check_claim_ids(self.gating, "gate.gating")

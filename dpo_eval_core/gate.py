@@ -197,7 +197,8 @@ class GateRun:
                                    lengths=[self.prompt_lengths[i] for i in valid], max_length=self.cfg.max_length)
         self.ledger.count("logps", n)
         g = self.cfg.gate
-        return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed))
+        return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed),
+                         tie_tolerance=g.reward_tie_tolerance)
 
     @functools.cached_property
     def probe_inputs(self) -> tuple[Any, Any]:

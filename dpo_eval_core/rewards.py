@@ -104,26 +104,23 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
             for i in range(len(pairs))], computed
 
 
-LOGP_TOL = 1e-6
-"""Log-probs computed in batches of different shapes (e.g. a reference reused from the cache) agree only to
-float precision (~1e-7 relative in fp32); log-ratios within LOGP_TOL * max(1, |reference|) are exact ties."""
-
-
-def log_ratio(policy: float, reference: float) -> float:
-    """policy - reference, with float noise below LOGP_TOL set to 0."""
+def log_ratio(policy: float, reference: float, tie_tolerance: float) -> float:
+    """policy - reference, with float noise set to 0: log-probs computed in batches of different shapes (a
+    reference reused from the cache, say) agree only to float precision (~1e-7 relative in fp32), so
+    log-ratios within tie_tolerance * max(1, |reference|) are exact ties (GateConfig.reward_tie_tolerance)."""
     d = policy - reference
-    return 0.0 if abs(d) <= LOGP_TOL * max(1.0, abs(reference)) else d
+    return 0.0 if abs(d) <= tie_tolerance * max(1.0, abs(reference)) else d
 
 
 def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
-              rng: np.random.Generator) -> RewardSummary:
+              rng: np.random.Generator, *, tie_tolerance: float) -> RewardSummary:
     """Accuracy, margin and mean rewards, each with a percentile bootstrap interval."""
     rows = [x for x in logps if not any(math.isnan(v) for v in (x.policy_chosen, x.policy_rejected,
                                                                    x.reference_chosen, x.reference_rejected))]
     unscorable = len(logps) - len(rows)
     logps = rows
-    ratio_c = np.array([log_ratio(x.policy_chosen, x.reference_chosen) for x in logps])
-    ratio_r = np.array([log_ratio(x.policy_rejected, x.reference_rejected) for x in logps])
+    ratio_c = np.array([log_ratio(x.policy_chosen, x.reference_chosen, tie_tolerance) for x in logps])
+    ratio_r = np.array([log_ratio(x.policy_rejected, x.reference_rejected, tie_tolerance) for x in logps])
     chosen, rejected = beta * ratio_c, beta * ratio_r
     margins = chosen - rejected
     correct = (chosen > rejected).astype(float)

@@ -160,11 +160,14 @@ def signal_agreement_ci(values: Mapping[str, np.ndarray], split: Sequence[str], 
 
 
 def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
-                  correction: str = "bh", *, ci_level: float = 0.95, n_boot: int = 1000,
+                  correction: str = "bh", *, ci_level: float | None = None, n_boot: int | None = None,
                   rng: np.random.Generator | None = None) -> list[FeatureStat]:
     """Per-feature statistics. `values[role]` is an [n_pairs, n_features] array for chosen and rejected,
     and for tuned and base when answers exist (without them every tuned-base field is NaN or 0).
-    With an rng, the normalised valid averages get percentile bootstrap intervals."""
+    With an rng (and the gate's ci_level and n_boot), the normalised valid averages get percentile
+    bootstrap intervals."""
+    if rng is not None and (ci_level is None or n_boot is None):
+        raise TypeError("feature_stats: bootstrap intervals (rng) need ci_level and n_boot (GateConfig's)")
     is_train = np.asarray([s == "train" for s in split])
     is_valid = ~is_train
     n_pairs = len(split)
@@ -186,7 +189,7 @@ def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], featur
         mean_cr_v = float(np.mean(d_cr[va_cr])) if va_cr.any() else math.nan
         mean_tb_v = float(np.mean(d_tb[va])) if va.any() else math.nan
         cis = [(math.nan, math.nan)] * 2
-        if rng is not None and s > 0:
+        if rng is not None and ci_level is not None and n_boot is not None and s > 0:
             cis = [tuple(v / s for v in bootstrap_mean_ci(d[m], ci_level, n_boot, rng))
                    for d, m in ((d_cr, va_cr), (d_tb, va))]
         stats.append(FeatureStat(

@@ -14,9 +14,13 @@ from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.demo.train import as_trl_rows
+from dpo_eval_core.config import GateConfig
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.rewards import PairLogps, log_ratio, score_logps, summarize
+
+
+TIE = GateConfig().reward_tie_tolerance
 
 
 def model_id(n: int) -> ModelIdentity:
@@ -39,7 +43,7 @@ def backend(tiny_adapter):
 def ours(backend, tmp_path, batch_size=4, beta=0.1):
     logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path, enabled=False), model=model_id(1),
                            batch_size=batch_size, lengths=[0] * len(PAIRS))
-    return logps, summarize(logps, beta, 0.95, 200, np.random.default_rng(0))
+    return logps, summarize(logps, beta, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
 
 
 def test_rewards_equal_trl_dpo_trainer_evaluate(backend, tiny_llama, tiny_adapter, tmp_path):
@@ -114,7 +118,7 @@ def test_max_length_keeps_the_start_as_trl_does_and_drops_prompt_only_rows(backe
 def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
     logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
                            lengths=[0] * len(PAIRS), max_length=12)  # shorter than every templated prompt
-    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
     assert (s.n, s.n_unscorable) == (0, len(PAIRS))
     cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
                                    lengths=[0] * len(PAIRS), max_length=12)
@@ -125,9 +129,9 @@ def test_float_noise_between_batch_shapes_is_a_tie_not_a_preference():
     # reference reused from another batch shape: equal up to ~1e-7 relative, as fp32 sums are
     noisy = [PairLogps(-300.0, -420.0, -300.0 + 3e-5, -420.0 - 4e-5, 30, 40),
              PairLogps(-50.0, -80.0, -50.0, -80.0, 5, 8)]
-    s = summarize(noisy, 0.1, 0.95, 200, np.random.default_rng(0))
+    s = summarize(noisy, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
     assert (s.accuracy.value, s.accuracy_per_token.value, s.margin.value, s.all_zero) == (0.0, 0.0, 0.0, True)
-    real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0, 30, 40)], 0.1, 0.95, 200, np.random.default_rng(0))
+    real = summarize([PairLogps(-290.0, -430.0, -300.0, -420.0, 30, 40)], 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
     assert real.accuracy.value == 1.0 and real.margin.value == pytest.approx(2.0)
 
 
@@ -164,7 +168,7 @@ def test_a_shift_of_every_token_moves_summed_accuracy_with_length_not_per_token_
     average) looks like a preference for the longer or shorter answer to the summed accuracy; the
     per-token accuracy sees ties only. (shift is a multiple of 1/64: exact in binary.)"""
     logps = [PairLogps(-100.0 + shift * c, -200.0 + shift * r, -100.0, -200.0, c, r) for c, r in lengths]
-    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
     prefers_chosen = [(c > r) if shift > 0 else (c < r) for c, r in lengths]
     assert s.accuracy.value == pytest.approx(np.mean(prefers_chosen))
     assert s.accuracy_per_token.value == 0.0
@@ -173,8 +177,8 @@ def test_a_shift_of_every_token_moves_summed_accuracy_with_length_not_per_token_
 @given(st.lists(st.tuples(token_counts, token_counts, st.floats(-2, 2), st.floats(-2, 2)), min_size=1, max_size=40))
 def test_per_token_accuracy_is_the_share_of_pairs_whose_mean_token_log_ratio_is_higher(rows):
     logps = [PairLogps(-50.0 + a * c, -60.0 + b * r, -50.0, -60.0, c, r) for c, r, a, b in rows]
-    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0))
-    want = np.mean([log_ratio(x.policy_chosen, x.reference_chosen) / x.n_chosen
-                    > log_ratio(x.policy_rejected, x.reference_rejected) / x.n_rejected for x in logps])
+    s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
+    want = np.mean([log_ratio(x.policy_chosen, x.reference_chosen, TIE) / x.n_chosen
+                    > log_ratio(x.policy_rejected, x.reference_rejected, TIE) / x.n_rejected for x in logps])
     assert s.accuracy_per_token.value == pytest.approx(want)
     assert s.accuracy_per_token.ci_low <= s.accuracy_per_token.value <= s.accuracy_per_token.ci_high

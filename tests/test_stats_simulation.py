@@ -65,7 +65,8 @@ def test_no_warnings_leak_from_degenerate_differences(recwarn):
     values = {r: np.zeros((12, 3)) for r in ROLES}
     values["chosen"][:, 1] = 1e-15  # float noise only
     values["tuned"][:, 2] = np.nan
-    stats = feature_stats(values, ["train"] * 8 + ["valid"] * 4, ["a", "b", "c"], rng=np.random.default_rng(0))
+    stats = feature_stats(values, ["train"] * 8 + ["valid"] * 4, ["a", "b", "c"], ci_level=0.95, n_boot=1000,
+                          rng=np.random.default_rng(0))
     assert [s.p_cr for s in stats] == [1.0, 1.0, 1.0]
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
 
