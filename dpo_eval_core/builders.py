@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from . import claims as C
 from . import regression as R
 from .claims import Claim
 from .registry import VARIANTS
+from .stats import bootstrap_mean_ci
 
 if TYPE_CHECKING:
     from .gate import GateRun
@@ -58,6 +61,20 @@ def alignment(run: GateRun, _: str | None) -> list[Claim]:
     return C.alignment(run.feature_stats, run.cfg.gate, run.agreement_ci, empty)
 
 
+def adapter_changes_answers(run: GateRun, _: str | None) -> list[Claim]:
+    """Share of valid-split prompts whose tuned answer differs from the base answer (greedy: a zero adapter
+    gives 0; a weak one leaves many answers as they were)."""
+    valid = [i for i, p in enumerate(run.pairs.pairs) if p.split == "valid"]
+    changed = np.array([run.answers["tuned"][i].text != run.answers["base"][i].text for i in valid], dtype=float)
+    g = run.cfg.gate
+    lo, hi = bootstrap_mean_ci(changed, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
+    share = float(changed.mean()) if changed.size else float("nan")
+    ci = f"{g.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]"
+    return [Claim("adapter-changes-answers", bool(changed.size) and lo > 0, share, "CI low > 0", ci, changed.size,
+                  f"{int(changed.sum())} of {changed.size} valid-split answers differ from the base model's "
+                  f"(share {share:.3f}, {ci})", ci=(lo, hi))]
+
+
 def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
     assert claim_id is not None
     current = run.claim(claim_id)
@@ -87,6 +104,7 @@ BUILDERS: dict[str, Builder] = {
     "tuned-differs[FEATURE]": alignment,
     "sign-agreement[FEATURE]": alignment,
     "sign-agreement-rate": alignment,
+    "adapter-changes-answers": adapter_changes_answers,
     "still-passes[CLAIM]": still_passes,
     "not-lower[RATE]": not_lower,
 }

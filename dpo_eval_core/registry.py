@@ -101,6 +101,8 @@ FAMILIES: tuple[Family, ...] = (
     _f("data-signal", "one", True, "data", "at least K features differ chosen vs rejected", validity=True),
     _f("tuned-differs", "feature", False, "answers", "tuned and base answers differ in this feature (valid split)"),
     _f("sign-agreement", "feature", False, "answers", "tuned - base moves the same way as chosen - rejected"),
+    _f("adapter-changes-answers", "one", False, "answers",
+       "a share of the valid-split answers differs from the base model's: CI lower bound above 0"),
     _f("sign-agreement-rate", "one", True, "answers",
        "share of data-signal features that agree is at least the threshold", rate=True, validity=True),
     _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),

@@ -16,3 +16,8 @@ def test_tuned_moves_the_data_way(claim_id, check_claim):
 @pytest.mark.claim("sign-agreement-rate")
 def test_sign_agreement_rate(claim_id, check_claim):
     check_claim(claim_id)
+
+
+@pytest.mark.claim("adapter-changes-answers")
+def test_adapter_changes_the_answers(claim_id, check_claim):
+    check_claim(claim_id)
