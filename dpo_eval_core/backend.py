@@ -39,6 +39,10 @@ class Generation:
     """True when generation stopped at max_new_tokens rather than at EOS."""
 
 
+Row = tuple[list[int], list[int]]
+"""(prompt ids, completion ids) of one scored sequence."""
+
+
 class Backend(Protocol):
     def generate(self, prompts: Sequence[Sequence[Message]], *, adapter: bool,
                  settings: GenerationSettings) -> list[Generation]: ...
@@ -49,12 +53,25 @@ class Backend(Protocol):
     def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                            max_length: int | None = None) -> list[int]: ...
 
+    def scored_rows(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str],
+                    max_length: int | None = None) -> list[Row]: ...
 
-def batches(n: int, size: int, lengths: Sequence[int]) -> Iterator[list[int]]:
-    """Index batches of at most `size`, grouped by length so little padding is computed."""
+    def row_logprobs(self, rows: Sequence[Row], *, adapter: bool, max_length: int | None = None) -> list[float]: ...
+
+
+def batches(n: int, size: int, lengths: Sequence[int], max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Index batches grouped by length, so little padding is computed: at most `size` rows, and, with
+    max_tokens, at most that many padded tokens (rows x longest row); a row longer than max_tokens
+    is a batch of its own."""
     order = sorted(range(n), key=lambda i: (lengths[i], i))
-    for start in range(0, n, size):
-        yield order[start:start + size]
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == size or (max_tokens is not None and (len(batch) + 1) * lengths[i] > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def left_pad(ids: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any]:
@@ -102,9 +119,10 @@ class HFBackend:
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         return sorted(i for i in ids if i is not None)
 
-    def _scored_rows(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str],
-                     max_length: int | None) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, completion ids) per row, cut to max_length tokens as TRL's keep_start does."""
+    def scored_rows(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str],
+                    max_length: int | None = None) -> list[Row]:
+        """(prompt ids, completion ids) per row, cut to max_length tokens as TRL's keep_start does. Only
+        tokenizes: the lengths it gives let a caller batch by tokens before any model runs."""
         rows = [completion_ids(self.tokenizer, m, c, self.system_ok) for m, c in zip(prompts, completions)]
         if max_length is not None:
             rows = [(p, c[:max(0, max_length - len(p))]) for p, c in rows]
@@ -113,7 +131,7 @@ class HFBackend:
     def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                            max_length: int | None = None) -> list[int]:
         """How many completion tokens `logprobs` sums per row (0 where it scores NaN); needs no model."""
-        return [len(c) for p, c in self._scored_rows(prompts, completions, max_length)]
+        return [len(c) for p, c in self.scored_rows(prompts, completions, max_length)]
 
     def logprobs(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                  adapter: bool, max_length: int | None = None) -> list[float]:
@@ -122,16 +140,18 @@ class HFBackend:
         With max_length, prompt+completion is cut to its first max_length tokens (TRL's keep_start);
         a row whose prompt alone fills max_length has no completion left and scores NaN (TRL drops it).
         """
+        return self.row_logprobs(self.scored_rows(prompts, completions, max_length), adapter=adapter,
+                                 max_length=max_length)
+
+    def row_logprobs(self, rows: Sequence[Row], *, adapter: bool, max_length: int | None = None) -> list[float]:
+        """`logprobs` of rows already tokenized by `scored_rows`, as one right-padded batch."""
         import torch
 
-        rows = self._scored_rows(prompts, completions, max_length)
         keep = [i for i, (p, c) in enumerate(rows) if c and (max_length is None or len(p) < max_length)]
         if len(keep) < len(rows):
             out = [float("nan")] * len(rows)
             if keep:
-                scored = self.logprobs([prompts[i] for i in keep], [completions[i] for i in keep], adapter=adapter,
-                                       max_length=max_length)
-                for i, v in zip(keep, scored):
+                for i, v in zip(keep, self.row_logprobs([rows[i] for i in keep], adapter=adapter)):
                     out[i] = v
             return out
         seqs = [p + c for p, c in rows]
@@ -229,7 +249,8 @@ def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any) 
     prev[:, 1] -= 1
     tok = input_ids[pos[:, 0], pos[:, 1]]
     if plain_head and hasattr(causal_lm, "get_decoder"):
-        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        # use_cache=False: scoring never decodes further, so no KV cache is built (2 GB for 16k tokens of a 7B)
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         h = hidden[prev[:, 0], prev[:, 1]]
         head = causal_lm.get_output_embeddings()
         chunk = max(16, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
@@ -238,7 +259,7 @@ def completion_token_logps(model: Any, input_ids: Any, mask: Any, targets: Any) 
             logits = head(h[s:s + chunk]).float()
             out.append(logits.gather(1, tok[s:s + chunk, None])[:, 0] - logits.logsumexp(-1))
         return torch.cat(out) if out else torch.zeros(0)
-    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
     sel = logits[prev[:, 0], prev[:, 1]].float()
     return sel.gather(1, tok[:, None])[:, 0] - sel.logsumexp(-1)
 

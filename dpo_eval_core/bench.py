@@ -32,6 +32,7 @@ from typing import Any
 from .backend import GenerationSettings, batches
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
+from .data import load_pairs
 from .demo import DEMO_ADAPTER_DIR, demo_base_dir, local_bases, with_demo_defaults
 from .demo.controls import noise_adapter
 from .features import FeatureSettings, build_pipeline, doc_features, extract
@@ -105,6 +106,40 @@ def bench_generation(run: GateRun, n_prompts: int, settings: GenerationSettings)
             "matmul_gflops": gflops, "model_gflop_per_token": gflop_per_token,
             "roofline_share": processed_s * gflop_per_token / gflops,
             "roofline_share_answer_tokens": tok_s * gflop_per_token / gflops}
+
+
+def bench_scoring(run: GateRun, data: Path, n_pairs: int, max_tokens: int | None = None) -> dict[str, Any]:
+    """Reward scoring as the gate batches it (rows and token budget) against one sequence at a time, on the
+    first n_pairs of a real preference file's valid split (chosen and rejected, adapter on), fp32.
+
+    Rows are tokenized once for both; the seconds are model time only. The one-by-one loop has no
+    padding at all, so it is the baseline a batching scheme must beat."""
+    backend = run.model.backend
+    pairs = [p for p in load_pairs(str(data)).pairs if p.split == "valid"][:n_pairs]
+    rows = backend.scored_rows([p.messages for p in pairs for _ in (0, 1)],
+                               [t for p in pairs for t in (p.chosen, p.rejected)], run.cfg.max_length)
+    budget = run.cfg.resolved_batch_tokens if max_tokens is None else max_tokens
+    lengths = [len(p) + len(c) for p, c in rows]
+    start = time.perf_counter()
+    batched: dict[int, float] = {}
+    for batch in batches(len(rows), run.cfg.batch_size, lengths, budget):
+        batched.update(zip(batch, backend.row_logprobs([rows[i] for i in batch], adapter=True,
+                                                       max_length=run.cfg.max_length)))
+    t_batched = time.perf_counter() - start
+    start = time.perf_counter()
+    single = [backend.row_logprobs([r], adapter=True, max_length=run.cfg.max_length)[0] for r in rows]
+    t_single = time.perf_counter() - start
+    gflop_per_token = 2 * sum(p.numel() for p in backend.model.parameters()) / 1e9
+    gflops = matmul_gflops()
+    tokens = sum(lengths)
+    worst = max(abs(batched[i] - v) / max(1.0, abs(v)) for i, v in enumerate(single))
+    return {"data": str(data), "pairs": len(pairs), "sequences": len(rows), "tokens": tokens,
+            "prompt_share": sum(len(p) for p, _ in rows) / tokens, "max_tokens": budget,
+            "batch_size": run.cfg.batch_size, "seconds_batched": t_batched, "seconds_single": t_single,
+            "tokens_per_s_batched": tokens / t_batched, "tokens_per_s_single": tokens / t_single,
+            "ratio": t_single / t_batched, "max_relative_difference": worst, "matmul_gflops": gflops,
+            "roofline_share": tokens / t_batched * gflop_per_token / gflops,
+            "roofline_share_single": tokens / t_single * gflop_per_token / gflops}
 
 
 def bench_features(texts: list[str], settings: FeatureSettings) -> dict[str, Any]:
@@ -191,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n-process", type=int, default=2)
     parser.add_argument("--eval-cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--max-samples", type=int, default=32, help="pairs per split in the gate rows")
+    parser.add_argument("--real-data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" /
+                        "ultrafeedback_pairs.jsonl", help="preference file of the real-data scoring row")
+    parser.add_argument("--real-pairs", type=int, default=24, help="valid pairs in the real-data scoring row")
     parser.add_argument("--peak-of", choices=["gate", "model"], help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.peak_of:
@@ -201,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gate = bench_gate(ns.eval_cache_dir, ns.max_samples, noise_adapter(DEMO_ADAPTER_DIR, Path(tmp) / "noise"))
     run = demo_run(EvalConfig(cache_dir=ns.eval_cache_dir), Cache(ns.eval_cache_dir, enabled=False))
     gen = bench_generation(run, ns.prompts, run.cfg.generation)
+    scoring = bench_scoring(run, ns.real_data, ns.real_pairs) if ns.real_data.is_file() else None
     weights_mb = sum(p.numel() * p.element_size() for p in run.model.backend.model.parameters()) / 2**20
     pool = [t for p in run.pairs.pairs for t in (p.chosen, p.rejected)]
     texts = (pool * (ns.texts // max(1, len(pool)) + 1))[:ns.texts]
@@ -215,6 +254,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{gen['matmul_gflops']:.0f} GFLOP/s peak GEMM; answer tokens alone "
             f"{gen['roofline_share_answer_tokens']:.2f}; batch {gen['batch_size']}, "
             f"max {gen['max_new_tokens']} new tokens"),
+        *([Row("scoring (real data): gate / one-by-one", scoring["ratio"],
+               f"{scoring['tokens_per_s_batched']:.0f} vs {scoring['tokens_per_s_single']:.0f} real tok/s, "
+               f"{scoring['sequences']} sequences of {Path(scoring['data']).name} ({scoring['tokens']} tokens, prompts "
+               f"{scoring['prompt_share']:.0%}), budget {scoring['max_tokens']} tokens; matmul peak share "
+               f"{scoring['roofline_share']:.2f} vs {scoring['roofline_share_single']:.2f}; max relative "
+               f"difference {scoring['max_relative_difference']:.1e}")] if scoring else []),
         Row("features: pipeline / per text", feats["ratio"],
             f"{feats['texts_per_s_pipeline']:.1f} vs {feats['texts_per_s_naive']:.1f} texts/s, "
             f"{feats['texts']} texts, same values: {feats['same_values']}"),
@@ -233,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'measure':<{width}}  {'ratio':>7}  detail")
     for r in rows:
         print(f"{r.name:<{width}}  {r.ratio:>7.2f}  {r.detail}")
-    result = {"rows": [asdict(r) for r in rows], "generation": gen, "features": feats, "gate": gate,
+    result = {"rows": [asdict(r) for r in rows], "generation": gen, "scoring": scoring, "features": feats, "gate": gate,
               "weights_mb": weights_mb}
     ns.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {ns.out}")

@@ -57,7 +57,8 @@ def data_signal(run: GateRun, _: str | None) -> list[Claim]:
 
 
 def alignment(run: GateRun, _: str | None) -> list[Claim]:
-    empty = [role for role, gens in run.answers.items() if gens and all(not g.text.strip() for g in gens)]
+    empty = [role for role, gens in run.answers.items()
+             if (given := [g for g in gens if g is not None]) and all(not g.text.strip() for g in given)]
     return C.alignment(run.feature_stats, run.cfg.gate, run.agreement_ci, empty)
 
 
@@ -65,7 +66,8 @@ def adapter_changes_answers(run: GateRun, _: str | None) -> list[Claim]:
     """Share of valid-split prompts whose tuned answer differs from the base answer (greedy: a zero adapter
     gives 0; a weak one leaves many answers as they were)."""
     valid = [i for i, p in enumerate(run.pairs.pairs) if p.split == "valid"]
-    changed = np.array([run.answers["tuned"][i].text != run.answers["base"][i].text for i in valid], dtype=float)
+    tuned, base = run.answers["tuned"], run.answers["base"]
+    changed = np.array([t.text != b.text for i in valid if (t := tuned[i]) and (b := base[i])], dtype=float)
     g = run.cfg.gate
     lo, hi = bootstrap_mean_ci(changed, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
     share = float(changed.mean()) if changed.size else float("nan")

@@ -20,6 +20,11 @@ SplitMode = Literal["auto", "own", "hash"]
 Correction = Literal["none", "bh", "bonferroni"]
 
 CACHE_ENV = "DPO_EVAL_CACHE_DIR"
+CPU_BATCH_TOKENS = 512
+"""Default scoring budget on CPU (rows x longest row): see README "Performance" for the measurement."""
+CUDA_BATCH_TOKENS = 16384
+"""Default scoring budget on CUDA: a 7B model in bf16 (14 GB of weights) scores 16k tokens with about
+1.5 GB of transient activations (README "Performance" has the arithmetic), well inside 24 GB."""
 
 
 def default_cache_dir() -> Path:
@@ -160,7 +165,13 @@ class EvalConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     batch_size: int = 64
-    """Prompts per generation or scoring batch."""
+    """Rows per generation or scoring batch, at most."""
+    batch_tokens: int | None = None
+    """Reward scoring: a batch holds rows while rows x longest row stays within this many tokens (None:
+    CPU_BATCH_TOKENS on CPU, CUDA_BATCH_TOKENS on CUDA)."""
+    train_answers: int | None = 64
+    """Train-split prompts the models answer (all when None), chosen by seeded hash. Train answers feed only
+    the report's tuned-base train averages; every claim uses the valid split, which is always answered."""
     max_new_tokens: int = 96
     """Generation stops at EOS or after this many new tokens."""
     max_length: int = 1024
@@ -191,6 +202,11 @@ class EvalConfig:
                               "Leave it out to use every pair.")
         if self.batch_size < 1:
             raise ConfigError("--batch-size", self.batch_size, "a positive integer")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ConfigError("--batch-tokens", self.batch_tokens, "a positive integer",
+                              "Leave it out for the device's default.")
+        if self.train_answers is not None and self.train_answers < 0:
+            raise ConfigError("--train-answers", self.train_answers, "an integer >= 0 or 'all'")
         if self.max_length < 2:
             raise ConfigError("--max-length", self.max_length, "an integer >= 2")
         if self.max_new_tokens < 1:
@@ -231,6 +247,13 @@ class EvalConfig:
         if self.compute_dtype != "auto":
             return self.compute_dtype
         return "bfloat16" if self.on_cuda else "float32"
+
+    @property
+    def resolved_batch_tokens(self) -> int:
+        """The scoring token budget actually used."""
+        if self.batch_tokens is not None:
+            return self.batch_tokens
+        return CUDA_BATCH_TOKENS if self.on_cuda else CPU_BATCH_TOKENS
 
     @property
     def generation(self) -> GenerationSettings:

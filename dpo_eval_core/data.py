@@ -78,6 +78,14 @@ class PairSet:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.split("train")), "valid": len(self.split("valid"))}
 
+    def answered(self, train: int | None, seed: int) -> list[int]:
+        """Indices of the pairs whose prompts the models answer: every valid pair, and `train` train pairs
+        (all when None), chosen by seeded hash so the same ones are answered in every run."""
+        train_idx = sorted((i for i, p in enumerate(self.pairs) if p.split == "train"),
+                           key=lambda i: _hash(f"{seed}:answer:{self.pairs[i].pair_id}"))
+        keep = set(train_idx if train is None else train_idx[:train])
+        return [i for i, p in enumerate(self.pairs) if p.split == "valid" or i in keep]
+
     def fingerprint(self) -> str:
         """sha256 of every pair and its split, in order: two runs with equal fingerprints gated the same
         pairs with the same train/valid split, so their per-pair numbers can be compared."""

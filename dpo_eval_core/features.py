@@ -189,12 +189,18 @@ def feature_rows(texts: Sequence[str], cache: Cache, settings: FeatureSettings =
     return [{k: (math.nan if v is None else float(v)) for k, v in row.items()} for row in values], n
 
 
-def feature_table(texts: Sequence[str], cache: Cache, nlp_factory: Callable[[], Any], desc: str) -> tuple[Any, int]:
-    """([n_texts, len(FEATURE_NAMES)] float array, n computed) for texts, with a progress bar over the
-    distinct texts that are not cached yet."""
+def feature_table(texts: Sequence[str | None], cache: Cache, nlp_factory: Callable[[], Any],
+                  desc: str) -> tuple[Any, int]:
+    """([n_texts, len(FEATURE_NAMES)] float array, n computed) for texts, NaN rows where a text is None (an
+    unanswered prompt), with a progress bar over the distinct texts that are not cached yet."""
     import numpy as np
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(set(texts)), desc=desc, unit="text", leave=False) as bar:
-        rows, n = feature_rows(texts, cache, FeatureSettings(), nlp_factory=nlp_factory, progress=bar.update)
-    return np.array([[r[k] for k in FEATURE_NAMES] for r in rows], dtype=float).reshape(len(texts), -1), n
+    present = [i for i, t in enumerate(texts) if t is not None]
+    with tqdm(total=len({texts[i] for i in present}), desc=desc, unit="text", leave=False) as bar:
+        rows, n = feature_rows([str(texts[i]) for i in present], cache, FeatureSettings(), nlp_factory=nlp_factory,
+                               progress=bar.update)
+    table = np.full((len(texts), len(FEATURE_NAMES)), np.nan)
+    if present:
+        table[present] = np.array([[r[k] for k in FEATURE_NAMES] for r in rows], dtype=float)
+    return table, n

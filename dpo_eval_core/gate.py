@@ -122,8 +122,7 @@ class GateRun:
         if self._model is None:
             with self.ledger.phase("load"):
                 _ = self.identity
-                model, report = M.attach_adapter(M.load_base(self.spec.base, self.cfg.quant, self.cfg.resolved_dtype,
-                                                             self.cfg.resolved_device), self.spec)
+                model, report = M.load_adapted(self.spec, self.cfg.quant, self.cfg.resolved_dtype, self.cfg.resolved_device)
                 self._model = LoadedModel(HFBackend(model, self.tokenizer, system_ok=self.system_ok,
                                                     device=self.cfg.resolved_device), report)
         return self._model
@@ -133,16 +132,15 @@ class GateRun:
         self._model = None
         Q.free()
 
-    # ------------------------------------------------------------------ answers, features, statistics
     @functools.cached_property
-    def answers(self) -> dict[str, list[Generation]]:
-        """Tuned and base answers for every pair, from the one loaded model."""
-        prompts = [p.messages for p in self.pairs.pairs]
-        out = {}
+    def answers(self) -> dict[str, list[Generation | None]]:
+        """Tuned and base answers, from the one loaded model: every valid pair, --train-answers train pairs."""
+        prompts, out = [p.messages for p in self.pairs.pairs], {}
         with self.ledger.phase("generate"):
             for role, identity in (("tuned", self.identity), ("base", self.identity.without_adapter())):
                 out[role], n = generate_answers(self.model.backend, prompts, model=identity, settings=self.cfg.generation,
-                                                cache=self.cache, lengths=self.prompt_lengths, desc=f"generate {role}")
+                                                cache=self.cache, lengths=self.prompt_lengths, desc=f"generate {role}",
+                                                only=self.pairs.answered(self.cfg.train_answers, self.cfg.seed))
                 self.ledger.count(f"generations_{role}", n)
         return out
 
@@ -162,7 +160,8 @@ class GateRun:
     @functools.cached_property
     def answer_features(self) -> dict[str, np.ndarray]:
         """{tuned, base: [n_pairs, n_features]}."""
-        return self._features({r: [g.text for g in gens] for r, gens in self.answers.items()}, "text features (answers)")
+        return self._features({r: [g.text if g else None for g in gens] for r, gens in self.answers.items()},
+                              "text features (answers)")
 
     def _stats(self, values: dict[str, np.ndarray]) -> list[FeatureStat]:
         g = self.cfg.gate
@@ -194,7 +193,7 @@ class GateRun:
         with self.ledger.phase("rewards"):
             logps, n = score_logps(self.model.backend, [self.pairs.pairs[i] for i in valid], model=self.identity,
                                    cache=self.cache, batch_size=self.cfg.batch_size,
-                                   lengths=[self.prompt_lengths[i] for i in valid], max_length=self.cfg.max_length)
+                                   max_tokens=self.cfg.resolved_batch_tokens, max_length=self.cfg.max_length)
         self.ledger.count("logps", n)
         g = self.cfg.gate
         return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed),

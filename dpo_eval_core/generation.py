@@ -14,11 +14,20 @@ from .identity import ModelIdentity, generation_key
 
 
 def generate_answers(backend: Backend, prompts: Sequence[Sequence[Message]], *, model: ModelIdentity,
-                     settings: GenerationSettings, cache: Cache, lengths: Sequence[int],
-                     desc: str) -> tuple[list[Generation], int]:
-    """Answers for all prompts from `model` (the adapter on when model.adapter is set); only uncached ones
-    are generated, grouped by prompt length. Returns (answers in prompt order, number generated now)."""
+                     settings: GenerationSettings, cache: Cache, lengths: Sequence[int], desc: str,
+                     only: Sequence[int] | None = None) -> tuple[list[Generation | None], int]:
+    """Answers from `model` (the adapter on when model.adapter is set) for the prompts at indices `only`
+    (all by default; None in the others' places). Only uncached ones are generated, grouped by prompt
+    length. Returns (answers in prompt order, number generated now)."""
     adapter = model.adapter is not None
+    asked = list(range(len(prompts))) if only is None else list(only)
+    if only is not None:
+        answers, n = generate_answers(backend, [prompts[i] for i in asked], model=model, settings=settings,
+                                      cache=cache, lengths=[lengths[i] for i in asked], desc=desc)
+        out: list[Generation | None] = [None] * len(prompts)
+        for i, g in zip(asked, answers):
+            out[i] = g
+        return out, n
 
     def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
         with tqdm(total=len(missing), desc=desc, unit="answer", leave=False) as bar:

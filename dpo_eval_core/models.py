@@ -198,6 +198,13 @@ def attach_adapter(model: Any, spec: CheckpointSpec) -> tuple[Any, AdapterReport
     return peft_model, report
 
 
+def load_adapted(spec: CheckpointSpec, quant: str, dtype: str, device: str, *, dequantize: bool = False
+                 ) -> tuple[Any, AdapterReport]:
+    """The base (quantized as asked; dequantized again when `dequantize`) with the adapter attached."""
+    base = load_base(spec.base, quant, dtype, device)
+    return attach_adapter(base.dequantize() if dequantize else base, spec)
+
+
 def _expected_adapter_keys(peft_model: Any) -> set[str]:
     """Keys PEFT would save for this adapter, in the file's naming (no adapter name, base_model.model prefix)."""
     from peft import get_peft_model_state_dict

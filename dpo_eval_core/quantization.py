@@ -15,7 +15,7 @@ from .backend import left_pad
 from .cache import Cache, memoized
 from .chat import Message, prompt_ids
 from .identity import ModelIdentity, library_versions, quantization_key
-from .models import CheckpointSpec, attach_adapter, load_base
+from .models import CheckpointSpec, load_adapted
 from .registry import Variant
 
 PROBE_VERSION = 3
@@ -140,7 +140,7 @@ def reference_probe(spec: CheckpointSpec, dtype: str, device: str, inputs: tuple
     else from a model loaded for the purpose and freed."""
     if loaded is not None:
         return run_probe(loaded, *inputs, "reference")
-    model, _ = attach_adapter(load_base(spec.base, "none", dtype, device), spec)
+    model, _ = load_adapted(spec, "none", dtype, device)
     probe = run_probe(model, *inputs, "reference")
     del model
     free()
@@ -155,12 +155,12 @@ def measure(spec: CheckpointSpec, variant: Variant, device: str, inputs: tuple[A
     adapter merged with safe_merge, since merging into 4-bit weights would re-round them. It comes from a
     fresh load: dequantizing the model already probed gave other weights (demo, NF4).
     """
-    model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device), spec)
+    model, _ = load_adapted(spec, variant.quant, variant.dtype, device)
     unmerged = run_probe(model, *inputs, variant.id)
     if variant.quant != "none":
         del model
         free()
-        model, _ = attach_adapter(load_base(spec.base, variant.quant, variant.dtype, device).dequantize(), spec)
+        model, _ = load_adapted(spec, variant.quant, variant.dtype, device, dequantize=True)
     merged = run_probe(model.merge_and_unload(safe_merge=True), *inputs, f"{variant.id}-merged")
     del model
     free()

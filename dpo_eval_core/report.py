@@ -181,6 +181,10 @@ def facts(results: Results) -> list[tuple[str, str]]:
         ("rows and pairs", f"{data.get('rows', '-')} rows; train {data.get('pairs', {}).get('train', '-')}, valid "
                            f"{data.get('pairs', {}).get('valid', '-')} pairs ({data.get('split_mode', '-')} split); "
                            f"dropped {data.get('dropped', {})}"),
+        ("answers", f"tuned and base answered {f.get('answered', {}).get('valid', '-')} valid and "
+                    f"{f.get('answered', {}).get('train', '-')} train prompts (--train-answers "
+                    f"{cfg.get('train_answers') if cfg.get('train_answers') is not None else 'all'}); the train-side "
+                    f"tuned - base averages use the answered ones, every claim the valid split"),
         ("quantization", f"{cfg.get('quant')} ({cfg.get('compute_dtype')} compute, device {cfg.get('device')})"),
         ("generation", f"max_new_tokens {cfg.get('max_new_tokens')}, do_sample {cfg.get('do_sample')}, temperature "
                        f"{cfg.get('temperature')}, top_p {cfg.get('top_p')}, batch {cfg.get('batch_size')}, seed "

@@ -54,8 +54,12 @@ def run_facts(run: Any) -> dict[str, Any]:
     if "identity" in sec:
         facts["model_key"] = sec["identity"].fields()
     if "answers" in sec:
+        given = {r: [g for g in gens if g is not None] for r, gens in sec["answers"].items()}
         facts["truncated_share"] = {r: float(np.mean([g.truncated for g in gens])) if gens else 0.0
-                                    for r, gens in sec["answers"].items()}
+                                    for r, gens in given.items()}
+        split = [p.split for p in sec["pairs"].pairs]
+        facts["answered"] = {s: sum(g is not None and sp == s for g, sp in zip(sec["answers"]["tuned"], split))
+                             for s in ("train", "valid")}
     return facts
 
 

@@ -65,11 +65,14 @@ class RewardSummary:
 
 
 def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: ModelIdentity, cache: Cache,
-                batch_size: int, lengths: Sequence[int], max_length: int | None = None) -> tuple[list[PairLogps], int]:
+                batch_size: int, max_tokens: int | None, max_length: int | None = None) -> tuple[list[PairLogps], int]:
     """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
 
-    Reference log-probs are keyed without the adapter, so a new adapter reuses them. Each entry also
-    holds the number of completion tokens scored, so a warm run tokenizes nothing.
+    What is missing is tokenized once, then scored in batches of at most `batch_size` rows and
+    `max_tokens` padded tokens (rows x longest), grouped by length: long rows are not padded to each
+    other, and a batch of long rows does not outgrow the caches. Reference log-probs are keyed without
+    the adapter, so a new adapter reuses them. Each entry also holds the number of completion tokens
+    scored, so a warm run tokenizes nothing.
     """
     items = [(i, which, adapter) for adapter in (True, False) for i in range(len(pairs))
              for which in ("chosen", "rejected")]
@@ -77,18 +80,18 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
     keys = [logp_key(identity[a], pairs[i].messages, getattr(pairs[i], w), max_length) for i, w, a in items]
 
     def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
+        rows = dict(zip(missing, backend.scored_rows([pairs[items[k][0]].messages for k in missing],
+                                                     [getattr(pairs[items[k][0]], items[k][1]) for k in missing],
+                                                     max_length)))
         with tqdm(total=len(missing), desc="log-probs", unit="seq", leave=False) as bar:
             for adapter in (True, False):  # one adapter state per batch
                 todo = [k for k in missing if items[k][2] == adapter]
-                lens = [lengths[items[k][0]] + len(getattr(pairs[items[k][0]], items[k][1])) // 4 for k in todo]
-                for batch in batches(len(todo), batch_size, lens):
+                lens = [len(rows[k][0]) + len(rows[k][1]) for k in todo]
+                for batch in batches(len(todo), batch_size, lens, max_tokens):
                     chunk = [todo[b] for b in batch]
-                    messages = [pairs[items[k][0]].messages for k in chunk]
-                    texts = [getattr(pairs[items[k][0]], items[k][1]) for k in chunk]
-                    out = backend.logprobs(messages, texts, adapter=adapter, max_length=max_length)
-                    counts = backend.completion_lengths(messages, texts, max_length=max_length)
-                    yield from ((k, {"logp": None if math.isnan(lp) else lp, "n_tokens": n})
-                                for k, lp, n in zip(chunk, out, counts))
+                    out = backend.row_logprobs([rows[k] for k in chunk], adapter=adapter, max_length=max_length)
+                    yield from ((k, {"logp": None if math.isnan(lp) else lp, "n_tokens": len(rows[k][1])})
+                                for k, lp in zip(chunk, out))
                     bar.update(len(chunk))
 
     entries, computed = memoized(cache, "logp", keys, compute)

@@ -117,6 +117,8 @@ class FeatureStat:
     n_tb_nonzero: int
     sign_agreement: int
     """sign(avg d_cr) * sign(avg d_tb) on the valid split: +1 agree, -1 disagree, 0 undefined."""
+    n_train_answered: int = 0
+    """Train pairs with all four values defined: the n of tb_train (--train-answers bounds it)."""
     p_cr_adj: float = math.nan
     p_tb_adj: float = math.nan
     cr_valid_ci: tuple[float, float] = (math.nan, math.nan)
@@ -198,7 +200,8 @@ def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], featur
             p_cr=wilcoxon_p(d_cr[tr_cr]), p_tb=wilcoxon_p(d_tb[va]),
             r_cr=rank_biserial(d_cr[tr_cr]), r_tb=rank_biserial(d_tb[va]),
             n_cr_nonzero=int(np.count_nonzero(d_cr[tr_cr])), n_tb_nonzero=int(np.count_nonzero(d_tb[va])),
-            sign_agreement=sign(mean_cr_v) * sign(mean_tb_v), cr_valid_ci=cis[0], tb_valid_ci=cis[1]))
+            sign_agreement=sign(mean_cr_v) * sign(mean_tb_v), n_train_answered=int(tr.sum()), cr_valid_ci=cis[0],
+            tb_valid_ci=cis[1]))
     p_cr_adj = adjust([s.p_cr for s in stats], correction)
     p_tb_adj = adjust([s.p_tb for s in stats], correction)
     return [replace(s, p_cr_adj=float(a), p_tb_adj=float(b)) for s, a, b in zip(stats, p_cr_adj, p_tb_adj)]

@@ -83,7 +83,8 @@ def test_junit_xml_carries_every_claims_value_threshold_interval_n_and_gating(de
     assert set(by_id) == set(claims)
     margin = by_id["reward-margin"]
     assert float(margin["claim_value"]) == pytest.approx(claims["reward-margin"]["value"])
-    assert float(margin["claim_ci_low"]) == pytest.approx(claims["reward-margin"]["ci"][0]) > 0
+    assert float(margin["claim_ci_low"]) == pytest.approx(claims["reward-margin"]["ci"][0])
+    assert float(margin["claim_ci_low"]) > 0
     assert (margin["claim_threshold"], margin["claim_n"], margin["claim_gating"]) == ("CI low > 0", "16", "True")
     assert json.loads(margin["dpo_eval_claim"])["message"] == claims["reward-margin"]["message"]
 

@@ -175,19 +175,38 @@ def test_duplicates_are_counted_in_results(pytester, ctx):
     assert json.loads(ctx.results.read_text())["facts"]["data"]["dropped"]["duplicate"] == 3
 
 
-@pytest.mark.parametrize("err", [errno.EROFS, errno.ENOSPC], ids=["read-only-cache-dir", "disk-full"])
-def test_unwritable_cache_stops_with_the_fix_and_keeps_entries(pytester, ctx, monkeypatch, err):
+FAULTS = """
+import errno, math, os
+
+import dpo_eval_core.features as features
+
+cache, fault = os.environ["FAULT_CACHE"], os.environ["FAULT"]
+if fault == "nan-features":
+    features.feature_rows = lambda texts, *a, **k: ([{f: math.nan for f in features.FEATURE_NAMES} for _ in texts], 0)
+else:  # root ignores chmod, so the write call itself fails, as a read-only or full disk would
     real = os.replace
 
-    def replace(src, dst, *a, **k):  # root ignores chmod, so the write call itself fails, as the disk would
-        if str(dst).startswith(str(ctx.cache)):
-            raise OSError(err, os.strerror(err))
+    def replace(src, dst, *a, **k):
+        if str(dst).startswith(cache):
+            raise OSError(int(fault), os.strerror(int(fault)))
         return real(src, dst, *a, **k)
 
+    os.replace = replace
+"""
+"""A -p plugin for the subprocess runs below: in-process runs would unload spaCy's compiled registries."""
+
+
+def run_with_fault(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ctx: Ctx, fault: str):
+    pytester.makepyfile(test_gate=GATE, faults=FAULTS)
+    monkeypatch.setenv("FAULT_CACHE", str(ctx.cache))
+    monkeypatch.setenv("FAULT", fault)
+    return pytester.runpytest_subprocess("-p", "faults", *PLUGINS, *ctx.args())
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.ENOSPC], ids=["read-only-cache-dir", "disk-full"])
+def test_unwritable_cache_stops_with_the_fix_and_keeps_entries(pytester, ctx, monkeypatch, err):
     before = snapshot(ctx)
-    monkeypatch.setattr(os, "replace", replace)
-    pytester.makepyfile(test_gate=GATE)
-    result = pytester.runpytest_inprocess(*PLUGINS, *ctx.args())
+    result = run_with_fault(pytester, monkeypatch, ctx, str(err))
     out = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "cannot write the cache entry" in out and "--no-cache" in out and os.strerror(err) in out
@@ -196,15 +215,7 @@ def test_unwritable_cache_stops_with_the_fix_and_keeps_entries(pytester, ctx, mo
 
 
 def test_features_nan_for_every_row_fail_the_data_claims(pytester, ctx, monkeypatch):
-    import math
-
-    import dpo_eval_core.features as features
-    from dpo_eval_core.features import FEATURE_NAMES
-
-    monkeypatch.setattr(features, "feature_rows", lambda texts, *a, **k: ([{f: math.nan for f in FEATURE_NAMES}
-                                                                       for _ in texts], 0))
-    pytester.makepyfile(test_gate=GATE)
-    result = pytester.runpytest_inprocess(*PLUGINS, *ctx.args())
+    result = run_with_fault(pytester, monkeypatch, ctx, "nan-features")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "0 of 69 features differ" in out

@@ -44,3 +44,23 @@ def test_new_adapter_recomputes_tuned_answers_their_features_policy_logps_and_pr
                             "logps": 2 * n_valid, "quantization_variants": sum(not v.cuda for v in VARIANTS)}
     assert new_texts, "the other adapter must answer differently for this test to bite"
 
+
+
+def test_train_answers_bound_the_generations_and_change_no_claim(tmp_path: Path, tiny_adapter: Path) -> None:
+    """Train answers feed only the report's train-side tuned-base averages: answering 3 train prompts
+    instead of all of them generates fewer answers and gives every claim the same verdict and value."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+                                        "rejected": f"Well, um, I guess {i}, maybe."}) + "\n" for i in range(30)))
+    cfg = EvalConfig(adapter=tiny_adapter, data=str(data), cache_dir=tmp_path / "cache", max_new_tokens=6,
+                     device="cpu", train_answers=3)
+    few = GateRun(cfg)
+    claims_few = {c.id: (c.passed, c.value) for c in few.all_claims()}
+    n_valid, n_train = len(few.pairs.split("valid")), len(few.pairs.split("train"))
+    assert n_train > 3 and few.computed["generations_tuned"] == few.computed["generations_base"] == n_valid + 3
+    assert sum(g is not None for g in few.answers["tuned"]) == n_valid + 3
+    assert max(s.n_train_answered for s in few.feature_stats) <= 3
+    every = GateRun(dataclasses.replace(cfg, train_answers=None))
+    assert {c.id: (c.passed, c.value) for c in every.all_claims()} == claims_few
+    assert every.computed["generations_tuned"] == n_train - 3  # the valid and the 3 train answers were cached
+    assert few.pairs.answered(3, 0) == every.pairs.answered(3, 0)  # the same train prompts every run

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny import make_adapter, make_base
 
 from dpo_eval_core.backend import GenerationSettings, HFBackend, left_pad
@@ -155,3 +157,18 @@ def test_sampling_is_seeded(tiny_adapter):
     other = backend.generate([MESSAGES], adapter=True, settings=GenerationSettings(max_new_tokens=10, do_sample=True,
                                                                                    seed=2))[0].text
     assert runs[0] == runs[1] and other != runs[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), max_size=60), st.integers(1, 16), st.one_of(st.none(), st.integers(1, 2000)))
+def test_batches_take_every_row_once_within_the_row_cap_and_the_token_budget(lengths, size, max_tokens):
+    from dpo_eval_core.backend import batches
+
+    out = list(batches(len(lengths), size, lengths, max_tokens))
+    assert sorted(i for b in out for i in b) == list(range(len(lengths)))
+    for b in out:
+        assert 1 <= len(b) <= size
+        if max_tokens is not None and len(b) > 1:  # a single row longer than the budget is its own batch
+            assert len(b) * max(lengths[i] for i in b) <= max_tokens
+    if max_tokens is None:  # rows alone cap the batches: only the last may be short
+        assert all(len(b) == size for b in out[:-1])

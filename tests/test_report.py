@@ -4,7 +4,6 @@ self-contained HTML report, xdist, and the comparison with a baseline."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from evals_cli import ROOT, run_evals
+from evals_cli import run_evals
 from tiny import make_adapter
 
 from dpo_eval_core.registry import RATES
@@ -125,10 +124,8 @@ def test_html_report_off_with_p_no_html_still_gates(tiny_adapter, pairs, tmp_pat
 def test_pytest_on_the_unit_tests_writes_no_report(tmp_path):
     """Only a session that records gate claims writes results.json and the report."""
     (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
-    plugins = [a for name in ("options", "session", "reporting", "html_report") for a in ("-p", f"fixtures.{name}")]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "test_x.py", "-p", "no:cacheprovider", *plugins,
-                           "--results", "results.json"], cwd=tmp_path, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_x.py", "-p", "no:cacheprovider",  # plugin: pytest11
+                           "--results", "results.json"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "results.html").exists()
 

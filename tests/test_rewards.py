@@ -40,9 +40,9 @@ def backend(tiny_adapter):
     return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
 
 
-def ours(backend, tmp_path, batch_size=4, beta=0.1):
+def ours(backend, tmp_path, batch_size=4, beta=0.1, max_tokens=None):
     logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path, enabled=False), model=model_id(1),
-                           batch_size=batch_size, lengths=[0] * len(PAIRS))
+                           batch_size=batch_size, max_tokens=max_tokens)
     return logps, summarize(logps, beta, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
 
 
@@ -69,8 +69,10 @@ def test_rewards_equal_trl_dpo_trainer_evaluate(backend, tiny_llama, tiny_adapte
     assert s.rejected.value == pytest.approx(trl["eval_rewards/rejected"], abs=1e-4)
 
 
-def test_batched_and_one_by_one_logprobs_agree_in_fp32(backend, tmp_path):
-    batched, _ = ours(backend, tmp_path, batch_size=6)
+@pytest.mark.parametrize("batch_size,max_tokens", [(6, None), (64, 80), (64, 1)],
+                         ids=["6-rows", "80-token-budget", "budget-below-every-row"])
+def test_batched_and_one_by_one_logprobs_agree_in_fp32(backend, tmp_path, batch_size, max_tokens):
+    batched, _ = ours(backend, tmp_path, batch_size=batch_size, max_tokens=max_tokens)
     single, _ = ours(backend, tmp_path, batch_size=1)
     for a, b in zip(batched, single):
         for f in ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"):
@@ -117,11 +119,11 @@ def test_max_length_keeps_the_start_as_trl_does_and_drops_prompt_only_rows(backe
 
 def test_unscorable_pairs_are_left_out_and_counted(backend, tmp_path):
     logps, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
-                           lengths=[0] * len(PAIRS), max_length=12)  # shorter than every templated prompt
+                           max_tokens=None, max_length=12)  # shorter than every templated prompt
     s = summarize(logps, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=TIE)
     assert (s.n, s.n_unscorable) == (0, len(PAIRS))
     cached, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(2), batch_size=4,
-                                   lengths=[0] * len(PAIRS), max_length=12)
+                                   max_tokens=None, max_length=12)
     assert computed == 0 and all(np.isnan(x.policy_chosen) for x in cached)
 
 
@@ -144,17 +146,18 @@ def test_completion_lengths_count_the_tokens_logprobs_sums(backend, tmp_path):
     assert backend.completion_lengths([p.messages] * 2, [p.rejected] * 2, max_length=len(prompt) + 5) == [5, 5]
     assert backend.completion_lengths([p.messages], [p.rejected], max_length=len(prompt)) == [0]
     logps, _ = score_logps(backend, [p], cache=Cache(tmp_path, enabled=False), model=model_id(3), batch_size=1,
-                           lengths=[0], max_length=len(prompt) + 5)
+                           max_tokens=None, max_length=len(prompt) + 5)
     assert (logps[0].n_rejected, logps[0].n_chosen) == (5, min(5, backend.completion_lengths([p.messages],
                                                                                                 [p.chosen])[0]))
 
 
 def test_a_warm_cache_gives_the_token_counts_without_tokenizing(backend, tmp_path, monkeypatch):
     cold, _ = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(4), batch_size=4,
-                          lengths=[0] * len(PAIRS))
-    monkeypatch.setattr(backend, "completion_lengths", lambda *a, **k: pytest.fail("tokenized on a warm run"))
+                          max_tokens=None)
+    for name in ("completion_lengths", "scored_rows"):
+        monkeypatch.setattr(backend, name, lambda *a, **k: pytest.fail("tokenized on a warm run"))
     warm, computed = score_logps(backend, PAIRS, cache=Cache(tmp_path), model=model_id(4), batch_size=4,
-                                 lengths=[0] * len(PAIRS))
+                                 max_tokens=None)
     assert computed == 0 and warm == cold
 
 
