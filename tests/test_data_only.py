@@ -4,6 +4,9 @@ training. It loads no model and no tokenizer, generates nothing, and its verdict
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,20 +40,23 @@ for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
 """
 
 
-def test_data_signal_alone_loads_no_model_and_agrees_with_the_full_run(pytester, tmp_path, data, tiny_adapter):
+def test_data_signal_alone_loads_no_model_and_agrees_with_the_full_run(tmp_path, data, tiny_adapter):
+    """(No pytester fixture here: on teardown it unloads every module the test imported, and this test
+    imports spaCy, whose compiled registries cannot be imported twice in one process.)"""
     full = GateRun(EvalConfig(adapter=tiny_adapter, data=str(data), cache_dir=tmp_path / "full", max_new_tokens=4,
                               device="cpu"), cache=Cache(tmp_path / "full"))
     expected = {c.id: (c.passed, c.value, c.message) for c in full.all_claims() if c.id.startswith("data-signal")}
     full.free()
     assert full.computed["generations_tuned"] > 0  # the full run did answer: its features had four roles
 
-    pytester.makepyfile(refuse_models=REFUSE)  # loaded with -p: any model or tokenizer load fails the run
+    (tmp_path / "refuse_models.py").write_text(REFUSE)  # loaded with -p: any model or tokenizer load fails the run
     results = tmp_path / "results.json"
-    result = pytester.runpytest_subprocess(str(ROOT / "evals"), "-k", "data_signal", "-p", "refuse_models",
-                                           "-p", "no:cacheprovider",
-                                           "--adapter", str(tiny_adapter), "--data", str(data), "--results",
-                                           str(results), "--eval-cache-dir", str(tmp_path / "data-only"))
-    assert result.ret == 0, result.stdout.str()[-3000:]
+    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "evals"), "-k", "data_signal", "-p",
+                             "refuse_models", "-p", "no:cacheprovider", "--adapter", str(tiny_adapter), "--data",
+                             str(data), "--results", str(results), "--eval-cache-dir", str(tmp_path / "data-only")],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     doc = json.loads(results.read_text())
     got = {c["id"]: (c["passed"], c["value"], c["message"]) for c in doc["claims"]}
     assert len(got) == 70 and got == expected
