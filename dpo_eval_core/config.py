@@ -260,7 +260,7 @@ class EvalConfig:
         """Everything besides model and prompt that changes an answer."""
         return GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                   temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, batch_tokens=self.resolved_batch_tokens)
 
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""

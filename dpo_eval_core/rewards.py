@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backend import Backend, batches
+from .backend import Backend
 from .cache import Cache, memoized
 from .data import PreferencePair
 from .identity import ModelIdentity, logp_key
@@ -68,9 +68,10 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
                 batch_size: int, max_tokens: int | None, max_length: int | None = None) -> tuple[list[PairLogps], int]:
     """Policy and reference log-probs of chosen and rejected for each pair; cached per (model, pair).
 
-    What is missing is tokenized once, then scored in batches of at most `batch_size` rows and
-    `max_tokens` padded tokens (rows x longest), grouped by length: long rows are not padded to each
-    other, and a batch of long rows does not outgrow the caches. Reference log-probs are keyed without
+    What is missing is tokenized once, then scored pair by pair from one prompt pass (chosen and
+    rejected continue the same prompt KV cache), in batches of at most `batch_size` rows and
+    `max_tokens` padded tokens, grouped by length: long rows are not padded to each other, and a
+    batch of long rows does not outgrow the caches. Reference log-probs are keyed without
     the adapter, so a new adapter reuses them. Each entry also holds the number of completion tokens
     scored, so a warm run tokenizes nothing.
     """
@@ -85,14 +86,17 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
                                                      max_length)))
         with tqdm(total=len(missing), desc="log-probs", unit="seq", leave=False) as bar:
             for adapter in (True, False):  # one adapter state per batch
-                todo = [k for k in missing if items[k][2] == adapter]
-                lens = [len(rows[k][0]) + len(rows[k][1]) for k in todo]
-                for batch in batches(len(todo), batch_size, lens, max_tokens):
-                    chunk = [todo[b] for b in batch]
-                    out = backend.row_logprobs([rows[k] for k in chunk], adapter=adapter, max_length=max_length)
+                groups: dict[int, list[int]] = {}  # chosen and rejected of a pair share one prompt pass
+                for k in missing:
+                    if items[k][2] == adapter:
+                        groups.setdefault(items[k][0], []).append(k)
+                keys_of = list(groups.values())
+                for g, out in backend.group_logprobs([[rows[k] for k in ks] for ks in keys_of], adapter=adapter,
+                                                     batch_size=batch_size, max_tokens=max_tokens,
+                                                     max_length=max_length):
                     yield from ((k, {"logp": None if math.isnan(lp) else lp, "n_tokens": len(rows[k][1])})
-                                for k, lp in zip(chunk, out))
-                    bar.update(len(chunk))
+                                for k, lp in zip(keys_of[g], out))
+                    bar.update(len(keys_of[g]))
 
     entries, computed = memoized(cache, "logp", keys, compute)
     values = {item: math.nan if e["logp"] is None else float(e["logp"]) for item, e in zip(items, entries)}

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import make_adapter, make_base
 
-from dpo_eval_core.backend import GenerationSettings, HFBackend, left_pad
+from dpo_eval_core.backend import GenerationSettings, HFBackend, decode, left_pad
 from dpo_eval_core.chat import (
     accepts_system,
     fold_system,
@@ -138,6 +138,38 @@ def test_decoding_that_drops_finished_rows_matches_transformers_generate(kind, t
     assert len({len(r) for r in expected}) > 1, "rows must finish at different steps for this test to bite"
     assert [g.text for g in got] == [backend.tokenizer.decode(r, skip_special_tokens=True).strip() for r in expected]
     assert [g.n_tokens for g in got] == [len(r) for r in expected]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+@pytest.mark.parametrize("batch_size,batch_tokens", [(4, None), (5, 30), (64, None)],
+                         ids=["4-rows-refilled", "5-rows-prefill-within-30-tokens", "all-rows-at-once"])
+def test_refilled_decoding_gives_every_prompt_its_one_by_one_answer(kind, batch_size, batch_tokens, tmp_path):
+    """Rows finish at different steps (an EOS taken from the answers) and waiting prompts take their
+    places mid-decode, their KV cache merged into the running batch: every answer equals the prompt's
+    answer decoded alone, and until the queue drains every decode step runs at full width."""
+    # seed 1: a random tiny model whose answers vary enough for an EOS to end them at many steps
+    backend, _ = load(make_adapter(make_base(tmp_path / kind, kind, seed=1), tmp_path / "ad"))
+    prompts = [(("user", f"Question {i} about {'foxes ' * ((7 * i) % 11)}?"),) for i in range(19)]
+    settings = GenerationSettings(max_new_tokens=12, batch_size=batch_size, batch_tokens=batch_tokens)
+    with torch.inference_mode():  # answers with no EOS at all, then the token that ends them at most distinct steps
+        rows = [r for _, r in decode(backend.model, [backend.prompt_ids(p) for p in prompts], pad=0, eos=[-1],
+                                     settings=settings, device="cpu")]
+    backend.model.generation_config.eos_token_id = [max({t for r in rows for t in r},
+                                                         key=lambda t: len({r.index(t) for r in rows if t in r}))]
+    single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
+    assert len({g.n_tokens for g in single}) >= 4, "rows must finish at different steps for this test to bite"
+    widths: list[tuple[int, int]] = []  # (rows, tokens) of each forward
+    forward = backend.model.forward
+    backend.model.forward = lambda **kw: (widths.append(tuple(kw["input_ids"].shape)), forward(**kw))[1]
+    batched = backend.generate(prompts, adapter=True, settings=settings)
+    assert batched == single
+    prefills = [i for i, (_, n) in enumerate(widths) if n > 1]
+    assert len(prefills) > (1 if batch_size < len(prompts) else 0)  # the queue refilled the batch mid-decode
+    if batch_tokens is not None:
+        assert all(rows * n <= batch_tokens or rows == 1 for rows, n in widths if n > 1)
+    steps_while_queued = [rows for i, (rows, n) in enumerate(widths) if n == 1 and i < prefills[-1]]
+    refill_at = max(1, batch_size // 8)
+    assert all(rows > batch_size - refill_at for rows in steps_while_queued)
 
 
 def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adapter):

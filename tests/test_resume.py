@@ -16,16 +16,14 @@ from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.gate import GateRun
 import dpo_eval_core.backend as backend
 
-real = backend.HFBackend.generate
-calls = []
-def generate(self, prompts, **kw):
-    out = real(self, prompts, **kw)
-    calls.append(len(prompts))
-    print("BATCH", len(prompts), flush=True)
-    if len(calls) == int(sys.argv[4]):
-        time.sleep(3600)  # this batch never returns: the parent kills us here, before its answers are written
-    return out
-backend.HFBackend.generate = generate
+real = backend.HFBackend.generate_stream
+def generate_stream(self, prompts, **kw):
+    for n, item in enumerate(real(self, prompts, **kw), 1):
+        print("ANSWER", flush=True)
+        if n == int(sys.argv[4]):
+            time.sleep(3600)  # this answer is never handed over: the parent kills us here, before it is written
+        yield item
+backend.HFBackend.generate_stream = generate_stream
 run = GateRun(EvalConfig(adapter=Path(sys.argv[1]), data=sys.argv[2], cache_dir=Path(sys.argv[3]),
                          batch_size=2, max_new_tokens=4, device="cpu"))
 run.answers
@@ -41,17 +39,17 @@ def test_killed_generation_resumes_with_only_the_missing_answers(tmp_path, tiny_
     script.write_text(SCRIPT)
     cache = tmp_path / "cache"
     args = [sys.executable, str(script), str(tiny_adapter), str(data), str(cache)]
-    proc = subprocess.Popen(args + ["3"], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    batches = 0
+    proc = subprocess.Popen(args + ["5"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    answers = 0
     deadline = time.time() + 120
-    while batches < 3 and time.time() < deadline:  # 3 batches of 2 of the 10 tuned answers; the 3rd blocks
-        if (proc.stdout.readline() or "").startswith("BATCH"):
-            batches += 1
+    while answers < 5 and time.time() < deadline:  # the 5th of the 10 tuned answers blocks
+        if (proc.stdout.readline() or "").startswith("ANSWER"):
+            answers += 1
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert batches == 3
+    assert answers == 5
     done = sum(1 for _ in (cache / "generation").rglob("*.json"))
-    assert done == 4  # batches 1-2 written; batch 3 was killed inside generate, before its write, however slow
+    assert done == 4  # each answer is written as it finishes; the 5th was killed before its write, however slow
     # the machine: it blocks until the kill, so the count does not depend on timing
     out = subprocess.run(args + ["0"], capture_output=True, text=True, timeout=300, check=True).stdout
     tuned, base = map(int, out.split("COMPUTED")[1].split())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +80,56 @@ def test_batched_and_one_by_one_logprobs_agree_in_fp32(backend, tmp_path, batch_
     for a, b in zip(batched, single):
         for f in ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"):
             assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-5)
+
+
+GROUPS = [  # (messages, completions): pairs, a question with three choices, prompts that share only a prefix
+    *((PAIRS[i].messages, [PAIRS[i].chosen, PAIRS[i].rejected]) for i in range(0, 12, 2)),
+    ((("user", "Pick one: A, B or C?"),), ["A", "B, because it is the best of the three", "C"]),
+]
+
+
+@pytest.mark.parametrize("batch_size,max_tokens,max_length", [(64, None, None), (1, None, None), (5, 90, None),
+                                                              (64, 1, None), (64, None, "cut")],
+                         ids=["one-batch", "one-row-per-batch", "90-token-budget", "budget-below-every-row",
+                              "max-length-cuts-some-rows"])
+@pytest.mark.parametrize("head", ["plain", "full-logits"])
+def test_one_prompt_pass_per_group_equals_scoring_each_sequence_alone(backend, batch_size, max_tokens, max_length,
+                                                                      head, monkeypatch):
+    """Chosen and rejected (or a question's choices) continue one prompt KV cache; each value equals the
+    full sequence scored alone within 1e-5 relative (fp32), NaN where max_length leaves no completion,
+    and the shared prompt tokens go through the model once per group."""
+    if head == "full-logits":  # the path of models whose LM head is more than a linear map
+        monkeypatch.setattr(backend.model.get_base_model().config, "logit_scale", 1.0, raising=False)
+    if max_length == "cut":  # the shortest prompts keep 4 completion tokens, the longest keep none
+        max_length = min(len(backend.prompt_ids(m)) for m, _ in GROUPS) + 4
+    groups = [backend.scored_rows([m] * len(cs), cs, max_length) for m, cs in GROUPS]
+    groups.append([groups[0][0], groups[1][1]])  # two prompts: only the template's opening is shared
+    fed = []
+    decoder = type(backend.model.get_base_model().get_decoder())
+    forward = decoder.forward
+
+    @functools.wraps(forward)
+    def counting(self, **kw):  # real tokens fed: the mask's columns of this call's input
+        fed.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1]:].sum()))
+        return forward(self, **kw)
+
+    monkeypatch.setattr(decoder, "forward", counting)
+    got = dict(backend.group_logprobs(groups, adapter=True, batch_size=batch_size, max_tokens=max_tokens,
+                                      max_length=max_length))
+    fed_grouped = sum(fed)
+    assert sorted(got) == list(range(len(groups)))
+    n_scored = 0
+    for i, group in enumerate(groups):
+        alone = [backend.row_logprobs([row], adapter=True, max_length=max_length)[0] for row in group]
+        assert len(got[i]) == len(group)
+        for a, b in zip(got[i], alone):
+            assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-5 * max(1.0, abs(b)), (i, a, b)
+            n_scored += not np.isnan(b)
+    n_rows = sum(map(len, groups))
+    assert n_scored == n_rows if max_length is None else 0 < n_scored < n_rows
+    if max_length is None and head == "plain":  # a group's shared prompt (less its last token) is fed once
+        saved = sum((len(g) - 1) * max(0, len(os.path.commonprefix([p for p, _ in g])) - 1) for g in groups)
+        assert saved > 0 and fed_grouped == sum(len(p) + len(c) for g in groups for p, c in g) - saved
 
 
 def test_logprobs_equal_a_full_logits_computation(backend):
