@@ -5,8 +5,10 @@
 Prints one table of ratios (batched vs one-by-one generation, feature pipeline vs
 TextDescriptives text by text, warm vs cold gate, new adapter vs cold gate, peak memory of
 the gate vs one loaded model) with throughput and the share of this machine's measured
-matmul throughput that generation reaches, and writes it as JSON. Generation runs with the
-gate's own settings (batch size, max new tokens) and batching.
+matmul throughput that generation and scoring reach, and writes it as JSON. Generation runs
+as the gate runs it: every prompt the demo gate answers, its settings (batch size, max new
+tokens, prefill budget), decode batches refilled from the queue. Scoring runs as the gate
+scores real data: one prompt pass per pair, batches within the token budget.
 
 The gate rows run the whole gate (every claim, the CPU quantization variants included) in a
 fresh process-local GateRun each: cold from an empty cache (the converted demo base is shared,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .backend import GenerationSettings, batches
+from .backend import GenerationSettings
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
 from .data import load_pairs
@@ -73,72 +76,73 @@ def matmul_gflops(sizes: tuple[int, ...] = (1024, 2048), seconds: float = 1.0) -
     return best
 
 
-def bench_generation(run: GateRun, n_prompts: int, settings: GenerationSettings) -> dict[str, Any]:
-    """The gate's own batched generation against the same prompts one at a time.
+def bench_generation(run: GateRun, n_single: int, settings: GenerationSettings) -> dict[str, Any]:
+    """The gate's own generation (every prompt it answers, refilled decode batches) against a loop that
+    answers one prompt at a time, on the first n_single of those prompts.
 
-    The roofline share counts the tokens the model must process, prompt and answer (2 FLOPs
-    per parameter each), against peak GEMM throughput; the share of answer tokens alone is
-    reported beside it, since prefill is work a user never sees as output.
+    The roofline share counts the tokens the model must process, prompt and answer (2 FLOPs per
+    parameter each), against peak GEMM throughput; the share of answer tokens alone is reported
+    beside it, since prefill is work a user never sees as output.
     """
     backend = run.model.backend
-    prompts = [p.messages for p in run.pairs.pairs[:n_prompts]]
+    prompts = [run.pairs.pairs[i].messages for i in run.pairs.answered(run.cfg.train_answers, run.cfg.seed)]
     lengths = [len(backend.prompt_ids(m)) for m in prompts]
     start = time.perf_counter()
-    batched: dict[int, Any] = {}
-    for batch in batches(len(prompts), settings.batch_size, lengths):  # as the gate batches them
-        batched.update(zip(batch, backend.generate([prompts[i] for i in batch], adapter=True, settings=settings)))
+    answers = backend.generate(prompts, adapter=True, settings=settings)  # as the gate answers them
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
-    single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
+    single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts[:n_single]]
     t_single = time.perf_counter() - start
-    answers = [batched[i] for i in range(len(prompts))]
     tokens_b, tokens_s = sum(g.n_tokens for g in answers), sum(g.n_tokens for g in single)
     gflop_per_token = 2 * sum(p.numel() for p in backend.model.parameters()) / 1e9
     gflops = matmul_gflops()
     tok_s = tokens_b / t_batched
     processed_s = (tokens_b + sum(lengths)) / t_batched
-    return {"prompts": len(prompts), "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
-            "prompt_tokens": sum(lengths), "tokens_batched": tokens_b, "tokens_single": tokens_s,
+    return {"prompts": len(prompts), "prompts_single": len(single), "max_new_tokens": settings.max_new_tokens,
+            "batch_size": settings.batch_size, "batch_tokens": settings.batch_tokens, "prompt_tokens": sum(lengths),
+            "tokens_batched": tokens_b, "tokens_single": tokens_s,
             "seconds_batched": t_batched, "seconds_single": t_single,
             "tokens_per_s_batched": tok_s, "tokens_per_s_single": tokens_s / t_single,
             "ratio": tok_s / (tokens_s / t_single),
-            "same_answers": [g.text for g in answers] == [g.text for g in single],
+            "same_answers": answers[:len(single)] == single,
             "matmul_gflops": gflops, "model_gflop_per_token": gflop_per_token,
             "roofline_share": processed_s * gflop_per_token / gflops,
             "roofline_share_answer_tokens": tok_s * gflop_per_token / gflops}
 
 
 def bench_scoring(run: GateRun, data: Path, n_pairs: int, max_tokens: int | None = None) -> dict[str, Any]:
-    """Reward scoring as the gate batches it (rows and token budget) against one sequence at a time, on the
-    first n_pairs of a real preference file's valid split (chosen and rejected, adapter on), fp32.
+    """Reward scoring as the gate does it (one prompt pass per pair, batches by rows and token budget)
+    against one full sequence at a time, on the first n_pairs of a real preference file's valid split
+    (chosen and rejected, adapter on), fp32.
 
     Rows are tokenized once for both; the seconds are model time only. The one-by-one loop has no
-    padding at all, so it is the baseline a batching scheme must beat."""
+    padding at all, so it is the baseline a batching scheme must beat. Throughput counts the tokens
+    of the scored sequences (the same for both); the peak share counts the tokens each one feeds."""
     backend = run.model.backend
     pairs = [p for p in load_pairs(str(data)).pairs if p.split == "valid"][:n_pairs]
     rows = backend.scored_rows([p.messages for p in pairs for _ in (0, 1)],
                                [t for p in pairs for t in (p.chosen, p.rejected)], run.cfg.max_length)
     budget = run.cfg.resolved_batch_tokens if max_tokens is None else max_tokens
-    lengths = [len(p) + len(c) for p, c in rows]
+    groups = [rows[i:i + 2] for i in range(0, len(rows), 2)]
     start = time.perf_counter()
-    batched: dict[int, float] = {}
-    for batch in batches(len(rows), run.cfg.batch_size, lengths, budget):
-        batched.update(zip(batch, backend.row_logprobs([rows[i] for i in batch], adapter=True,
-                                                       max_length=run.cfg.max_length)))
+    grouped = dict(backend.group_logprobs(groups, adapter=True, batch_size=run.cfg.batch_size, max_tokens=budget,
+                                          max_length=run.cfg.max_length))
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
     single = [backend.row_logprobs([r], adapter=True, max_length=run.cfg.max_length)[0] for r in rows]
     t_single = time.perf_counter() - start
+    batched = [v for g in range(len(groups)) for v in grouped[g]]
     gflop_per_token = 2 * sum(p.numel() for p in backend.model.parameters()) / 1e9
     gflops = matmul_gflops()
-    tokens = sum(lengths)
-    worst = max(abs(batched[i] - v) / max(1.0, abs(v)) for i, v in enumerate(single))
-    return {"data": str(data), "pairs": len(pairs), "sequences": len(rows), "tokens": tokens,
+    tokens = sum(len(p) + len(c) for p, c in rows)
+    fed = tokens - sum(max(0, len(os.path.commonprefix([p for p, _ in g])) - 1) for g in groups)
+    worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(batched, single))
+    return {"data": str(data), "pairs": len(pairs), "sequences": len(rows), "tokens": tokens, "tokens_fed": fed,
             "prompt_share": sum(len(p) for p, _ in rows) / tokens, "max_tokens": budget,
             "batch_size": run.cfg.batch_size, "seconds_batched": t_batched, "seconds_single": t_single,
             "tokens_per_s_batched": tokens / t_batched, "tokens_per_s_single": tokens / t_single,
             "ratio": t_single / t_batched, "max_relative_difference": worst, "matmul_gflops": gflops,
-            "roofline_share": tokens / t_batched * gflop_per_token / gflops,
+            "roofline_share": fed / t_batched * gflop_per_token / gflops,
             "roofline_share_single": tokens / t_single * gflop_per_token / gflops}
 
 
@@ -191,9 +195,23 @@ def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str
         new = timed_gate(dataclasses.replace(cfg, adapter=new_adapter), fresh)
         peak_gate = _child_peak("gate", fresh, max_samples)
         peak_model = _child_peak("model", fresh, max_samples)
-    return {"max_samples": max_samples, "cold": cold, "warm": warm, "new_adapter": new,
+    floor = adapter_floor(cold)
+    return {"max_samples": max_samples, "cold": cold, "warm": warm, "new_adapter": new, "floor_phases": floor,
+            "floor_share": sum(floor.values()) / cold["seconds"],
             "same_verdicts_warm": cold["claims"] == warm["claims"], "peak_gate_mb": peak_gate,
             "peak_one_model_mb": peak_model}
+
+
+def adapter_floor(cold: dict[str, Any]) -> dict[str, float]:
+    """Seconds of a cold gate that a new adapter must spend again: loading the model, the tuned answers
+    and their text features, the policy half of the reward log-probs (the reference half feeds the same
+    tokens to the same weights, adapter off) and the quantization probes. The rest (base answers, data
+    features, reference log-probs) is cached under the base alone."""
+    t, n = cold["timings"], cold["computed"]
+    tuned = n.get("generations_tuned", 0) / max(1, n.get("generations_tuned", 0) + n.get("generations_base", 0))
+    return {"load": t.get("load", 0.0), "generate tuned": t.get("generate tuned", 0.0),
+            "features (answers) x tuned share": t.get("features (answers)", 0.0) * tuned,
+            "rewards / 2": t.get("rewards", 0.0) / 2, "quantization": t.get("quantization", 0.0)}
 
 
 def _child_peak(what: str, cache_dir: Path, max_samples: int) -> float:
@@ -221,7 +239,7 @@ def peak_of(what: str, cache_dir: Path, max_samples: int) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
-    parser.add_argument("--prompts", type=int, default=64, help="prompts in the generation rows")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts answered one at a time in the generation row")
     parser.add_argument("--texts", type=int, default=500)
     parser.add_argument("--n-process", type=int, default=2)
     parser.add_argument("--eval-cache-dir", type=Path, default=default_cache_dir())
@@ -245,21 +263,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts = (pool * (ns.texts // max(1, len(pool)) + 1))[:ns.texts]
     feats = bench_features(texts, FeatureSettings(n_process=ns.n_process))
     rows = [
-        Row("generation: batched / one-by-one", gen["ratio"],
-            f"{gen['tokens_per_s_batched']:.0f} vs {gen['tokens_per_s_single']:.0f} tok/s, "
-            f"{gen['prompts']} prompts, same answers: {gen['same_answers']}"),
+        Row("generation: gate / one-by-one", gen["ratio"],
+            f"{gen['tokens_per_s_batched']:.0f} vs {gen['tokens_per_s_single']:.0f} tok/s: the gate's "
+            f"{gen['prompts']} prompts against one at a time on the first {gen['prompts_single']}; same answers: "
+            f"{gen['same_answers']}"),
         Row("generation: share of matmul roofline", gen["roofline_share"],
             f"({gen['prompt_tokens']} prompt + {gen['tokens_batched']} answer tokens) x "
             f"{gen['model_gflop_per_token']:.2f} GFLOP in {gen['seconds_batched']:.1f} s vs "
             f"{gen['matmul_gflops']:.0f} GFLOP/s peak GEMM; answer tokens alone "
-            f"{gen['roofline_share_answer_tokens']:.2f}; batch {gen['batch_size']}, "
-            f"max {gen['max_new_tokens']} new tokens"),
+            f"{gen['roofline_share_answer_tokens']:.2f}; {gen['batch_size']} rows refilled, prefill budget "
+            f"{gen['batch_tokens']} tokens, max {gen['max_new_tokens']} new tokens"),
         *([Row("scoring (real data): gate / one-by-one", scoring["ratio"],
-               f"{scoring['tokens_per_s_batched']:.0f} vs {scoring['tokens_per_s_single']:.0f} real tok/s, "
+               f"{scoring['tokens_per_s_batched']:.0f} vs {scoring['tokens_per_s_single']:.0f} scored tok/s, "
                f"{scoring['sequences']} sequences of {Path(scoring['data']).name} ({scoring['tokens']} tokens, prompts "
-               f"{scoring['prompt_share']:.0%}), budget {scoring['max_tokens']} tokens; matmul peak share "
-               f"{scoring['roofline_share']:.2f} vs {scoring['roofline_share_single']:.2f}; max relative "
-               f"difference {scoring['max_relative_difference']:.1e}")] if scoring else []),
+               f"{scoring['prompt_share']:.0%}; one prompt pass per pair feeds {scoring['tokens_fed']}), budget "
+               f"{scoring['max_tokens']} tokens; matmul peak share {scoring['roofline_share']:.2f} vs "
+               f"{scoring['roofline_share_single']:.2f}; max relative difference "
+               f"{scoring['max_relative_difference']:.1e}")] if scoring else []),
         Row("features: pipeline / per text", feats["ratio"],
             f"{feats['texts_per_s_pipeline']:.1f} vs {feats['texts_per_s_naive']:.1f} texts/s, "
             f"{feats['texts']} texts, same values: {feats['same_values']}"),
@@ -267,9 +287,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{gate['warm']['seconds']:.1f} s vs {gate['cold']['seconds']:.1f} s, {gate['max_samples']} pairs per "
             f"split; warm recomputed {_counts(gate['warm']['computed'])}; same verdicts: {gate['same_verdicts_warm']}"),
         Row("gate: new adapter / cold", gate["new_adapter"]["seconds"] / gate["cold"]["seconds"],
-            f"{gate['new_adapter']['seconds']:.1f} s; recomputed {_counts(gate['new_adapter']['computed'])} "
-            f"(cold: {_counts(gate['cold']['computed'])}); seconds by phase {_phases(gate['new_adapter'])} "
-            f"(cold: {_phases(gate['cold'])})"),
+            f"{gate['new_adapter']['seconds']:.1f} s; floor {gate['floor_share']:.2f} (the cold run's adapter-"
+            f"dependent seconds: {_phases({'timings': gate['floor_phases']})}); recomputed "
+            f"{_counts(gate['new_adapter']['computed'])} (cold: {_counts(gate['cold']['computed'])}); seconds by "
+            f"phase {_phases(gate['new_adapter'])} (cold: {_phases(gate['cold'])})"),
         Row("memory: gate peak RSS / one loaded model", gate["peak_gate_mb"] / gate["peak_one_model_mb"],
             f"{gate['peak_gate_mb']:.0f} MiB vs {gate['peak_one_model_mb']:.0f} MiB (model loaded, one forward; "
             f"weights {weights_mb:.0f} MiB)"),

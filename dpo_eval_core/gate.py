@@ -136,17 +136,18 @@ class GateRun:
     def answers(self) -> dict[str, list[Generation | None]]:
         """Tuned and base answers, from the one loaded model: every valid pair, --train-answers train pairs."""
         prompts, out = [p.messages for p in self.pairs.pairs], {}
-        with self.ledger.phase("generate"):
-            for role, identity in (("tuned", self.identity), ("base", self.identity.without_adapter())):
+        for role, identity in (("tuned", self.identity), ("base", self.identity.without_adapter())):
+            with self.ledger.phase(f"generate {role}"):
                 out[role], n = generate_answers(self.model.backend, prompts, model=identity, settings=self.cfg.generation,
-                                                cache=self.cache, lengths=self.prompt_lengths, desc=f"generate {role}",
+                                                cache=self.cache, desc=f"generate {role}",
                                                 only=self.pairs.answered(self.cfg.train_answers, self.cfg.seed))
                 self.ledger.count(f"generations_{role}", n)
         return out
 
-    def _features(self, texts: dict[str, list[str]], desc: str) -> dict[str, np.ndarray]:
-        with self.ledger.phase("features"):
-            table, n = feature_table([t for r in texts for t in texts[r]], self.cache, self._pipeline, desc)
+    def _features(self, texts: dict[str, list[str]], of: str) -> dict[str, np.ndarray]:
+        with self.ledger.phase(f"features ({of})"):
+            table, n = feature_table([t for r in texts for t in texts[r]], self.cache, self._pipeline,
+                                     f"text features ({of})")
         self.ledger.count("feature_rows", n)
         return dict(zip(texts, np.split(table, len(texts))))
 
@@ -155,13 +156,13 @@ class GateRun:
         """{chosen, rejected: [n_pairs, n_features]}: the data alone, no model."""
         ps = self.pairs.pairs
         return self._features({"chosen": [p.chosen for p in ps], "rejected": [p.rejected for p in ps]},
-                              "text features (data)")
+                              "data")
 
     @functools.cached_property
     def answer_features(self) -> dict[str, np.ndarray]:
         """{tuned, base: [n_pairs, n_features]}."""
         return self._features({r: [g.text if g else None for g in gens] for r, gens in self.answers.items()},
-                              "text features (answers)")
+                              "answers")
 
     def _stats(self, values: dict[str, np.ndarray]) -> list[FeatureStat]:
         g = self.cfg.gate
