@@ -13,7 +13,7 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from .chat import Message, completion_ids, prompt_ids
 
@@ -307,8 +307,10 @@ def decode(model: Any, prompts: Sequence[list[int]], *, pad: int, eos: Sequence[
     KV cache with it (transformers' generate computes finished rows until the longest ends). When an
     eighth of the rows have left, the next prompts in the queue are prefilled, in sub-batches within
     settings.batch_tokens, and their KV cache is merged into the running batch (left-padded to a
-    common width), so decode steps run at full width until the queue drains. A row's tokens do not
-    depend on its neighbours beyond float error. Left padding: positions count real tokens only.
+    common width), so decode steps run at full width until the queue drains. Models whose cache
+    slides (drops columns past a window) and prompts that reach the window decode batch by batch
+    instead. A row's tokens do not depend on its neighbours beyond float error. Left padding:
+    positions count real tokens only.
     """
     import torch
     from transformers import DynamicCache
@@ -318,6 +320,8 @@ def decode(model: Any, prompts: Sequence[list[int]], *, pad: int, eos: Sequence[
     generator = torch.Generator(device=device).manual_seed(settings.seed) if settings.do_sample else None
     eos_t = torch.tensor(list(eos), device=device)
     width, refill_at = settings.batch_size, max(1, settings.batch_size // 8)
+    window = sliding_window(causal_lm)  # a sliding layer drops old columns: merging caches needs them all
+    refill = window is None or max(map(len, prompts), default=0) + settings.max_new_tokens < window
     queue = collections.deque(range(len(prompts)))
     rows: list[int] = []
     out: dict[int, list[int]] = {}
@@ -329,9 +333,10 @@ def decode(model: Any, prompts: Sequence[list[int]], *, pad: int, eos: Sequence[
 
     while queue or rows:
         free = width - len(rows)
-        if queue and free and free >= min(refill_at, len(queue)) and (run is None or run.mergeable()):
+        if queue and free and (run is None or (refill and free >= min(refill_at, len(queue)))):
             new = [queue.popleft() for _ in range(min(free, len(queue)))]
-            for sub in batches(len(new), len(new), [len(prompts[i]) for i in new], settings.batch_tokens):
+            budget = settings.batch_tokens if refill else None
+            for sub in batches(len(new), len(new), [len(prompts[i]) for i in new], budget):
                 idx = [new[s] for s in sub]
                 ids, mask = left_pad([prompts[i] for i in idx], pad, device)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -354,7 +359,7 @@ def decode(model: Any, prompts: Sequence[list[int]], *, pad: int, eos: Sequence[
                     yield i, out.pop(i)
             keep = (~done).nonzero()[:, 0]
             rows = [rows[k] for k in keep.tolist()]
-            run = run.select(keep, causal_lm.config) if rows else None
+            run = run.select(keep, causal_lm.config if refill else None) if rows else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,43 +372,57 @@ class Running:
     positions: Any
     pending: Any
 
-    def select(self, keep: Any, config: Any) -> "Running":
-        """The rows at `keep`; cache columns that only departed rows used (left padding of the rest) are cut,
-        so the width follows the rows in the batch, not every row that ever was."""
-        from transformers import DynamicCache
-
+    def select(self, keep: Any, config: Any | None) -> "Running":
+        """The rows at `keep`; with the model's config, cache columns that only departed rows used (left
+        padding of the rest) are cut, so the width follows the rows in the batch, not every row that ever was."""
         self.cache.batch_select_indices(keep)
         mask = self.mask[keep]
         lead = int(mask.any(0).int().argmax())
         cache = self.cache
-        if lead and self.mergeable():
-            cache = DynamicCache(ddp_cache_data=[(x.keys[..., lead:, :], x.values[..., lead:, :]) for x in cache.layers],
-                                 config=config)
+        if lead and config is not None:
+            cache = rebuilt(((x.keys[..., lead:, :], x.values[..., lead:, :]) for x in cache.layers), [cache.layers],
+                            config)
             mask = mask[:, lead:]
         return Running(cache, mask, self.positions[keep], self.pending[keep])
-
-    def mergeable(self) -> bool:
-        """Every layer holds the whole width (a sliding-window layer past its window does not)."""
-        return all(getattr(layer, "keys", None) is not None and layer.keys.shape[-2] == self.mask.shape[1]
-                   for layer in self.cache.layers)
 
     @staticmethod
     def merge(a: "Running | None", b: "Running", config: Any) -> "Running":
         """Rows of a and b in one batch: the narrower cache and mask are padded on the left."""
         import torch
         import torch.nn.functional as F
-        from transformers import DynamicCache
 
         if a is None:
             return b
         width = max(a.mask.shape[1], b.mask.shape[1])
         pa, pb = width - a.mask.shape[1], width - b.mask.shape[1]
-        kv = [(torch.cat([F.pad(x.keys, (0, 0, pa, 0)), F.pad(y.keys, (0, 0, pb, 0))]),
+        kv = ((torch.cat([F.pad(x.keys, (0, 0, pa, 0)), F.pad(y.keys, (0, 0, pb, 0))]),
                torch.cat([F.pad(x.values, (0, 0, pa, 0)), F.pad(y.values, (0, 0, pb, 0))]))
-              for x, y in zip(a.cache.layers, b.cache.layers)]
-        return Running(DynamicCache(ddp_cache_data=kv, config=config),
+              for x, y in zip(a.cache.layers, b.cache.layers))
+        return Running(rebuilt(kv, [a.cache.layers, b.cache.layers], config),
                        torch.cat([F.pad(a.mask, (pa, 0)), F.pad(b.mask, (pb, 0))]),
                        torch.cat([a.positions, b.positions]), torch.cat([a.pending, b.pending]))
+
+
+def sliding_window(causal_lm: Any) -> int | None:
+    """The smallest sliding window of the model's KV cache layers (Mistral v0.1, Gemma), None if none slides."""
+    from transformers import DynamicCache
+
+    windows = [getattr(layer, "sliding_window", None) for layer in DynamicCache(config=causal_lm.config).layers]
+    return min((w for w in windows if w), default=None)
+
+
+def rebuilt(kv: Iterable[tuple[Any, Any]], sources: Sequence[Sequence[Any]], config: Any) -> Any:
+    """A DynamicCache of the (keys, values) that `kv` makes layer by layer from the layers in `sources`,
+    each source layer released once its replacement is stored: a merge or cut holds one cache and a
+    layer more, never two caches (a 7B model's cache of 64 long rows is gigabytes)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for i, (keys, values) in enumerate(kv):
+        cache.update(keys, values, i)
+        for layers in sources:
+            layers[i].keys = layers[i].values = None
+    return cache
 
 
 def next_tokens(logits: Any, settings: GenerationSettings, generator: Any) -> Any:
