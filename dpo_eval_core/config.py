@@ -23,8 +23,9 @@ CACHE_ENV = "DPO_EVAL_CACHE_DIR"
 CPU_BATCH_TOKENS = 512
 """Default scoring budget on CPU (rows x longest row): see README "Performance" for the measurement."""
 CUDA_BATCH_TOKENS = 16384
-"""Default scoring budget on CUDA: a 7B model in bf16 (14 GB of weights) scores 16k tokens with about
-1.5 GB of transient activations (README "Performance" has the arithmetic), well inside 24 GB."""
+"""Default scoring and prefill budget on CUDA: a 7B GQA model in bf16 (14.5 GB of weights) scores 16k
+tokens with at most 3 GB of KV cache (the shared prompts and one sub-batch's copy) and about 2.5 GB of
+transient activations (README "Performance" has the arithmetic), inside 24 GB."""
 
 
 def default_cache_dir() -> Path:
@@ -167,8 +168,8 @@ class EvalConfig:
     batch_size: int = 64
     """Rows per generation or scoring batch, at most."""
     batch_tokens: int | None = None
-    """Reward scoring: a batch holds rows while rows x longest row stays within this many tokens (None:
-    CPU_BATCH_TOKENS on CPU, CUDA_BATCH_TOKENS on CUDA)."""
+    """Reward scoring and prompt prefill: a batch holds rows while rows x longest row stays within this many
+    tokens (None: CPU_BATCH_TOKENS on CPU, CUDA_BATCH_TOKENS on CUDA)."""
     train_answers: int | None = 64
     """Train-split prompts the models answer (all when None), chosen by seeded hash. Train answers feed only
     the report's tuned-base train averages; every claim uses the valid split, which is always answered."""

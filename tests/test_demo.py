@@ -53,6 +53,10 @@ def run_gate(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> t
 SMALL = ("--max-samples", "16", "--max-new-tokens", "48")
 
 
+# the tests that read demo_small run on one xdist worker (--dist loadgroup), so its gate runs once, not per worker
+demo_worker = pytest.mark.xdist_group("demo_small")
+
+
 @pytest.fixture(scope="module")
 def demo_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     """The demo gate on 16 pairs per split, quantization left out: the CI-sized end-to-end run."""
@@ -62,6 +66,7 @@ def demo_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Com
     return proc, claims, tmp / "results.json"
 
 
+@demo_worker
 def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
     """The whole chain on the real demo model: load, generate, 69 features, statistics, rewards."""
     proc, claims, _ = demo_small
@@ -72,6 +77,7 @@ def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
     assert proc.returncode in (0, 1), proc.stdout[-3000:]
 
 
+@demo_worker
 def test_junit_xml_carries_every_claims_value_threshold_interval_n_and_gating(demo_small):
     """CI dashboards read JUnit XML: each gate test's properties hold its claim."""
     import xml.etree.ElementTree as ET
@@ -89,6 +95,7 @@ def test_junit_xml_carries_every_claims_value_threshold_interval_n_and_gating(de
     assert json.loads(margin["dpo_eval_claim"])["message"] == claims["reward-margin"]["message"]
 
 
+@demo_worker
 def test_the_gate_writes_a_markdown_table_of_gating_claims_to_the_github_job_summary(demo_small):
     _, claims, results = demo_small
     summary = (results.parent / "summary.md").read_text()
@@ -97,6 +104,7 @@ def test_the_gate_writes_a_markdown_table_of_gating_claims_to_the_github_job_sum
     assert "| `data-signal[" not in summary  # per-feature claims do not gate by default
 
 
+@demo_worker
 def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(demo_small, tmp_path):
     """CI gates a new adapter against the last release's results.json: an adapter trained on
     reversed preferences fails the regression claims, naming them; the released adapter passes."""

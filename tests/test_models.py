@@ -172,6 +172,21 @@ def test_refilled_decoding_gives_every_prompt_its_one_by_one_answer(kind, batch_
     assert all(rows > batch_size - refill_at for rows in steps_while_queued)
 
 
+def test_a_sliding_window_cache_decodes_batch_by_batch_with_the_same_answers(tmp_path):
+    """A sliding-window layer drops columns past its window, so caches cannot be merged: the queue
+    refills only when the batch has drained, one prefill per batch, and answers are unchanged."""
+    backend, _ = load(make_adapter(make_base(tmp_path / "m", "mistral", seed=1), tmp_path / "ad"))
+    backend.model.get_base_model().config.sliding_window = 8  # shorter than every prompt
+    prompts = [(("user", f"Question {i} about {'foxes ' * ((7 * i) % 11)}?"),) for i in range(10)]
+    settings = GenerationSettings(max_new_tokens=6, batch_size=4, batch_tokens=30)
+    single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
+    calls: list[int] = []
+    forward = backend.model.forward
+    backend.model.forward = lambda **kw: (calls.append(kw["input_ids"].shape[1]), forward(**kw))[1]
+    assert backend.generate(prompts, adapter=True, settings=settings) == single
+    assert sum(n > 1 for n in calls) == 3  # 4 + 4 + 2 prompts, each batch prefilled once, after the last drained
+
+
 def test_base_answers_come_from_the_same_weights_with_adapter_disabled(tiny_adapter):
     backend, _ = load(tiny_adapter)
     settings = GenerationSettings(max_new_tokens=12)
