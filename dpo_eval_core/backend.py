@@ -1,8 +1,10 @@
 """Generation and log-prob scoring behind one small protocol of batch methods.
 
 `HFBackend` runs a transformers model wrapped by PEFT; the base model's outputs come
-from the same weights with the adapter disabled. A vLLM backend would implement the
-same two methods.
+from the same weights with the adapter disabled. Answers stream out as rows finish
+(`generate_stream`, decode batches refilled from a queue), and log-probs of rows that
+share a prompt come from one prompt pass (`group_logprobs`). A vLLM backend would
+implement the same methods.
 """
 
 from __future__ import annotations

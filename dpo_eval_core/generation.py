@@ -1,4 +1,4 @@
-"""Tuned and base answers for every prompt, cached batch by batch so a killed run resumes."""
+"""Tuned and base answers for every prompt, each cached as it finishes so a killed run resumes."""
 
 from __future__ import annotations
 
