@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
-from .chat import Message, completion_ids, prompt_ids
+from .chat import Message, completion_ids, context_continuation_ids, prompt_ids, prompt_text
 
 DECODER_VERSION = 3
 """Bumped when decoding changes an output for the same settings (2: own loop, seeded generator;
@@ -68,6 +68,9 @@ class Backend(Protocol):
 
     def group_logprobs(self, groups: Sequence[Sequence[Row]], *, adapter: bool, batch_size: int,
                        max_tokens: int | None, max_length: int | None = None) -> Iterator[tuple[int, list[float]]]: ...
+
+    def text_rows(self, contexts: Sequence[str | Sequence[Message]], continuations: Sequence[str],
+                  max_length: int | None = None) -> list[Row]: ...
 
 
 def batches(n: int, size: int, lengths: Sequence[int], max_tokens: int | None = None,
@@ -150,6 +153,22 @@ class HFBackend:
             rows = [(p, c[:max(0, max_length - len(p))]) for p, c in rows]
         return rows
 
+    def text_rows(self, contexts: Sequence[str | Sequence[Message]], continuations: Sequence[str],
+                  max_length: int | None = None) -> list[Row]:
+        """(context ids, continuation ids) per row for multiple-choice scoring, split as
+        lm-evaluation-harness splits them; a context given as messages is rendered with the chat
+        template first (its generation prompt kept whole: the continuation starts the reply). Over max_length, the context loses its start (lm-evaluation-harness's rule:
+        the question and the choice, at the end, are what is scored)."""
+        rows = []
+        for ctx, cont in zip(contexts, continuations):
+            raw = isinstance(ctx, str)
+            text = ctx if raw else prompt_text(self.tokenizer, ctx, self.system_ok)
+            c, k = context_continuation_ids(self.tokenizer, text, cont, move_spaces=raw)
+            if max_length is not None and len(c) + len(k) > max_length:
+                c = c[max(0, len(c) + len(k) - max_length):]
+            rows.append((c, k))
+        return rows
+
     def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
                            max_length: int | None = None) -> list[int]:
         """How many completion tokens `logprobs` sums per row (0 where it scores NaN); needs no model."""
@@ -191,16 +210,22 @@ class HFBackend:
         copy of that cache, so a pair costs prompt + chosen + rejected tokens instead of twice the
         prompt. Batches hold groups while rows x (prompt + longest continuation) stays within
         max_tokens; the continuations run in sub-batches sorted by length, under the same budget, so
-        a short chosen answer is not padded to a long rejected one. Equal to `row_logprobs` up to
+        a short chosen answer is not padded to a long rejected one. A group whose rows are one prompt
+        and one token each (a question's letter choices) needs no continuation pass: its log-probs are
+        read from the prompt's last position, several prompts per batch. Equal to `row_logprobs` up to
         float error (tests: 1e-5 relative in fp32)."""
         import torch
 
-        plan = [GroupPlan.of(g, max_length) for g in groups]
-        shared = [i for i, p in enumerate(plan) if p.prefix]
-        for i, p in enumerate(plan):  # nothing to share: score the rows as they are
+        one_token = [i for i, g in enumerate(groups) if next_token_group(g, max_length)]
+        yield from self._next_token_logprobs(groups, one_token, adapter=adapter, batch_size=batch_size,
+                                             max_tokens=max_tokens)
+        skip = set(one_token)
+        plan = {i: GroupPlan.of(g, max_length) for i, g in enumerate(groups) if i not in skip}
+        shared = [i for i, p in plan.items() if p.prefix]
+        for i, p in plan.items():  # nothing to share: score the rows as they are
             if not p.prefix:
                 yield i, self.row_logprobs(groups[i], adapter=adapter, max_length=max_length)
-        lengths = [p.prefix + max(map(len, p.continuations), default=0) for p in plan]
+        lengths = {i: p.prefix + max(map(len, p.continuations), default=0) for i, p in plan.items()}
         for batch in batches(len(shared), batch_size, [lengths[i] for i in shared], max_tokens,
                              rows=[len(plan[i].continuations) for i in shared]):
             idx = [shared[b] for b in batch]
@@ -230,6 +255,18 @@ class HFBackend:
                     out[row] = sums[(g, r)]
                 yield i, out
 
+    def _next_token_logprobs(self, groups: Sequence[Sequence[Row]], idx: Sequence[int], *, adapter: bool,
+                             batch_size: int, max_tokens: int | None) -> Iterator[tuple[int, list[float]]]:
+        """Groups whose rows are one prompt and one completion token each (a question's letters): one
+        pass over the prompt, each row's log p read from the distribution at its last position."""
+        prompts = [groups[i][0][0] for i in idx]
+        for batch in batches(len(idx), batch_size, [len(p) for p in prompts], max_tokens):
+            ids, mask = right_pad([prompts[b] for b in batch], self.tokenizer.pad_token_id, self.device)
+            with self._inference(adapter):
+                logps = last_logprobs(self.model, ids, mask)
+            for j, b in enumerate(batch):
+                yield idx[b], [float(logps[j, row[1][0]]) for row in groups[idx[b]]]
+
     @contextlib.contextmanager
     def _inference(self, adapter: bool) -> Iterator[None]:
         import torch
@@ -242,6 +279,11 @@ def scorable(row: Row, max_length: int | None) -> bool:
     """A row has completion tokens left after the max_length cut (TRL drops the others)."""
     prompt, completion = row
     return bool(completion) and (max_length is None or len(prompt) < max_length)
+
+
+def next_token_group(group: Sequence[Row], max_length: int | None) -> bool:
+    """Every row continues the same prompt by exactly one token (and is scorable)."""
+    return bool(group) and all(len(c) == 1 and p == group[0][0] and scorable((p, c), max_length) for p, c in group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +486,24 @@ def next_tokens(logits: Any, settings: GenerationSettings, generator: Any) -> An
 
 LOGITS_CHUNK_BYTES = 64 << 20
 """Upper bound of one chunk of fp32 logits: positions per chunk = this / (4 * vocab size)."""
+
+
+def last_logprobs(model: Any, input_ids: Any, mask: Any) -> Any:
+    """[batch, vocab] log-probabilities of the token after each right-padded row's last real token; the
+    LM head runs at those positions only (all of them for heads that do more than a linear map)."""
+    import torch
+
+    causal_lm = causal_lm_of(model)
+    cfg = causal_lm.config
+    last = mask.sum(-1) - 1
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    if not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) is None \
+            and hasattr(causal_lm, "get_decoder"):
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logits = causal_lm.get_output_embeddings()(hidden[rows, last])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[rows, last]
+    return logits.float().log_softmax(-1)
 
 
 def target_sums(model: Any, input_ids: Any, mask: Any, targets: Sequence[tuple[int, int]], *,

@@ -66,6 +66,26 @@ def completion_ids(tokenizer: Any, messages: Sequence[Message], completion: str,
     return full[:n], full[n:]
 
 
+def prompt_text(tokenizer: Any, messages: Sequence[Message], system_ok: bool) -> str:
+    """The templated prompt as text, with the generation prompt: what `prompt_ids` tokenizes."""
+    msgs = messages if system_ok else fold_system(messages)
+    return str(tokenizer.apply_chat_template(_dicts(msgs), tokenize=False, add_generation_prompt=True))
+
+
+def context_continuation_ids(tokenizer: Any, context: str, continuation: str,
+                             move_spaces: bool = True) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) of a text pair, as lm-evaluation-harness encodes a loglikelihood
+    request: trailing spaces of the context move to the continuation (`move_spaces`; not for a chat
+    prompt, whose closing newline belongs to the template), the whole is tokenized once and split after
+    the context's own tokens, no special tokens added (a chat template holds its own)."""
+    n_spaces = len(context) - len(context.rstrip()) if move_spaces else 0
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = list(tokenizer(context + continuation, add_special_tokens=False)["input_ids"])
+    n = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    return whole[:n], whole[n:]
+
+
 def _ids(result: Any) -> list[int]:
     """apply_chat_template(tokenize=True) returns a list or a BatchEncoding depending on the version."""
     if hasattr(result, "keys") and "input_ids" in result:

@@ -105,34 +105,34 @@ def hash_split(prompt_key: str, valid_fraction: float, seed: int) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read_rows(source: str) -> dict[str, list[dict[str, Any]]]:
-    """Raw rows per split name ('' when the source has no splits of its own)."""
+def read_rows(source: str, option: str = "--data") -> dict[str, list[dict[str, Any]]]:
+    """Raw rows per split name ('' when the source has no splits of its own); errors name `option`."""
     path = Path(source).expanduser()
     if not looks_local(source, EXTENSIONS):
-        return _read_hub(source)
+        return _read_hub(source, option)
     if not path.is_file():
-        raise DataError(f"--data {source}: file not found. Give a path to a .jsonl, .json, .csv or .parquet "
+        raise DataError(f"{option} {source}: file not found. Give a path to a .jsonl, .json, .csv or .parquet "
                         f"file, or a hub dataset id such as 'org/name'.")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = _read_jsonl(path)
+        rows = _read_jsonl(path, option)
     elif suffix == ".json":
-        return _read_json(path)
+        return _read_json(path, option)
     elif suffix in (".csv", ".parquet"):
         import pandas as pd
 
         try:
             frame = pd.read_csv(path, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
         except Exception as e:  # pandas/pyarrow raise many types for unreadable files
-            raise DataError(f"--data {source}: cannot read as {suffix[1:]}: {e}") from None
+            raise DataError(f"{option} {source}: cannot read as {suffix[1:]}: {e}") from None
         rows = frame.to_dict("records")
     else:
-        raise DataError(f"--data {source}: unknown extension '{path.suffix}'. Expected one of "
+        raise DataError(f"{option} {source}: unknown extension '{path.suffix}'. Expected one of "
                         f"{', '.join(EXTENSIONS)}; rename the file or convert it.")
     return _split_column(rows)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, option: str) -> list[dict[str, Any]]:
     rows = []
     try:
         with path.open(encoding="utf-8") as f:
@@ -142,23 +142,23 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"--data {path}: line {lineno} is not valid JSON ({e.msg}). "
+                    raise DataError(f"{option} {path}: line {lineno} is not valid JSON ({e.msg}). "
                                     f"Fix or remove that line.") from None
                 if not isinstance(obj, dict):
-                    raise DataError(f"--data {path}: line {lineno} is a {type(obj).__name__}, expected a JSON object.")
+                    raise DataError(f"{option} {path}: line {lineno} is a {type(obj).__name__}, expected a JSON object.")
                 rows.append(obj)
     except UnicodeDecodeError as e:
-        raise DataError(f"--data {path}: not UTF-8 text (byte {e.start}). Is it a binary file?") from None
+        raise DataError(f"{option} {path}: not UTF-8 text (byte {e.start}). Is it a binary file?") from None
     return rows
 
 
-def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
+def _read_json(path: Path, option: str) -> dict[str, list[dict[str, Any]]]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise DataError(f"--data {path}: not UTF-8 text (byte {e.start}). Is it a binary file?") from None
+        raise DataError(f"{option} {path}: not UTF-8 text (byte {e.start}). Is it a binary file?") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"--data {path}: not valid JSON at line {e.lineno} ({e.msg}).") from None
+        raise DataError(f"{option} {path}: not valid JSON at line {e.lineno} ({e.msg}).") from None
     if isinstance(obj, list):
         return _split_column(obj)
     if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
@@ -168,7 +168,7 @@ def _read_json(path: Path) -> dict[str, list[dict[str, Any]]]:
         if len(lengths) == 1:
             n = lengths.pop()
             return _split_column([{k: obj[k][i] for k in obj} for i in range(n)])
-    raise DataError(f"--data {path}: expected a list of objects, columns of equal length, or splits of objects.")
+    raise DataError(f"{option} {path}: expected a list of objects, columns of equal length, or splits of objects.")
 
 
 def _split_column(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
@@ -183,13 +183,13 @@ def _split_column(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
     return {"": rows}
 
 
-def _read_hub(dataset_id: str) -> dict[str, list[dict[str, Any]]]:
+def _read_hub(dataset_id: str, option: str) -> dict[str, list[dict[str, Any]]]:
     import datasets
 
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as e:  # network, missing dataset, auth: all end the same way for the user
-        raise DataError(f"--data {dataset_id}: cannot load it as a hub dataset ({type(e).__name__}: {e}). "
+        raise DataError(f"{option} {dataset_id}: cannot load it as a hub dataset ({type(e).__name__}: {e}). "
                         f"Check the id and your network, or pass a local file.") from None
     return {str(name): list(split) for name, split in loaded.items()}
 
