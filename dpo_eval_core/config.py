@@ -12,6 +12,7 @@ import tomllib
 
 from .backend import GenerationSettings
 from .errors import ConfigError
+from .mcq import McqFormat, McqPrompt, McqSettings
 from .registry import check_claim_ids, default_gating
 
 Quant = Literal["none", "8bit", "4bit"]
@@ -69,12 +70,17 @@ class GateConfig:
     nats on its own); tighten it for larger models."""
     min_top1_agreement: float = 0.6
     """Quantized vs full-precision share of positions with the same top-1 token (see max_kl)."""
+    max_forgetting: float = 0.02
+    """no-forgetting[SET] fails when tuned multiple-choice accuracy is below base by more than this (two
+    points: what a release team would accept losing for an alignment gain) and an exact McNemar test puts
+    the drop below alpha."""
     gating: tuple[str, ...] = field(default_factory=default_gating)
     """Claim ids that fail the run ('family[*]' for every per-item claim of a family); every other
     claim is reported as a non-strict xfail with its measured value. Default: the registry's."""
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement"):
+        for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement",
+                     "max_forgetting"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
@@ -189,6 +195,18 @@ class EvalConfig:
     """results.json of a previous release to compare against."""
     seed: int = 0
     """Seeds the hash split, sampling and bootstrap."""
+    mcq: tuple[str, ...] = ()
+    """Multiple-choice sets (files or hub ids) for the forgetting claims; none: they are skipped."""
+    mcq_columns: tuple[tuple[str, str], ...] = ()
+    """Renames from a set's column names to question/choices/answer/subject/... (mcq.py lists layouts)."""
+    mcq_format: McqFormat = "letters"
+    """letters: MMLU style, 'A. ..' options and letter continuations; cloze: the choice texts."""
+    mcq_prompt: McqPrompt = "chat"
+    """chat: the question is the user turn of the chat template; raw: plain text, as lm-evaluation-harness."""
+    mcq_shots: int = 0
+    """Answered examples from the set's dev split before each question (zero-shot by default)."""
+    mcq_max_questions: int | None = None
+    """At most this many questions per set (the first by seeded hash)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """Thresholds and which claims gate."""
 
@@ -227,6 +245,15 @@ class EvalConfig:
         names = {src for src, _ in self.columns}
         if len(names) != len(self.columns):
             raise ConfigError("--columns", dict(self.columns), "each source column named once")
+        _choice("--mcq-format", self.mcq_format, McqFormat)
+        _choice("--mcq-prompt", self.mcq_prompt, McqPrompt)
+        if self.mcq_shots < 0:
+            raise ConfigError("--mcq-shots", self.mcq_shots, "an integer >= 0")
+        if self.mcq_max_questions is not None and self.mcq_max_questions < 1:
+            raise ConfigError("--mcq-max-questions", self.mcq_max_questions, "a positive integer",
+                              "Leave it out to ask every question.")
+        if len(set(self.mcq)) != len(self.mcq):
+            raise ConfigError("--mcq", list(self.mcq), "each set given once")
 
     @property
     def on_cuda(self) -> bool:
@@ -263,6 +290,11 @@ class EvalConfig:
                                   temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                   batch_size=self.batch_size, batch_tokens=self.resolved_batch_tokens)
 
+    @property
+    def mcq_settings(self) -> McqSettings:
+        """How multiple-choice questions become prompts."""
+        return McqSettings(self.mcq_format, self.mcq_prompt, self.mcq_shots, self.mcq_max_questions)
+
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""
         out = []
@@ -279,14 +311,20 @@ def _is_cuda_index(device: str) -> bool:
     return head == "cuda" and idx.isdigit()
 
 
-def parse_columns(spec: str) -> tuple[tuple[str, str], ...]:
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "system", "question")
+MCQ_COLUMNS = ("question", "choices", "answer", "subject", "answerKey", "options", "answer_idx", "contexts",
+               "final_decision")
+
+
+def parse_columns(spec: str, option: str = "--columns", targets: tuple[str, ...] = PAIR_COLUMNS
+                  ) -> tuple[tuple[str, str], ...]:
     """'q=prompt,good=chosen,bad=rejected' -> (('q','prompt'), ...); targets are checked."""
-    targets = {"prompt", "chosen", "rejected", "system", "question"}
+    example = "q=prompt,good=chosen,bad=rejected" if targets == PAIR_COLUMNS else "stem=question,label=answer"
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         src, eq, dst = part.partition("=")
         if not eq or not src or dst not in targets:
-            raise ConfigError("--columns", spec, "comma-separated SOURCE=TARGET with TARGET one of "
-                              + ", ".join(sorted(targets)), "Example: --columns q=prompt,good=chosen,bad=rejected")
+            raise ConfigError(option, spec, "comma-separated SOURCE=TARGET with TARGET one of "
+                              + ", ".join(sorted(targets)), f"Example: {option} {example}")
         out.append((src.strip(), dst.strip()))
     return tuple(out)

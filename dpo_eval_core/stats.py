@@ -218,3 +218,38 @@ def bootstrap_mean_ci(x: np.ndarray, level: float, n_boot: int, rng: np.random.G
     means = x[idx].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return (float(lo), float(hi))
+
+
+def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n: stays inside [0, 1] and is sound at 0 and n."""
+    from scipy.stats import norm
+
+    if n == 0:
+        return (math.nan, math.nan)
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+
+
+def mcnemar_p(lost: int, gained: int) -> float:
+    """Exact two-sided McNemar p-value of paired binary outcomes: `lost` items right before and wrong
+    after, `gained` the reverse; under no change each discordant item is a fair coin. 1.0 when none."""
+    from scipy.stats import binomtest
+
+    n = lost + gained
+    return 1.0 if n == 0 else float(binomtest(gained, n, 0.5, alternative="two-sided").pvalue)
+
+
+def mcnemar_n_needed(discordance: float, drop: float, alpha: float, power: float = 0.8) -> int | None:
+    """Items a two-sided McNemar test needs to detect a paired drop of `drop` with this power, when a
+    share `discordance` of items changes (Connor 1987); None when no drop that size is possible
+    (discordance < drop) or nothing changes."""
+    from scipy.stats import norm
+
+    if not (discordance >= drop > 0):
+        return None
+    za, zb = float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
+    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - drop * drop)) ** 2 / (drop * drop)
+    return math.ceil(n)
