@@ -10,8 +10,9 @@ Start reading here, top down:
 - `registry`: every claim family (id, what it ranges over, whether it gates, what it needs);
 - `gate.GateRun`: the stages of one run, each computed on first use by the module that owns it;
 - `builders`: one builder per family, from the run's stages to claims (`claims`, `regression`);
-- below them: `config`, `data`, `models`, `backend`/`generation`, `rewards`, `features`, `stats`,
-  `quantization`, `identity` (every cache key), `cache`.
+- below them: `config`, `data`, `mcq` (multiple-choice sets and prompts), `models`,
+  `backend`/`generation`, `rewards`, `forgetting` (tuned vs base accuracy, McNemar), `features`,
+  `stats`, `quantization`, `identity` (every cache key), `cache`.
 The demo (`dpo_eval_core.demo`) and the scripts sit above this API; the core never imports them.
 """
 

@@ -15,8 +15,11 @@ import numpy as np
 
 from . import claims as C
 from . import regression as R
+from .chat import tokenizer_facts
 from .claims import Claim
-from .registry import VARIANTS
+from .errors import ConfigError
+from .models import logit_effect
+from .registry import VARIANTS, family_of, split_id
 from .stats import bootstrap_mean_ci
 
 if TYPE_CHECKING:
@@ -31,11 +34,13 @@ def adapter_loads(run: GateRun, _: str | None) -> list[Claim]:
 
 
 def adapter_changes_model(run: GateRun, _: str | None) -> list[Claim]:
-    return [C.adapter_changes_model(run.model.report, *run.adapter_effect)]
+    return [C.adapter_changes_model(run.model.report, *logit_effect(run.model.backend.model, *run.probe_inputs))]
 
 
 def tokenizer_ready(run: GateRun, _: str | None) -> list[Claim]:
-    return [C.tokenizer_ready(**dataclasses.asdict(run.tokenizer_facts))]
+    bos = getattr(run.model.backend.model.get_base_model().config, "bos_token_id", None)
+    facts = tokenizer_facts(run.tokenizer, bos, run.pairs.pairs[0].messages, run.system_ok)
+    return [C.tokenizer_ready(**dataclasses.asdict(facts))]
 
 
 def quantization(run: GateRun, variant_id: str | None) -> list[Claim]:
@@ -77,8 +82,18 @@ def adapter_changes_answers(run: GateRun, _: str | None) -> list[Claim]:
                   f"(share {share:.3f}, {ci})", ci=(lo, hi))]
 
 
+def forgetting(run: GateRun, set_name: str | None) -> list[Claim]:
+    if set_name not in run.question_sets:
+        raise ConfigError("claim id", set_name, "a set given with --mcq: " + (", ".join(run.question_sets) or "none"))
+    return C.forgetting(run.forgetting(set_name), run.cfg.gate)
+
+
 def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
     assert claim_id is not None
+    family, arg = family_of(claim_id), split_id(claim_id)[1]
+    if family is not None and family.over == "mcq" and arg not in run.question_sets:
+        return [R.still_passes(claim_id, None, f"the baseline asked the multiple-choice set {arg!r}, this run "
+                                               f"was given none of that name: pass the same --mcq")]
     current = run.claim(claim_id)
     return [R.still_passes(claim_id, current, "it needs CUDA" if current is None else "")]
 
@@ -107,6 +122,8 @@ BUILDERS: dict[str, Builder] = {
     "sign-agreement[FEATURE]": alignment,
     "sign-agreement-rate": alignment,
     "adapter-changes-answers": adapter_changes_answers,
+    "mcq-accuracy[SET]": forgetting,
+    "no-forgetting[SET]": forgetting,
     "still-passes[CLAIM]": still_passes,
     "not-lower[RATE]": not_lower,
 }

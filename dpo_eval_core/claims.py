@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .config import GateConfig
+from .forgetting import Accuracy, ForgettingSummary
 from .models import AdapterReport
 from .rewards import RewardSummary
 from .stats import FeatureStat, min_attainable_p, pairs_needed
@@ -209,3 +210,47 @@ def quantization(variant: str, probe_finite: bool, first_bad: str | None, top1: 
     return [nan, agree(f"quantized-agrees[{variant}]", top1, kl, "full precision, unmerged"),
             agree(f"merged-agrees[{variant}]", merged_top1, merged_kl,
                   "the unmerged model, with the adapter merged into the dequantized base")]
+
+
+def _acc(a: Accuracy) -> str:
+    return f"{a.value:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}]"
+
+
+def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
+    """mcq-accuracy[SET] (the tuned model answers above chance) and no-forgetting[SET] (tuned is not
+    below base by more than max_forgetting with an exact McNemar p below alpha)."""
+    setting = f"{s.settings.format}, {s.settings.shots}-shot, {s.settings.prompt} prompt"
+    notes = "".join(f"; {v} {k.replace('_', ' ')} dropped" for k, v in s.dropped.items() if v)
+    if s.n_unscorable:
+        notes += f"; {s.n_unscorable} left out (a choice had no token left under --max-length)"
+    if s.n == 0:
+        why = f"no question of {s.source} could be scored{notes}"
+        return [Claim(f"{fam}[{s.name}]", False, None, "", "", 0, why) for fam in ("mcq-accuracy", "no-forgetting")]
+    lvl = f"{gate.ci_level:.0%}"
+    at_chance = s.tuned.ci_low <= s.chance and s.base.ci_low <= s.chance
+    chance_note = (f"; both models answer at chance level ({s.chance:.3f}) on this set, so it cannot show "
+                   f"forgetting: use a set the base model knows") if at_chance else ""
+    accuracy = Claim(
+        f"mcq-accuracy[{s.name}]", s.tuned.ci_low > s.chance, s.tuned.value, f"CI low > chance {s.chance:.3f}",
+        f"{lvl} Wilson CI [{s.tuned.ci_low:.3f}, {s.tuned.ci_high:.3f}]", s.n,
+        f"acc tuned {_acc(s.tuned)}, base {_acc(s.base)}; acc_norm tuned {_acc(s.tuned_norm)}, base "
+        f"{_acc(s.base_norm)} ({lvl} Wilson); chance {s.chance:.3f}; n={s.n} ({setting}){notes}",
+        ci=(s.tuned.ci_low, s.tuned.ci_high))
+    d, lo, hi = s.difference
+    drop = -d
+    forgot = drop > gate.max_forgetting and s.p_value < gate.alpha
+    need = s.questions_needed(gate.max_forgetting, gate.alpha)
+    power = (f"detecting a drop of {gate.max_forgetting} at this discordance ({s.discordance:.1%} of questions "
+             f"changed) takes about {need} questions (80% power), {s.n} were asked" if need is not None else
+             f"no drop of {gate.max_forgetting} is possible at this discordance ({s.discordance:.1%} of questions "
+             f"changed)")
+    verdict = (f"tuned is below base by {drop:.3f} > max_forgetting {gate.max_forgetting} and the drop is real "
+               f"(p < {gate.alpha}): the adapter forgot" if forgot else
+               "no real drop beyond max_forgetting")
+    forgetting_claim = Claim(
+        f"no-forgetting[{s.name}]", not forgot, d, f"drop <= {gate.max_forgetting} or McNemar p >= {gate.alpha}",
+        f"{lvl} CI [{lo:.3f}, {hi:.3f}], p={_fmt(s.p_value)}", s.n,
+        f"acc tuned {s.tuned.value:.3f} vs base {s.base.value:.3f}: difference {d:+.3f}, {lvl} CI [{lo:+.3f}, "
+        f"{hi:+.3f}] (paired); {s.lost} questions lost, {s.gained} gained, exact McNemar p={_fmt(s.p_value)}; "
+        f"{verdict}; {power}{chance_note}", ci=(lo, hi))
+    return [accuracy, forgetting_claim]

@@ -1,7 +1,7 @@
 """One gate run: a list of stages, each computed on first use by the module that owns it.
 
-    inputs (adapter, base, pairs) -> tokenizer -> model (loaded once) -> answers -> features
-      -> statistics -> rewards -> probes -> claims (registry family -> builder)
+    inputs (adapter, base, pairs, question sets) -> tokenizer -> model (loaded once) -> answers
+      -> features -> statistics -> rewards -> multiple choice -> probes -> claims (registry -> builder)
 
 GateRun only orchestrates: it memoises stages, times them and counts what was recomputed. The
 content-addressed cache makes re-runs and new adapters recompute only what changed, and a claim
@@ -27,14 +27,16 @@ from . import regression as R
 from .backend import Generation, HFBackend
 from .builders import BUILDERS
 from .cache import Cache, file_digest
-from .chat import TokenizerFacts, accepts_system, prompt_ids, tokenizer_facts
+from .chat import accepts_system, prompt_ids
 from .claims import Claim, signal_features
 from .config import EvalConfig
 from .data import PairSet, load_pairs
 from .errors import ConfigError
 from .features import FEATURE_NAMES, FeatureSettings, build_pipeline, feature_table
+from .forgetting import ForgettingSummary, measure
 from .generation import generate_answers
 from .identity import ModelIdentity, base_fingerprint
+from .mcq import QuestionSet, load_question_sets, set_names
 from .registry import FAMILIES, Variant, check_claim_ids, claim_ids, family_of, split_id
 from .rewards import RewardSummary, score_logps, summarize
 from .stats import FeatureStat, feature_stats, signal_agreement_ci
@@ -77,6 +79,7 @@ class GateRun:
         self._model: LoadedModel | None = None
         self._claims: dict[tuple[Any, str | None], list[Claim]] = {}
         self._quant: dict[str, Q.QuantMeasurement] = {}
+        self._forgetting: dict[str, ForgettingSummary] = {}
         self._pipeline = functools.cache(functools.partial(build_pipeline, FeatureSettings()))
 
     # ------------------------------------------------------------------ inputs
@@ -111,10 +114,6 @@ class GateRun:
         c = self.cfg
         return ModelIdentity.of(self.base_fingerprint, self.adapter_fingerprint, c.quant, c.resolved_dtype,
                                 c.resolved_device, self.tokenizer.chat_template)
-
-    @functools.cached_property
-    def prompt_lengths(self) -> list[int]:
-        return [len(prompt_ids(self.tokenizer, p.messages, self.system_ok)) for p in self.pairs.pairs]
 
     @property
     def model(self) -> LoadedModel:
@@ -201,21 +200,25 @@ class GateRun:
                          tie_tolerance=g.reward_tie_tolerance)
 
     @functools.cached_property
+    def question_sets(self) -> dict[str, QuestionSet]:
+        """The --mcq sets by claim name, read (and refused with the reason) before any model loads."""
+        return load_question_sets(self.cfg.mcq, self.cfg.mcq_columns, self.cfg.mcq_max_questions, self.cfg.seed)
+
+    def forgetting(self, name: str) -> ForgettingSummary:
+        """Tuned and base accuracy on one --mcq set, from the one loaded model (adapter toggled), cached."""
+        if name not in self._forgetting:
+            with self.ledger.phase("multiple choice"):
+                self._forgetting[name], n = measure(self.model.backend, self.question_sets[name], self.cfg,
+                                                    model=self.identity, cache=self.cache)
+            self.ledger.count("mcq_questions", n)
+        return self._forgetting[name]
+
+    @functools.cached_property
     def probe_inputs(self) -> tuple[Any, Any]:
         """A left-padded batch of real prompts from shortest to longest: uneven padding on purpose."""
         prompts = [p.messages for p in self.pairs.pairs]
-        idx = Q.pick_probe_prompts(prompts, self.prompt_lengths)
+        idx = Q.pick_probe_prompts(prompts, [len(prompt_ids(self.tokenizer, m, self.system_ok)) for m in prompts])
         return Q.probe_batch(self.tokenizer, [prompts[i] for i in idx], self.system_ok, self.cfg.resolved_device)
-
-    @functools.cached_property
-    def adapter_effect(self) -> tuple[float, float]:
-        return M.logit_effect(self.model.backend.model, *self.probe_inputs)
-
-    @functools.cached_property
-    def tokenizer_facts(self) -> TokenizerFacts:
-        config = self.model.backend.model.get_base_model().config
-        return tokenizer_facts(self.tokenizer, getattr(config, "bos_token_id", None), self.pairs.pairs[0].messages,
-                               self.system_ok)
 
     @functools.cached_property
     def reference_probe(self) -> Q.Probe:
@@ -245,12 +248,11 @@ class GateRun:
 
     # ------------------------------------------------------------------ claims
     def claim(self, claim_id: str) -> Claim | None:
-        """This run's claim with that id, computing only what its family needs; None when this machine
-        cannot compute it (a CUDA-only variant without CUDA)."""
+        """This run's claim with that id, computing only what its family needs; None if not here (CUDA-only)."""
         check_claim_ids((claim_id,), "claim id")
         family, arg = family_of(claim_id), split_id(claim_id)[1]
         assert family is not None
-        key = (BUILDERS[family.pattern], arg if family.over in ("variant", "rate", "baseline") else None)
+        key = (BUILDERS[family.pattern], arg if family.over in ("variant", "rate", "baseline", "mcq") else None)
         if key not in self._claims:  # a builder makes its whole family (all features) at once
             self._claims[key] = key[0](self, arg)
         return next((c for c in self._claims[key] if c.id == claim_id), None)
@@ -258,12 +260,12 @@ class GateRun:
     def all_claims(self, quantization: bool = False) -> list[Claim]:
         """Every claim this run can make without a baseline; the quantization probes only when asked."""
         ids = [cid for f in FAMILIES if "baseline" not in f.needs and (quantization or "probes" not in f.needs)
-               for cid in claim_ids(f)]
+               for cid in claim_ids(f, set_names(self.cfg.mcq))]
         return [c for cid in ids if (c := self.claim(cid)) is not None]
 
     def sections(self) -> dict[str, Any]:
         """Every stage computed so far, by name (results.json and the bench read these, nothing private)."""
         names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers", "data_stats",
                  "feature_stats", "reward_summary")
-        return {n: self.__dict__[n] for n in names if n in self.__dict__}
+        return {n: self.__dict__[n] for n in names if n in self.__dict__} | {"forgetting": dict(self._forgetting)}
 

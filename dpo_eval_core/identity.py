@@ -99,3 +99,12 @@ def quantization_key(model: ModelIdentity, quant: str, dtype: str, probe_ids: li
     return make_key("quantization", {"base": model.base, "adapter": model.adapter, "quant": quant, "dtype": dtype,
                                      "device": model.device, "probe": probe_ids, "probe_version": probe_version,
                                      "libraries": dict(libraries)})
+
+
+def mcq_key(model: ModelIdentity, prompt: str, continuations: Sequence[str], chat: bool,
+            max_length: int | None) -> str:
+    """One question's choice log-likelihoods: model (without the adapter for the base's side, so a new
+    adapter reuses it), the rendered prompt (question, choices, format and shots are all in it), the
+    continuations, chat template or raw text, and the cut."""
+    return make_key("mcq", {"model": model.fields(), "prompt": prompt, "continuations": list(continuations),
+                            "chat": chat, "max_length": max_length})

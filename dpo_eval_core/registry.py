@@ -11,6 +11,7 @@ Adding a claim family: a `Family` here, a builder in builders.py, one test in ev
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,15 +39,21 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("4bit-nf4-bf16-cuda", "4bit", "bfloat16", True),
 )
 
-Over = Literal["one", "feature", "variant", "rate", "baseline"]
+Over = Literal["one", "feature", "variant", "rate", "baseline", "mcq"]
 """What the bracket of a claim id ranges over: nothing (a single claim), the text features, the
-quantization variants, the regression rates, or the gating claims that passed in --baseline."""
-Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline"]
+quantization variants, the regression rates, the gating claims that passed in --baseline, or the
+multiple-choice sets given with --mcq."""
+Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline", "mcq"]
 """What computing a family takes: the preference data, the base tokenizer, the loaded model, the
-tuned and base answers, the quantization probes (models of their own), a --baseline file."""
+tuned and base answers, the quantization probes (models of their own), a --baseline file, --mcq sets."""
 
 
-PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM"}
+PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM", "mcq": "SET"}
+ABSENT = {"baseline": "no --baseline given: pass the results.json of the last release to compare against it",
+          "mcq": "no --mcq given: pass a multiple-choice set (MMLU, ARC, MedQA or PubMedQA layout) to check that "
+                 "the adapter did not forget what the base knew"}
+"""Why a family whose items come from an option is skipped when the option is left out."""
+SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,10 @@ FAMILIES: tuple[Family, ...] = (
        "a share of the valid-split answers differs from the base model's: CI lower bound above 0"),
     _f("sign-agreement-rate", "one", True, "answers",
        "share of data-signal features that agree is at least the threshold", rate=True, validity=True),
+    _f("mcq-accuracy", "mcq", False, "model mcq",
+       "the tuned model answers this multiple-choice set above chance (tuned and base accuracy, with intervals)"),
+    _f("no-forgetting", "mcq", True, "model mcq",
+       "tuned accuracy is not below base by more than max_forgetting with an exact McNemar p < alpha"),
     _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),
     _f("not-lower", "rate", True, "baseline", "a headline rate did not drop beyond its uncertainty"),
 )
@@ -129,11 +140,14 @@ def family_of(claim_id: str) -> Family | None:
                 return fam
             if fam.over == "baseline" and family_of(arg) is not None:
                 return fam
+            if fam.over == "mcq" and SET_NAME.fullmatch(arg):
+                return fam
     return None
 
 
 def arguments(fam: Family) -> tuple[str, ...]:
-    """The bracket values of a per-item family; the baseline's ids are known only with a baseline."""
+    """The bracket values of a per-item family; the baseline's ids and the --mcq set names are known only
+    from the options."""
     if fam.over == "feature":
         return FEATURE_NAMES
     if fam.over == "variant":
@@ -143,8 +157,10 @@ def arguments(fam: Family) -> tuple[str, ...]:
     return ()
 
 
-def claim_ids(fam: Family) -> tuple[str, ...]:
-    """Every claim id the family makes (none known in advance for `still-passes`)."""
+def claim_ids(fam: Family, mcq_sets: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every claim id the family makes, given the --mcq set names (none known for `still-passes`)."""
+    if fam.over == "mcq":
+        return tuple(f"{fam.id}[{a}]" for a in mcq_sets)
     return (fam.id,) if fam.over == "one" else tuple(f"{fam.id}[{a}]" for a in arguments(fam))
 
 

@@ -200,13 +200,43 @@ def facts(results: Results) -> list[tuple[str, str]]:
     return rows
 
 
+def _acc(a: Mapping[str, Any]) -> str:
+    return f"{_num(a['value']):.3f} [{_num(a['ci_low']):.3f}, {_num(a['ci_high']):.3f}]"
+
+
+def forgetting_rows(summary: Mapping[str, Any]) -> list[tuple[str, int, str, str, str]]:
+    """(subject, questions, tuned acc [CI], base acc [CI], tuned - base) per subject, then 'all'."""
+    rows = [(s["subject"], s["tuned"]["n"], _acc(s["tuned"]), _acc(s["base"]),
+             f"{_num(s['tuned']['value']) - _num(s['base']['value']):+.3f}") for s in summary["subjects"]]
+    d = summary["difference"]
+    return rows + [("all", summary["n"], _acc(summary["tuned"]), _acc(summary["base"]),
+                    f"{_num(d[0]):+.3f} [{_num(d[1]):+.3f}, {_num(d[2]):+.3f}]")]
+
+
+def forgetting_html(results: Results) -> str:
+    """Per multiple-choice set: accuracy per subject, tuned vs base, with Wilson intervals, and the test."""
+    parts = []
+    for name, s in (results.get("forgetting") or {}).items():
+        st = s["settings"]
+        parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(s['source'])} ({html.escape(s['layout'])}; "
+                     f"{html.escape(st['format'])}, {st['shots']}-shot, {html.escape(st['prompt'])} prompt); chance "
+                     f"{_num(s['chance']):.3f}; {s['lost']} questions lost and {s['gained']} gained, exact McNemar "
+                     f"p={_num(s['p_value']):.3g}</p><table class='dpo-eval-forgetting'><tr><th>subject</th>"
+                     f"<th>questions</th><th>tuned acc</th><th>base acc</th><th>tuned - base</th></tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                  for row in forgetting_rows(s)]
+        parts.append("</table>")
+    return "<h2>Forgetting: multiple-choice accuracy</h2>" + "".join(parts) if parts else ""
+
+
 def summary_html(results: Results) -> str:
-    """The facts table and every plot, as one HTML fragment with images inline."""
+    """The facts table, the forgetting tables and every plot, as one HTML fragment with images inline."""
     parts = ['<h2>Run facts</h2><table class="dpo-eval-facts">']
     for k, v in facts(results):
         parts.append(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
                      f"<td>{html.escape(v)}</td></tr>")
     parts.append("</table>")
+    parts.append(forgetting_html(results))
     for title, png in plots(results).items():
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
                      f"src='data:image/png;base64,{png}'/>")

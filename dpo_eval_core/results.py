@@ -77,6 +77,8 @@ def run_sections(run: Any) -> dict[str, Any]:
         out["features"] = _jsonable(stats)
     if "reward_summary" in sec:
         out["rewards"] = _jsonable(sec["reward_summary"])
+    if sec.get("forgetting"):
+        out["forgetting"] = _jsonable(sec["forgetting"])
     return out
 
 

@@ -50,7 +50,7 @@ def run_gate(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> t
     return proc, {c["id"]: c for c in json.loads(results.read_text())["claims"]}
 
 
-SMALL = ("--max-samples", "16", "--max-new-tokens", "48")
+SMALL = ("--max-samples", "16", "--max-new-tokens", "48", "--mcq-max-questions", "12")
 
 
 # the tests that read demo_small run on one xdist worker (--dist loadgroup), so its gate runs once, not per worker
@@ -75,6 +75,22 @@ def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
         assert claims[cid]["passed"], (cid, claims[cid]["message"])
     assert "sign-agreement-rate" in claims and len([c for c in claims if c.startswith("tuned-differs[")]) == 69
     assert proc.returncode in (0, 1), proc.stdout[-3000:]
+
+
+@demo_worker
+def test_demo_gate_asks_its_mmlu_sample_and_reports_forgetting(demo_small):
+    """The demo brings 150 MMLU questions (--mcq-max-questions 12 here): tuned and base from the one model."""
+    _, claims, results = demo_small
+    held, acc = claims["no-forgetting[mmlu_sample]"], claims["mcq-accuracy[mmlu_sample]"]
+    assert held["gating"] and not acc["gating"] and held["n"] == acc["n"] == 12
+    assert "exact McNemar p=" in held["message"] and "acc_norm tuned" in acc["message"]
+    summary = json.loads(results.read_text())["forgetting"]["mmlu_sample"]
+    assert summary["n"] == 12 and summary["settings"] == {"format": "letters", "prompt": "chat", "shots": 0,
+                                                          "max_questions": 12}
+    assert summary["lost"] + summary["gained"] == sum(t != b for t, b in zip(summary["tuned_right"],
+                                                                              summary["base_right"]))
+    report = results.with_suffix(".html").read_text()
+    assert "Forgetting: multiple-choice accuracy" in report and "mmlu_sample" in report
 
 
 @demo_worker

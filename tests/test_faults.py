@@ -236,3 +236,33 @@ def test_two_runs_sharing_one_cache_at_once_agree(ctx, tmp_path):
               for k in range(2)]
     assert claims[0] == claims[1]
     assert Cache(ctx.cache).get("sentinel", make_key("sentinel", {"x": 1})) == {"kept": True}
+
+
+GATE_MCQ = '''import pytest
+
+
+@pytest.mark.claim("no-forgetting[*]")
+def test_no_forgetting(claim_id, check_claim):
+    check_claim(claim_id)
+'''
+MCQ = [{"question": f"What is {i} plus {i}?", "choices": [str(2 * i), str(2 * i + 1)], "answer": 0} for i in range(6)]
+
+
+@pytest.mark.parametrize("mcq_args, status, fragment", [
+    pytest.param(lambda c: ["--mcq", str(c.tmp / "nope.jsonl")], 4, "nope.jsonl: file not found", id="missing-file"),
+    pytest.param(lambda c: ["--mcq", c.data([{"stem": "Q?", "options": "a|b"}], name="bad.jsonl")], 4,
+                 "no multiple-choice columns. Found columns: options, stem", id="no-choice-columns"),
+    pytest.param(lambda c: ["--mcq", c.data(MCQ, name="mc.jsonl"), "--mcq-shots", "2"], 4,
+                 "--mcq-shots 2: ", id="shots-without-a-dev-split"),
+    pytest.param(lambda c: ["--mcq-format", "essay"], 4, "--mcq-format='essay' is invalid", id="unknown-format"),
+    pytest.param(lambda c: [], 0, "SKIPPED", id="no-mcq-skips-naming-the-option"),
+    pytest.param(lambda c: ["--mcq", c.data(MCQ, name="mc.jsonl")], 0, "PASS  no-forgetting[mc]", id="a-set"),
+])
+def test_multiple_choice_inputs_end_in_a_clear_message(pytester, ctx, mcq_args, status, fragment):
+    pytester.makepyfile(test_gate=GATE_MCQ)
+    result = pytester.runpytest_subprocess(*PLUGINS, *ctx.args(*mcq_args(ctx)), "-rs")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == status, out[-3000:]
+    assert fragment in out and "Traceback" not in out, out[-3000:]
+    if fragment == "SKIPPED":
+        assert "no --mcq given: pass a multiple-choice set" in out

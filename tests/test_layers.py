@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "locate", "stats"),
     ("cache", "chat", "data"),
+    ("mcq",),
     ("backend",),
     ("identity",),
     ("features",),
@@ -25,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("models",),
     ("quantization", "generation", "rewards"),
+    ("forgetting",),
     ("claims", "report"),
     ("results",),
     ("regression",),

@@ -21,6 +21,8 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_ADAPTER_DIR = ASSETS / "adapter"
 DEMO_SWAPPED_DIR = ASSETS / "controls" / "swapped"
 """A control: the demo recipe trained on the demo pairs with chosen and rejected exchanged."""
+DEMO_MCQ = ASSETS / "mcq" / "mmlu_sample.jsonl"
+"""150 MMLU questions (6 subjects, their dev splits and 20 test questions each; MIT, README beside it)."""
 
 
 def demo_data_path(cache_dir: Path) -> Path:
@@ -41,9 +43,11 @@ def demo_pairs_sha256() -> str:
 
 
 def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
-    """The config with the demo adapter and the demo pairs where --adapter and --data are left out."""
+    """The config with the demo adapter and the demo pairs where --adapter and --data are left out, and
+    the demo's MMLU sample when the demo adapter is gated without --mcq."""
+    mcq = cfg.mcq or ((str(DEMO_MCQ),) if cfg.adapter is None else ())
     return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR,
-                               data=cfg.data or str(demo_data_path(cfg.cache_dir)))
+                               data=cfg.data or str(demo_data_path(cfg.cache_dir)), mcq=mcq)
 
 
 def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
@@ -51,5 +55,5 @@ def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
     return {DEMO_BASE_ID: lambda: demo_base_dir(cache_dir)}
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_MCQ", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
            "local_bases", "with_demo_defaults"]

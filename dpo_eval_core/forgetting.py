@@ -1,0 +1,166 @@
+"""Did the adapter forget? Multiple-choice accuracy of tuned and base, paired question by question.
+
+Scoring follows lm-evaluation-harness's multiple choice: each choice's continuation is scored by its
+summed log-likelihood given the prompt; `acc` takes the argmax, `acc_norm` the argmax of each sum
+divided by the length in characters of the choice string. One prompt pass per question and adapter
+state, the choices as continuations of its KV cache (`Backend.group_logprobs`), batched by tokens.
+
+The comparison is paired: both models answer the same questions, so a question that the base got
+right and the tuned model got wrong ("lost") is set against one that went the other way ("gained"),
+and the exact McNemar test asks whether losses outnumber gains beyond chance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backend import Backend
+from .cache import Cache, memoized
+from .config import EvalConfig
+from .identity import ModelIdentity, mcq_key
+from .mcq import McqItem, McqSettings, QuestionSet, items
+from .stats import bootstrap_mean_ci, mcnemar_n_needed, mcnemar_p, wilson_ci
+
+
+@dataclass(frozen=True, slots=True)
+class Accuracy:
+    """A share of questions answered right, with its Wilson interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    correct: int
+    n: int
+
+    @staticmethod
+    def of(right: np.ndarray, level: float) -> "Accuracy":
+        k, n = int(right.sum()), int(right.size)
+        lo, hi = wilson_ci(k, n, level)
+        return Accuracy(k / n if n else math.nan, lo, hi, k, n)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectAccuracy:
+    subject: str
+    tuned: Accuracy
+    base: Accuracy
+
+
+@dataclass(frozen=True, slots=True)
+class ForgettingSummary:
+    """One question set: tuned and base accuracy, their paired difference and the McNemar test."""
+
+    name: str
+    source: str
+    layout: str
+    settings: McqSettings
+    n: int
+    """Questions scored for both models (after drops and unscorable ones)."""
+    n_unscorable: int
+    """Questions left out because a choice had no token left under --max-length."""
+    dropped: dict[str, int]
+    truncated_by_max_questions: int
+    choice_counts: dict[int, int]
+    chance: float
+    tuned: Accuracy
+    base: Accuracy
+    tuned_norm: Accuracy
+    base_norm: Accuracy
+    difference: tuple[float, float, float]
+    """tuned - base accuracy (acc): estimate and paired bootstrap interval."""
+    lost: int
+    """Questions the base answered right and the tuned model wrong."""
+    gained: int
+    p_value: float
+    """Exact two-sided McNemar test of lost vs gained."""
+    subjects: tuple[SubjectAccuracy, ...]
+    question_ids: tuple[str, ...]
+    tuned_right: tuple[bool, ...]
+    base_right: tuple[bool, ...]
+
+    @property
+    def discordance(self) -> float:
+        return (self.lost + self.gained) / self.n if self.n else math.nan
+
+    def questions_needed(self, drop: float, alpha: float) -> int | None:
+        """Questions a McNemar test needs to detect `drop` at this run's discordance (80% power)."""
+        return mcnemar_n_needed(self.discordance, drop, alpha)
+
+
+def score_questions(backend: Backend, qitems: Sequence[McqItem], settings: McqSettings, *, model: ModelIdentity,
+                    cache: Cache, batch_size: int, max_tokens: int | None, max_length: int | None
+                    ) -> tuple[list[dict[bool, list[float]]], int]:
+    """Each question's choice log-likelihoods with the adapter (True) and without (False); cached per
+    question and adapter state, so a new adapter reuses the base's side and a warm run scores nothing.
+    With the chat template, the prompt is the user turn and each choice (without its leading space)
+    starts the assistant's reply."""
+    chat = settings.prompt == "chat"
+    conts = [tuple(c.lstrip(" ") for c in it.continuations) if chat else it.continuations for it in qitems]
+    jobs = [(i, adapter) for adapter in (True, False) for i in range(len(qitems))]
+    identity = {True: model, False: model.without_adapter()}
+    keys = [mcq_key(identity[a], qitems[i].prompt, conts[i], chat, max_length) for i, a in jobs]
+
+    def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
+        rows = {}  # each question tokenized once, for both adapter states
+        for i in sorted({jobs[k][0] for k in missing}):
+            context = (("user", qitems[i].prompt),) if chat else qitems[i].prompt
+            rows[i] = backend.text_rows([context] * len(conts[i]), conts[i], max_length)
+        with tqdm(total=len(missing), desc="multiple choice", unit="question", leave=False) as bar:
+            for adapter in (True, False):  # one adapter state per batch
+                todo = [k for k in missing if jobs[k][1] == adapter]
+                groups = [rows[jobs[k][0]] for k in todo]
+                for g, out in backend.group_logprobs(groups, adapter=adapter, batch_size=batch_size,
+                                                     max_tokens=max_tokens, max_length=max_length):
+                    yield todo[g], {"logps": [None if math.isnan(v) else v for v in out]}
+                    bar.update(1)
+
+    entries, computed = memoized(cache, "mcq", keys, compute)
+    out: list[dict[bool, list[float]]] = [{} for _ in qitems]
+    for (i, adapter), e in zip(jobs, entries):
+        out[i][adapter] = [math.nan if v is None else float(v) for v in e["logps"]]
+    return out, computed
+
+
+def predictions(logps: Sequence[float], norm_lengths: Sequence[int]) -> tuple[int, int]:
+    """(acc's choice, acc_norm's choice): the argmax of the log-likelihoods, and of each divided by its
+    choice string's length in characters (the first on ties, as numpy's argmax)."""
+    lp = np.asarray(logps, dtype=float)
+    return int(np.argmax(lp)), int(np.argmax(lp / np.asarray(norm_lengths, dtype=float)))
+
+
+def summarize(qset: QuestionSet, qitems: Sequence[McqItem], scores: Sequence[dict[bool, list[float]]],
+              settings: McqSettings, ci_level: float, n_bootstrap: int, rng: np.random.Generator) -> ForgettingSummary:
+    """Accuracies with intervals, per subject too, the paired difference and the McNemar test."""
+    keep = [i for i, s in enumerate(scores) if not any(math.isnan(v) for a in (True, False) for v in s[a])]
+    right = {a: np.array([[p == qitems[i].question.answer for p in predictions(scores[i][a], qitems[i].norm_lengths)]
+                          for i in keep], dtype=bool).reshape(-1, 2) for a in (True, False)}
+    tuned, base = right[True][:, 0], right[False][:, 0]
+    diff = tuned.astype(float) - base.astype(float)
+    lo, hi = bootstrap_mean_ci(diff, ci_level, n_bootstrap, rng)
+    lost, gained = int((base & ~tuned).sum()), int((tuned & ~base).sum())
+    subjects = sorted({s for i in keep if (s := qitems[i].question.subject)})
+    by_subject = tuple(SubjectAccuracy(s, Accuracy.of(tuned[m], ci_level), Accuracy.of(base[m], ci_level))
+                       for s in subjects
+                       if (m := np.array([qitems[i].question.subject == s for i in keep], dtype=bool)).any())
+    return ForgettingSummary(
+        qset.name, qset.source, qset.layout, settings, len(keep), len(scores) - len(keep), dict(qset.dropped),
+        qset.truncated_by_max_questions, qset.choice_counts(), qset.chance, Accuracy.of(tuned, ci_level),
+        Accuracy.of(base, ci_level), Accuracy.of(right[True][:, 1], ci_level), Accuracy.of(right[False][:, 1], ci_level),
+        (float(diff.mean()) if diff.size else math.nan, lo, hi), lost, gained, mcnemar_p(lost, gained), by_subject,
+        tuple(qitems[i].question.question_id for i in keep), tuple(map(bool, tuned)), tuple(map(bool, base)))
+
+
+def measure(backend: Backend, qset: QuestionSet, cfg: EvalConfig, *, model: ModelIdentity,
+            cache: Cache) -> tuple[ForgettingSummary, int]:
+    """Score one set for tuned and base (cached) under the run's settings and summarize it; returns
+    (summary, question-and-state scores computed)."""
+    settings, g = cfg.mcq_settings, cfg.gate
+    qitems = items(qset, settings)
+    scores, computed = score_questions(backend, qitems, settings, model=model, cache=cache, batch_size=cfg.batch_size,
+                                       max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)
+    return summarize(qset, qitems, scores, settings, g.ci_level, g.n_bootstrap, np.random.default_rng(cfg.seed)), computed
