@@ -157,8 +157,9 @@ class HFBackend:
                   max_length: int | None = None) -> list[Row]:
         """(context ids, continuation ids) per row for multiple-choice scoring, split as
         lm-evaluation-harness splits them; a context given as messages is rendered with the chat
-        template first (its generation prompt kept whole: the continuation starts the reply). Over max_length, the context loses its start (lm-evaluation-harness's rule:
-        the question and the choice, at the end, are what is scored)."""
+        template first (its generation prompt kept whole: the continuation starts the reply). Over
+        max_length, the context loses its start (lm-evaluation-harness's rule: the question and the
+        choice, at the end, are what is scored)."""
         rows = []
         for ctx, cont in zip(contexts, continuations):
             raw = isinstance(ctx, str)
