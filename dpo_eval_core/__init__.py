@@ -11,17 +11,18 @@ Start reading here, top down:
 - `gate.GateRun`: the stages of one run, each computed on first use by the module that owns it;
 - `builders`: one builder per family, from the run's stages to claims (`claims`, `regression`);
 - below them: `config`, `data`, `mcq` (multiple-choice sets and prompts), `models`,
-  `backend`/`generation`, `rewards`, `forgetting` (tuned vs base accuracy, McNemar), `features`,
-  `stats`, `quantization`, `identity` (every cache key), `cache`.
+  `backend`/`generation`, `rewards`, `forgetting` (tuned vs base accuracy, McNemar), `judge`
+  (pairwise verdicts in both orders, length-controlled win rate) over `endpoint` (an OpenAI-compatible
+  client), `features`, `stats`, `quantization`, `identity` (every cache key), `cache`.
 The demo (`dpo_eval_core.demo`) and the scripts sit above this API; the core never imports them.
 """
 
 from .claims import Claim
 from .config import EvalConfig, GateConfig
-from .errors import CacheError, CheckpointError, ConfigError, DataError, DpoEvalError
+from .errors import CacheError, CheckpointError, ConfigError, DataError, DpoEvalError, EndpointError
 from .gate import GateRun
 from .registry import FAMILIES, RATES, Family, family_of
 from .results import build_results, load_results, write_json
 
 __all__ = ["FAMILIES", "RATES", "CacheError", "CheckpointError", "Claim", "ConfigError", "DataError", "DpoEvalError",
-           "EvalConfig", "Family", "GateConfig", "GateRun", "build_results", "family_of", "load_results", "write_json"]
+           "EndpointError", "EvalConfig", "Family", "GateConfig", "GateRun", "build_results", "family_of", "load_results", "write_json"]

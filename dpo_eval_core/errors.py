@@ -26,3 +26,7 @@ class CheckpointError(DpoEvalError):
 
 class CacheError(DpoEvalError):
     """A cache entry cannot be written (the run goes on without it only where said)."""
+
+
+class EndpointError(DpoEvalError):
+    """A server (a judge's) cannot be reached, refuses the request, or answers something that is not the API."""

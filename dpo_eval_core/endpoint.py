@@ -1,0 +1,187 @@
+"""An OpenAI-compatible chat-completions client: how the gate talks to a judge (or serving engine) server.
+
+The standard library is enough: each request is one small JSON post, and a thread pool bounds how many
+are in flight. Transient failures (connection refused or reset, a timeout, 429 and 5xx answers) are
+retried with exponential backoff, honouring Retry-After; anything else is an EndpointError that names
+the URL, what came back and the fix. Only what the caller passes is sent, and only to `url`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from .chat import Message
+from .errors import EndpointError
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    """Where the server is and how patiently to talk to it."""
+
+    url: str
+    """The API's base URL, e.g. http://127.0.0.1:8000/v1 (a trailing /chat/completions is removed)."""
+    model: str
+    """The served model name requests ask for."""
+    key_env: str | None = None
+    """Environment variable holding the API key (sent as a bearer token); None sends no key."""
+    timeout_s: float = 60.0
+    retries: int = 4
+    """Tries after the first on a transient failure."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    backoff_s: float = 1.0
+    """The first retry waits this long; each later one twice the one before."""
+
+
+def base_url(url: str) -> str:
+    """'http://h:8000/v1/chat/completions/' -> 'http://h:8000/v1'."""
+    url = url.rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url
+
+
+def is_url(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
+class ChatEndpoint:
+    """One served model behind an OpenAI-compatible API."""
+
+    def __init__(self, settings: EndpointSettings) -> None:
+        self.settings = settings
+        self.url = base_url(settings.url)
+        key = None
+        if settings.key_env:
+            key = os.environ.get(settings.key_env)
+        self._headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+
+    def identity(self) -> dict[str, str]:
+        """What makes two endpoints answer alike, for cache keys: the URL and the served model (never the key)."""
+        return {"url": self.url, "model": self.settings.model}
+
+    def models(self) -> list[str] | None:
+        """The served model names (GET /models); None when the server does not list them (404)."""
+        try:
+            body = self._request("GET", "/models", None)
+        except _NotFound:
+            return None
+        try:
+            return [str(m["id"]) for m in body["data"]]
+        except (KeyError, TypeError):
+            raise EndpointError(f"{self.url}/models answered {_snippet(body)}, not a model list ({{'data': [{{'id': "
+                                f"...}}]}}). Check that the URL is the server's OpenAI-compatible base URL "
+                                f"(ending in /v1).") from None
+
+    def check(self, option: str) -> None:
+        """Raise EndpointError unless the server is up and serves settings.model (when it lists its models)."""
+        names = self.models()
+        if names is not None and self.settings.model not in names:
+            raise EndpointError(f"{self.url} does not serve the model {self.settings.model!r}; it serves "
+                                f"{', '.join(map(repr, names)) or 'nothing'}. Fix {option}.")
+
+    def chat(self, messages: Sequence[Message], max_tokens: int) -> str:
+        """The reply to one conversation, greedy (temperature 0)."""
+        body = {"model": self.settings.model, "messages": [{"role": r, "content": c} for r, c in messages],
+                "max_tokens": max_tokens, "temperature": 0.0}
+        reply = self._request("POST", "/chat/completions", body)
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(f"{self.url}/chat/completions answered {_snippet(reply)}, which has no "
+                                f"choices[0].message.content. Check that the server speaks the chat-completions "
+                                f"API.") from None
+        return "" if content is None else str(content)
+
+    def chat_many(self, conversations: Sequence[Sequence[Message]], max_tokens: int) -> Iterator[tuple[int, str]]:
+        """(index, reply) as each reply arrives, at most settings.concurrency requests in flight. The first
+        failure cancels what has not started and is raised once the requests in flight have answered (their
+        replies are yielded first, so the caller keeps everything that arrived)."""
+        pool = cf.ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="dpo-eval-endpoint")
+        error: BaseException | None = None
+        try:
+            futures = {pool.submit(self.chat, c, max_tokens): i for i, c in enumerate(conversations)}
+            for future in cf.as_completed(futures):
+                if future.cancelled():
+                    continue
+                if (exc := future.exception()) is not None:
+                    error = error or exc
+                    for f in futures:  # nothing new starts; replies in flight still arrive and are kept
+                        f.cancel()
+                    continue
+                yield futures[future], future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if error is not None:
+            raise error
+
+    def _request(self, method: str, path: str, body: Any) -> Any:
+        """JSON in, JSON out, transient failures retried with backoff."""
+        s, url = self.settings, self.url + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        last = ""
+        for attempt in range(s.retries + 1):
+            wait = s.backoff_s * 2 ** attempt
+            request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
+            try:
+                with urllib.request.urlopen(request, timeout=s.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as e:
+                text = e.read().decode("utf-8", "replace")
+                if e.code == 404 and method == "GET":
+                    raise _NotFound() from None
+                if e.code not in RETRY_STATUS:
+                    raise EndpointError(f"{method} {url} answered HTTP {e.code}: {text[:300]!r}. "
+                                        + _fix(e.code)) from None
+                last = f"HTTP {e.code}: {text[:200]!r}"
+                wait = max(wait, _retry_after(e.headers.get("Retry-After")))
+            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+                reason = getattr(e, "reason", e)
+                last = (f"no answer within {s.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError))
+                        else f"{reason}")
+            else:
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    raise EndpointError(f"{method} {url} answered HTTP 200 with a body that is not JSON: "
+                                        f"{raw[:200].decode('utf-8', 'replace')!r}. Check that the URL is the "
+                                        f"server's OpenAI-compatible base URL (ending in /v1).") from None
+            if attempt < s.retries:
+                time.sleep(wait)
+        raise EndpointError(f"{method} {url} failed {s.retries + 1} times, last: {last}. Start the server or fix "
+                            f"its URL; for a slow server raise the timeout or lower the concurrency.")
+
+
+class _NotFound(Exception):
+    """GET of an optional route answered 404."""
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(float(value), MAX_RETRY_AFTER_S) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _fix(code: int) -> str:
+    if code in (401, 403):
+        return "The server refused the key: set the environment variable named by the key option."
+    if code == 404:
+        return "Check the URL (the server's base URL, ending in /v1) and the served model name."
+    return "Check the served model name and the server's log."
+
+
+def _snippet(obj: Any) -> str:
+    return repr(json.dumps(obj)[:200])
