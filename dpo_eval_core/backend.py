@@ -110,6 +110,12 @@ class HFBackend:
         self.model, self.tokenizer, self.system_ok, self.device = model, tokenizer, system_ok, device
 
     def adapter_context(self, adapter: bool) -> contextlib.AbstractContextManager:
+        """The adapter on (as loaded) or off. A plain model (a local judge) has none: adapter=False is it as
+        loaded, and adapter=True is refused rather than silently giving the base's outputs."""
+        if not hasattr(self.model, "disable_adapter"):
+            if adapter:
+                raise TypeError("HFBackend: adapter=True on a model without a PEFT adapter")
+            return contextlib.nullcontext()
         return contextlib.nullcontext() if adapter else self.model.disable_adapter()
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:

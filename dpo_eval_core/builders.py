@@ -88,9 +88,16 @@ def forgetting(run: GateRun, set_name: str | None) -> list[Claim]:
     return C.forgetting(run.forgetting(set_name), run.cfg.gate)
 
 
+def judge(run: GateRun, _: str | None) -> list[Claim]:
+    return C.judge(run.judge_summary, run.cfg.gate)
+
+
 def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
     assert claim_id is not None
     family, arg = family_of(claim_id), split_id(claim_id)[1]
+    if family is not None and "judge" in family.needs and run.cfg.judge is None:
+        return [R.still_passes(claim_id, None, "the baseline ran the judge, this run was given no --judge: pass "
+                                               "the same --judge")]
     if family is not None and family.over == "mcq" and arg not in run.question_sets:
         return [R.still_passes(claim_id, None, f"the baseline asked the multiple-choice set {arg!r}, this run "
                                                f"was given none of that name: pass the same --mcq")]
@@ -124,6 +131,9 @@ BUILDERS: dict[str, Builder] = {
     "adapter-changes-answers": adapter_changes_answers,
     "mcq-accuracy[SET]": forgetting,
     "no-forgetting[SET]": forgetting,
+    "judge-win-rate": judge,
+    "judge-length-controlled-win-rate": judge,
+    "judge-consistency": judge,
     "still-passes[CLAIM]": still_passes,
     "not-lower[RATE]": not_lower,
 }

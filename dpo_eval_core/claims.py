@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .config import GateConfig
 from .forgetting import Accuracy, ForgettingSummary
+from .judge import JudgeSummary
 from .models import AdapterReport
 from .rewards import RewardSummary
 from .stats import FeatureStat, min_attainable_p, pairs_needed
@@ -254,3 +255,42 @@ def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
         f"{hi:+.3f}] (paired); {s.lost} questions lost, {s.gained} gained, exact McNemar p={_fmt(s.p_value)}; "
         f"{verdict}; {power}{chance_note}", ci=(lo, hi))
     return [accuracy, forgetting_claim]
+
+
+def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
+    """judge-win-rate and judge-length-controlled-win-rate (interval above 0.5) and judge-consistency (the
+    two answer orders agree on at least min_judge_consistency of the pairs)."""
+    lvl, ids = f"{gate.ci_level:.0%}", ("judge-win-rate", "judge-length-controlled-win-rate", "judge-consistency")
+    if s.n == 0:
+        return [Claim(cid, False, None, "", "", 0, "no valid-split pair has both answers: nothing was judged")
+                for cid in ids]
+    parse = (f"; {s.unparseable} pairs left out: a reply named no verdict ({s.verdicts['unparseable']} of "
+             f"{2 * s.n} replies)" if s.unparseable else "")
+    lo, hi = s.win_ci
+    tally = (f"tuned wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
+             f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
+    win = Claim(ids[0], s.scored > 0 and lo > 0.5, s.win_rate, "CI low > 0.5", f"{lvl} CI [{lo:.3f}, {hi:.3f}]",
+                s.scored, f"win rate {_fmt(s.win_rate)}, {lvl} CI [{lo:.3f}, {hi:.3f}] (paired bootstrap): {tally}"
+                f"{parse}", ci=(lo, hi))
+    lc = s.length_control
+    lengths = f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} characters"
+    if lc.value is None or lc.ci is None:
+        controlled = Claim(ids[1], False, None, "CI low > 0.5", "", lc.n,
+                           f"not estimable: {lc.note}; raw win rate {_fmt(s.win_rate)}; {lengths}", applicable=False)
+    else:
+        controlled = Claim(ids[1], lc.ci[0] > 0.5, lc.value, "CI low > 0.5",
+                           f"{lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}]", lc.n,
+                           f"length-controlled win rate {lc.value:.3f}, {lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}] "
+                           f"(logistic regression of {lc.n} consistent verdicts on the length difference, slope "
+                           f"{lc.slope:+.2f}), raw {_fmt(s.win_rate)}; {lengths}", ci=lc.ci)
+    k = s.wins + s.losses + s.ties
+    first = ("no reply was parseable" if math.isnan(s.first_position) else
+             f"the first position won {s.first_position:.0%} of parseable replies")
+    consistent = Claim(ids[2], s.consistency >= gate.min_judge_consistency, s.consistency,
+                       f">= {gate.min_judge_consistency}", "", s.n,
+                       f"{k} of {s.n} pairs ({s.consistency:.1%}) got the same verdict in both orders; {first} "
+                       f"(A {s.verdicts['A']}, B "
+                       f"{s.verdicts['B']}, tie {s.verdicts['tie']}, unparseable {s.verdicts['unparseable']})"
+                       + ("" if s.consistency >= gate.min_judge_consistency else
+                          ": the verdicts follow the order more than the answers; use a stronger judge"))
+    return [win, controlled, consistent]

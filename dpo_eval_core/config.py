@@ -70,6 +70,9 @@ class GateConfig:
     nats on its own); tighten it for larger models."""
     min_top1_agreement: float = 0.6
     """Quantized vs full-precision share of positions with the same top-1 token (see max_kl)."""
+    min_judge_consistency: float = 0.5
+    """judge-consistency fails when fewer of the judged pairs get the same verdict in both answer orders (MT-Bench
+    measured 65% for GPT-4 and 46% for GPT-3.5 on its pairs; a judge below half is mostly reading positions)."""
     max_forgetting: float = 0.02
     """no-forgetting[SET] fails when tuned multiple-choice accuracy is below base by more than this (two
     points: what a release team would accept losing for an alignment gain) and an exact McNemar test puts
@@ -80,7 +83,7 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement",
-                     "max_forgetting"):
+                     "max_forgetting", "min_judge_consistency"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
@@ -207,6 +210,21 @@ class EvalConfig:
     """Answered examples from the set's dev split before each question (zero-shot by default)."""
     mcq_max_questions: int | None = None
     """At most this many questions per set (the first by seeded hash)."""
+    judge: str | None = None
+    """Judges tuned vs base answers: a local model (directory or hub id; 'base' for the gated adapter's base, adapter
+    off) or the base URL of an OpenAI-compatible chat-completions server. None: the judge claims are skipped."""
+    judge_model: str | None = None
+    """The served model name, with a URL --judge."""
+    judge_template: Path | None = None
+    """A pairwise prompt with {question}, {answer_a} and {answer_b}; None: MT-Bench's, verdict first."""
+    judge_max_tokens: int = 16
+    """Reply budget of the judge (the default template asks for the verdict first)."""
+    judge_concurrency: int = 8
+    """Requests in flight at once to a judge server."""
+    judge_timeout: float = 60.0
+    """Seconds a judge server may take per reply before it is retried."""
+    judge_key_env: str = "DPO_EVAL_JUDGE_API_KEY"
+    """Environment variable holding the judge server's API key (sent only to that server; none sent if unset)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """Thresholds and which claims gate."""
 
@@ -254,6 +272,24 @@ class EvalConfig:
                               "Leave it out to ask every question.")
         if len(set(self.mcq)) != len(self.mcq):
             raise ConfigError("--mcq", list(self.mcq), "each set given once")
+        self._check_judge()
+
+    def _check_judge(self) -> None:
+        url = self.judge is not None and self.judge.startswith(("http://", "https://"))
+        if url and not self.judge_model:
+            raise ConfigError("--judge-model", self.judge_model, "the served model name, with a judge URL",
+                              f"List what {self.judge} serves with: curl {self.judge.rstrip('/')}/models")
+        if self.judge_model and not url:
+            raise ConfigError("--judge-model", self.judge_model, "no value unless --judge is a server URL",
+                              "A local judge is named by --judge alone.")
+        if self.judge_template is not None and not Path(self.judge_template).is_file():
+            raise ConfigError("--judge-template", str(self.judge_template), "an existing text file")
+        for option, value in (("--judge-max-tokens", self.judge_max_tokens),
+                              ("--judge-concurrency", self.judge_concurrency)):
+            if value < 1:
+                raise ConfigError(option, value, "a positive integer")
+        if not self.judge_timeout > 0:
+            raise ConfigError("--judge-timeout", self.judge_timeout, "a number of seconds > 0")
 
     @property
     def on_cuda(self) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import judge as J
 from . import models as M
 from . import quantization as Q
 from . import regression as R
@@ -214,6 +215,23 @@ class GateRun:
         return self._forgetting[name]
 
     @functools.cached_property
+    def judge(self) -> J.Judge:
+        """The --judge, resolved before any model loads (a server is asked whether it serves the model)."""
+        return J.make_judge(self.cfg, self.spec, lambda: self.model.backend, self.identity, self.cache,
+                            self.local_bases, self.free)
+
+    @functools.cached_property
+    def judge_summary(self) -> J.JudgeSummary:
+        """Every answered valid pair judged in both orders by --judge; each reply cached."""
+        answers, g = self.answers, self.cfg.gate  # answered before a judge model may take the memory
+        with self.ledger.phase("judge"):
+            summary, n = J.measure(self.judge, self.pairs.pairs, answers, J.load_template(self.cfg.judge_template),
+                                   self.cfg.judge_max_tokens, self.cache, g.ci_level, g.n_bootstrap,
+                                   np.random.default_rng(self.cfg.seed))
+        self.ledger.count("judge_replies", n)
+        return summary
+
+    @functools.cached_property
     def probe_inputs(self) -> tuple[Any, Any]:
         """A left-padded batch of real prompts from shortest to longest: uneven padding on purpose."""
         prompts = [p.messages for p in self.pairs.pairs]
@@ -260,12 +278,12 @@ class GateRun:
     def all_claims(self, quantization: bool = False) -> list[Claim]:
         """Every claim this run can make without a baseline; the quantization probes only when asked."""
         ids = [cid for f in FAMILIES if "baseline" not in f.needs and (quantization or "probes" not in f.needs)
-               for cid in claim_ids(f, set_names(self.cfg.mcq))]
+               and (self.cfg.judge or "judge" not in f.needs) for cid in claim_ids(f, set_names(self.cfg.mcq))]
         return [c for cid in ids if (c := self.claim(cid)) is not None]
 
     def sections(self) -> dict[str, Any]:
         """Every stage computed so far, by name (results.json and the bench read these, nothing private)."""
         names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers", "data_stats",
-                 "feature_stats", "reward_summary")
+                 "feature_stats", "reward_summary", "judge_summary")
         return {n: self.__dict__[n] for n in names if n in self.__dict__} | {"forgetting": dict(self._forgetting)}
 

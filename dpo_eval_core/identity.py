@@ -108,3 +108,10 @@ def mcq_key(model: ModelIdentity, prompt: str, continuations: Sequence[str], cha
     continuations, chat template or raw text, and the cut."""
     return make_key("mcq", {"model": model.fields(), "prompt": prompt, "continuations": list(continuations),
                             "chat": chat, "max_length": max_length})
+
+
+def judge_key(judge: Mapping[str, Any], prompt: str, max_tokens: int) -> str:
+    """One judge reply: the judge's identity (a local model's weights digest, dtype, device, chat template and
+    decoding settings, or an endpoint's URL and served model; never its key), the rendered prompt (template,
+    question, both answers and their order) and the reply budget."""
+    return make_key("judge", {"judge": dict(judge), "prompt": prompt, "max_tokens": max_tokens})

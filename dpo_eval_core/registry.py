@@ -43,16 +43,19 @@ Over = Literal["one", "feature", "variant", "rate", "baseline", "mcq"]
 """What the bracket of a claim id ranges over: nothing (a single claim), the text features, the
 quantization variants, the regression rates, the gating claims that passed in --baseline, or the
 multiple-choice sets given with --mcq."""
-Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline", "mcq"]
+Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline", "mcq", "judge"]
 """What computing a family takes: the preference data, the base tokenizer, the loaded model, the
-tuned and base answers, the quantization probes (models of their own), a --baseline file, --mcq sets."""
+tuned and base answers, the quantization probes (models of their own), a --baseline file, --mcq sets,
+a --judge."""
 
 
 PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM", "mcq": "SET"}
 ABSENT = {"baseline": "no --baseline given: pass the results.json of the last release to compare against it",
           "mcq": "no --mcq given: pass a multiple-choice set (MMLU, ARC, MedQA or PubMedQA layout) to check that "
-                 "the adapter did not forget what the base knew"}
-"""Why a family whose items come from an option is skipped when the option is left out."""
+                 "the adapter did not forget what the base knew",
+          "judge": "no --judge given: pass a judge model (a local one, or 'base') or an OpenAI-compatible server URL "
+                   "with --judge-model to have tuned and base answers judged"}
+"""Why a family that needs an option's input is skipped when the option is left out."""
 SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -116,6 +119,13 @@ FAMILIES: tuple[Family, ...] = (
        "the tuned model answers this multiple-choice set above chance (tuned and base accuracy, with intervals)"),
     _f("no-forgetting", "mcq", True, "model mcq",
        "tuned accuracy is not below base by more than max_forgetting with an exact McNemar p < alpha"),
+    _f("judge-win-rate", "one", False, "answers judge",
+       "the judge prefers tuned answers to base answers, judged in both orders: win rate CI low above 0.5"),
+    _f("judge-length-controlled-win-rate", "one", False, "answers judge",
+       "the win rate at zero length difference (a logistic regression on the answers' length difference): CI low "
+       "above 0.5"),
+    _f("judge-consistency", "one", False, "answers judge",
+       "the judge gives the same verdict in both answer orders on at least min_judge_consistency of the pairs"),
     _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),
     _f("not-lower", "rate", True, "baseline", "a headline rate did not drop beyond its uncertainty"),
 )

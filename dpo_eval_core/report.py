@@ -204,6 +204,10 @@ def _acc(a: Mapping[str, Any]) -> str:
     return f"{_num(a['value']):.3f} [{_num(a['ci_low']):.3f}, {_num(a['ci_high']):.3f}]"
 
 
+def _cells(row: Sequence[Any], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in row) + "</tr>"
+
+
 def forgetting_rows(summary: Mapping[str, Any]) -> list[tuple[str, int, str, str, str]]:
     """(subject, questions, tuned acc [CI], base acc [CI], tuned - base) per subject, then 'all'."""
     rows = [(s["subject"], s["tuned"]["n"], _acc(s["tuned"]), _acc(s["base"]),
@@ -223,10 +227,43 @@ def forgetting_html(results: Results) -> str:
                      f"{_num(s['chance']):.3f}; {s['lost']} questions lost and {s['gained']} gained, exact McNemar "
                      f"p={_num(s['p_value']):.3g}</p><table class='dpo-eval-forgetting'><tr><th>subject</th>"
                      f"<th>questions</th><th>tuned acc</th><th>base acc</th><th>tuned - base</th></tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                  for row in forgetting_rows(s)]
+        parts += [_cells(row) for row in forgetting_rows(s)]
         parts.append("</table>")
     return "<h2>Forgetting: multiple-choice accuracy</h2>" + "".join(parts) if parts else ""
+
+
+def judge_html(results: Results) -> str:
+    """Win, tie and loss shares, consistency and position bias, raw vs length-controlled win rate, and a few
+    judged pairs with the judge's replies in both orders."""
+    j = results.get("judge")
+    if not j:
+        return ""
+    n, lc, v = j["n"], j["length_control"], j["verdicts"]
+    share = (lambda k: f"{k} ({k / n:.0%})") if n else str
+    parsed = v["A"] + v["B"] + v["tie"]
+    lc_text = (f"{_num(lc['value']):.3f} [{_num(lc['ci'][0]):.3f}, {_num(lc['ci'][1]):.3f}]" if lc["value"] is not None
+               else f"not estimable: {lc['note']}")
+    rows = [("judge", j["judge"]), ("template", j["template"]), ("pairs judged in both orders", n),
+            ("tuned wins", share(j["wins"])), ("ties (both orders)", share(j["ties"])),
+            ("tuned loses", share(j["losses"])), ("order-dependent (counted as ties)", share(j["inconsistent"])),
+            ("unparseable (left out)", share(j["unparseable"])),
+            ("consistency", f"{(j['wins'] + j['ties'] + j['losses']) / n:.1%}" if n else "-"),
+            ("first position chosen", f"{v['A'] / parsed:.1%} of {parsed} parseable replies" if parsed else "-"),
+            ("win rate (ties as half)", f"{_num(j['win_rate']):.3f} [{_num(j['win_ci'][0]):.3f}, "
+                                        f"{_num(j['win_ci'][1]):.3f}]"),
+            ("length-controlled win rate", lc_text),
+            ("mean answer length (characters)", f"tuned {_num(j['mean_chars']['tuned']):.0f}, base "
+                                                f"{_num(j['mean_chars']['base']):.0f}")]
+    parts = ["<h2>Judge: tuned vs base answers</h2><table class='dpo-eval-judge'>"]
+    parts += [f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th><td>{html.escape(str(x))}"
+              f"</td></tr>" for k, x in rows]
+    parts.append("</table><h3>Examples</h3><table class='dpo-eval-judge-examples' "
+                 "style='white-space:pre-wrap;vertical-align:top'>"
+                 + _cells(("outcome", "question", "tuned answer", "base answer", "reply, tuned shown first",
+                           "reply, base shown first"), "th"))
+    parts += [_cells((e["outcome"], e["question"], e["tuned"], e["base"], e["reply_tuned_first"],
+                      e["reply_base_first"])) for e in j["examples"]]
+    return "".join(parts) + "</table>"
 
 
 def summary_html(results: Results) -> str:
@@ -237,6 +274,7 @@ def summary_html(results: Results) -> str:
                      f"<td>{html.escape(v)}</td></tr>")
     parts.append("</table>")
     parts.append(forgetting_html(results))
+    parts.append(judge_html(results))
     for title, png in plots(results).items():
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
                      f"src='data:image/png;base64,{png}'/>")

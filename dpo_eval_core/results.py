@@ -79,6 +79,8 @@ def run_sections(run: Any) -> dict[str, Any]:
         out["rewards"] = _jsonable(sec["reward_summary"])
     if sec.get("forgetting"):
         out["forgetting"] = _jsonable(sec["forgetting"])
+    if "judge_summary" in sec:
+        out["judge"] = _jsonable(sec["judge_summary"])
     return out
 
 

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from evals_cli import run_evals
+from judge_server import Server, prefers_longer
 from tiny import make_adapter
 
 from dpo_eval_core.registry import RATES
@@ -36,12 +38,22 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_adapter: Path, pairs: Path) -> dict[str, Path]:
-    """The same gate without xdist and with -n 2 (cold caches both), every claim family included."""
+def judge_server() -> Iterator[Server]:
+    server = Server(prefers_longer)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_adapter: Path, pairs: Path,
+         judge_server: Server) -> dict[str, Path]:
+    """The same gate without xdist and with -n 2 (cold caches both), every claim family included: the judge
+    is a chat-completions server on 127.0.0.1 that prefers the longer answer."""
     out = {}
+    judge = ("--judge", judge_server.url, "--judge-model", "judge-7b")
     for name, extra in (("serial", ()), ("xdist", ("-n", "2"))):
         d = tmp_path_factory.mktemp(name)
-        proc, results = gate(d, tiny_adapter, pairs, d / "cache", *extra)
+        proc, results = gate(d, tiny_adapter, pairs, d / "cache", *judge, *extra)
         assert proc.returncode in (0, 1) and results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
         out[name] = results
     return out
@@ -77,6 +89,20 @@ def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     assert len(data["rewards"]["margins"]) == data["rewards"]["n"] > 0
 
 
+def test_the_judge_claims_come_from_the_server_with_every_verdict_in_the_results(runs, judge_server):
+    data = json.loads(runs["serial"].read_text())
+    j, claims = data["judge"], claims_of(runs["serial"])
+    valid = data["facts"]["answered"]["valid"]
+    # each run asked the server once per valid pair and order: two runs, cold caches
+    assert j["n"] == valid > 0 and len(judge_server.requests) == 2 * 2 * valid
+    assert j["judge"] == f"judge-7b at {judge_server.url}" and len(j["pair_ids"]) == len(j["outcomes"]) == valid
+    assert j["unparseable"] == j["inconsistent"] == 0  # a length judge is consistent
+    for cid in ("judge-win-rate", "judge-length-controlled-win-rate", "judge-consistency"):
+        assert claims[cid]["gating"] is False, cid
+    assert claims["judge-consistency"]["passed"] and claims["judge-consistency"]["value"] == 1.0
+    assert data["facts"]["computed"]["judge_replies"] == 2 * valid
+
+
 class Resources(HTMLParser):
     """Every URL the page would fetch when opened: src of any element, link hrefs, object data."""
 
@@ -109,7 +135,8 @@ def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, n
         assert f'data-column-type="{column.lower()}"' in html
     # the rows live in the report's embedded JSON; each carries its claim cells
     assert "col-claim" in html and "reward-accuracy" in html and "sign-agreement-rate" in html
-    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed"):
+    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed",
+                 "Judge: tuned vs base answers", "length-controlled win rate", "reply, base shown first"):
         assert fact in html, fact
 
 
@@ -182,3 +209,8 @@ def test_without_baseline_the_regression_tests_skip_with_the_reason(runs, tiny_a
     assert proc.returncode == 0
     n_regression_tests = 1 + len(RATES)  # still-passes (one test, parametrized by the baseline) + not-lower
     assert "no --baseline given" in proc.stdout and f"{n_regression_tests} skipped" in proc.stdout
+
+
+def test_without_a_judge_the_judge_tests_skip_with_the_reason(runs, tiny_adapter, pairs, tmp_path):
+    proc, _ = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k", "judge", "-rs")
+    assert proc.returncode == 0 and "3 skipped" in proc.stdout and "no --judge given" in proc.stdout, proc.stdout[-2000:]
