@@ -106,17 +106,38 @@ def left_pad(ids: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, 
 class HFBackend:
     """A loaded PEFT model and its tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, system_ok: bool, device: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, system_ok: bool, device: str, adapter_name: str = "default"
+                 ) -> None:
         self.model, self.tokenizer, self.system_ok, self.device = model, tokenizer, system_ok, device
+        self.adapter_name = adapter_name
+        """The PEFT adapter that adapter=True means (a model may carry several: --compare)."""
+
+    def with_adapter(self, name: str) -> "HFBackend":
+        """The same loaded model and tokenizer with another of its adapters as the one adapter=True means."""
+        return HFBackend(self.model, self.tokenizer, system_ok=self.system_ok, device=self.device, adapter_name=name)
 
     def adapter_context(self, adapter: bool) -> contextlib.AbstractContextManager:
-        """The adapter on (as loaded) or off. A plain model (a local judge) has none: adapter=False is it as
-        loaded, and adapter=True is refused rather than silently giving the base's outputs."""
+        """This backend's adapter on, or every adapter off. A plain model (a local judge) has none: adapter=False
+        is it as loaded, and adapter=True is refused rather than silently giving the base's outputs."""
         if not hasattr(self.model, "disable_adapter"):
             if adapter:
                 raise TypeError("HFBackend: adapter=True on a model without a PEFT adapter")
             return contextlib.nullcontext()
-        return contextlib.nullcontext() if adapter else self.model.disable_adapter()
+        if not adapter:
+            return self.model.disable_adapter()
+        return self._active(self.adapter_name)
+
+    @contextlib.contextmanager
+    def _active(self, name: str) -> Iterator[None]:
+        before = self.model.active_adapter
+        if before == name:
+            yield
+            return
+        self.model.set_adapter(name)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(before)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         return prompt_ids(self.tokenizer, messages, self.system_ok)

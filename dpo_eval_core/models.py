@@ -167,17 +167,38 @@ def load_base(base: str, quant: str, dtype: str, device: str) -> Any:
 def attach_adapter(model: Any, spec: CheckpointSpec) -> tuple[Any, AdapterReport]:
     """Wrap the base with the LoRA adapter and check that every adapter tensor found its module."""
     from peft import PeftModel
-    from safetensors import safe_open
 
     weights = adapter_weights(spec.adapter)
     try:
         peft_model = PeftModel.from_pretrained(model, str(spec.adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"--adapter {spec.adapter} does not fit the base: it was made for '{spec.base_declared}', the base "
-            f"loaded is '{spec.base}'. {str(e).splitlines()[0][:400]} Pass the adapter's own base with "
-            f"--base-model.") from None
+        raise _misfit(spec, e) from None
     peft_model.eval()
+    return peft_model, _report(peft_model, spec, weights, "default")
+
+
+def add_adapter(peft_model: Any, spec: CheckpointSpec, name: str) -> AdapterReport:
+    """Load a second LoRA adapter beside the first on the same base weights (PEFT multi-adapter, selected by
+    name), checked as attach_adapter checks the first: two adapters, one copy of the base in memory."""
+    weights = adapter_weights(spec.adapter)
+    if name not in peft_model.peft_config:
+        try:
+            peft_model.load_adapter(str(spec.adapter), adapter_name=name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise _misfit(spec, e) from None
+    peft_model.eval()
+    return _report(peft_model, spec, weights, name)
+
+
+def _misfit(spec: CheckpointSpec, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"--adapter {spec.adapter} does not fit the base: it was made for '{spec.base_declared}', the base "
+        f"loaded is '{spec.base}'. {str(e).splitlines()[0][:400]} Pass the adapter's own base with --base-model.")
+
+
+def _report(peft_model: Any, spec: CheckpointSpec, weights: Path, name: str) -> AdapterReport:
+    from safetensors import safe_open
+
     with safe_open(str(weights), framework="pt") as f:
         file_keys = set(f.keys())
         n_b = nonzero_b = 0
@@ -185,9 +206,9 @@ def attach_adapter(model: Any, spec: CheckpointSpec) -> tuple[Any, AdapterReport
             if ".lora_B." in key:
                 n_b += 1
                 nonzero_b += int(bool(f.get_tensor(key).abs().max() > 0))
-    expected = _expected_adapter_keys(peft_model)
+    expected = _expected_adapter_keys(peft_model, name)
     report = AdapterReport(
-        target_modules=tuple(sorted(_target_modules(peft_model))),
+        target_modules=tuple(sorted(_target_modules(peft_model, name))),
         matched_modules=len({k.rsplit(".lora_", 1)[0] for k in expected}),
         missing_keys=tuple(sorted(expected - file_keys)),
         unexpected_keys=tuple(sorted(file_keys - expected)),
@@ -195,7 +216,7 @@ def attach_adapter(model: Any, spec: CheckpointSpec) -> tuple[Any, AdapterReport
     if report.unexpected_keys and report.matched_modules == 0:
         raise CheckpointError(f"--adapter {spec.adapter} matches no module of the base: it was made for "
                               f"'{spec.base_declared}', the base loaded is '{spec.base}'.")
-    return peft_model, report
+    return report
 
 
 def load_adapted(spec: CheckpointSpec, quant: str, dtype: str, device: str, *, dequantize: bool = False
@@ -205,15 +226,15 @@ def load_adapted(spec: CheckpointSpec, quant: str, dtype: str, device: str, *, d
     return attach_adapter(base.dequantize() if dequantize else base, spec)
 
 
-def _expected_adapter_keys(peft_model: Any) -> set[str]:
+def _expected_adapter_keys(peft_model: Any, name: str = "default") -> set[str]:
     """Keys PEFT would save for this adapter, in the file's naming (no adapter name, base_model.model prefix)."""
     from peft import get_peft_model_state_dict
 
-    return set(get_peft_model_state_dict(peft_model).keys())
+    return set(get_peft_model_state_dict(peft_model, adapter_name=name).keys())
 
 
-def _target_modules(peft_model: Any) -> set[str]:
-    cfg = peft_model.peft_config[peft_model.active_adapter]
+def _target_modules(peft_model: Any, name: str = "default") -> set[str]:
+    cfg = peft_model.peft_config[name]
     tm = cfg.target_modules
     return set(tm) if not isinstance(tm, str) else {tm}
 
