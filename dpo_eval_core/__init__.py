@@ -13,7 +13,8 @@ Start reading here, top down:
 - below them: `config`, `data`, `mcq` (multiple-choice sets and prompts), `models`,
   `backend`/`generation`, `rewards`, `forgetting` (tuned vs base accuracy, McNemar), `judge`
   (pairwise verdicts in both orders, length-controlled win rate) over `endpoint` (an OpenAI-compatible
-  client), `features`, `stats`, `quantization`, `identity` (every cache key), `cache`.
+  client), `compare` (paired tests of two adapters or of a run and its baseline) and `comparison` (the
+  --compare stage), `features`, `stats`, `quantization`, `identity` (every cache key), `cache`.
 The demo (`dpo_eval_core.demo`) and the scripts sit above this API; the core never imports them.
 """
 

@@ -17,6 +17,7 @@ from . import claims as C
 from . import regression as R
 from .chat import tokenizer_facts
 from .claims import Claim
+from .compare import compare_correct
 from .errors import ConfigError
 from .models import logit_effect
 from .registry import VARIANTS, family_of, split_id
@@ -92,12 +93,21 @@ def judge(run: GateRun, _: str | None) -> list[Claim]:
     return C.judge(run.judge_summary, run.cfg.gate)
 
 
+def not_worse(run: GateRun, item: str | None) -> list[Claim]:
+    other = f"--compare {run.cfg.compare}"
+    if item == "judge-win-rate":
+        return [C.not_worse_judge(run.comparison.judged(), run.cfg.gate, other)]
+    if split_id(item or "")[0] == "mcq-accuracy" and split_id(item or "")[1] not in run.question_sets:
+        raise ConfigError("claim id", item, "a set given with --mcq: " + (", ".join(run.question_sets) or "none"))
+    return [C.not_worse(run.comparison.item(item or ""), run.cfg.gate, other)]
+
+
 def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
     assert claim_id is not None
     family, arg = family_of(claim_id), split_id(claim_id)[1]
-    if family is not None and "judge" in family.needs and run.cfg.judge is None:
-        return [R.still_passes(claim_id, None, "the baseline ran the judge, this run was given no --judge: pass "
-                                               "the same --judge")]
+    for need, option in (("judge", "--judge"), ("compare", "--compare")):
+        if family is not None and need in family.needs and getattr(run.cfg, need) is None:
+            return [R.still_passes(claim_id, None, f"the baseline had {option}, this run has none: pass it again")]
     if family is not None and family.over == "mcq" and arg not in run.question_sets:
         return [R.still_passes(claim_id, None, f"the baseline asked the multiple-choice set {arg!r}, this run "
                                                f"was given none of that name: pass the same --mcq")]
@@ -106,11 +116,20 @@ def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
 
 
 def not_lower(run: GateRun, rate: str | None) -> list[Claim]:
+    """Paired (exact McNemar on the pairs both runs scored, and the interval rule) where the baseline has
+    per-pair values, else the interval rule alone with the reason."""
     current = run.claim(rate or "")
     if current is None:
         return []
+    g = run.cfg.gate
+    rewards = {"pair_ids": run.reward_summary.pair_ids, "correct": run.reward_summary.correct,
+               "correct_per_token": run.reward_summary.correct_per_token} if rate in R.PER_PAIR else {}
+    paired = R.paired_values(run.baseline, rewards, current.id)
     old = next((c for c in run.baseline["claims"] if c["id"] == rate), None)
-    return [R.not_lower(current.id, old, current)]
+    if isinstance(paired, str):
+        return [R.not_lower(current.id, old, current, paired)]
+    test = compare_correct(current.id, *paired, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
+    return [R.not_lower_paired(current.id, test, g.alpha, R.not_lower(current.id, old, current))]
 
 
 BUILDERS: dict[str, Builder] = {
@@ -134,6 +153,7 @@ BUILDERS: dict[str, Builder] = {
     "judge-win-rate": judge,
     "judge-length-controlled-win-rate": judge,
     "judge-consistency": judge,
+    "not-worse[COMPARISON]": not_worse,
     "still-passes[CLAIM]": still_passes,
     "not-lower[RATE]": not_lower,
 }

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .config import GateConfig
+from .compare import PairedComparison
 from .forgetting import Accuracy, ForgettingSummary
 from .judge import JudgeSummary
 from .models import AdapterReport
@@ -294,3 +295,43 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
                        + ("" if s.consistency >= gate.min_judge_consistency else
                           ": the verdicts follow the order more than the answers; use a stronger judge"))
     return [win, controlled, consistent]
+
+
+def not_worse(c: PairedComparison, gate: GateConfig, other: str) -> Claim:
+    """The candidate (this run's adapter) is not significantly worse than `other` on one paired comparison."""
+    cid, prefers = f"not-worse[{c.what}]", c.prefers(gate.alpha)
+    if c.n == 0:
+        return Claim(cid, False, None, "", "", 0, f"no item scored for both adapters: nothing to compare with {other}",
+                     applicable=False)
+    verdict = {"candidate": "the paired test prefers this adapter", "other": f"the paired test prefers {other}",
+               "neither": "no significant difference"}[prefers]
+    if c.what == "sign-agreement":
+        body = (f"of {c.n} data-signal features, the answers of this adapter minus those of {other} shifted "
+                f"{c.better} the data's way (chosen - rejected) and {c.worse} the other way ({gate.correction} "
+                f"corrected Wilcoxon per feature), {c.test} p={_fmt(c.p_value)}")
+        uncertainty = f"p={_fmt(c.p_value)}"
+    else:
+        d, lo, hi = c.difference
+        lvl = f"{gate.ci_level:.0%}"
+        body = (f"this adapter {_fmt(c.candidate)} vs {other} {_fmt(c.other)} on {c.n} shared items: difference "
+                f"{d:+.4g}, {lvl} CI [{lo:+.4g}, {hi:+.4g}] (paired); better on {c.better}, worse on {c.worse}; "
+                f"{c.test} p={_fmt(c.p_value)}")
+        uncertainty = f"{lvl} CI [{lo:.4g}, {hi:.4g}], p={_fmt(c.p_value)}"
+    return Claim(cid, prefers != "other", c.difference[0], f"not worse at p < {gate.alpha}", uncertainty, c.n,
+                 f"{body}; {verdict}", ci=c.difference[1:] if c.what != "sign-agreement" else None)
+
+
+def not_worse_judge(s: JudgeSummary, gate: GateConfig, other: str) -> Claim:
+    """The judge does not prefer `other`'s answers to this adapter's (win rate CI wholly below 0.5)."""
+    lo, hi = s.win_ci
+    if s.scored == 0:
+        return Claim("not-worse[judge-win-rate]", False, None, "", "", 0,
+                     f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out)",
+                     applicable=False)
+    worse = hi < 0.5
+    return Claim("not-worse[judge-win-rate]", not worse, s.win_rate, "CI high >= 0.5",
+                 f"{gate.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]", s.scored,
+                 f"{s.judge} prefers this adapter's answer to {other}'s: win rate {_fmt(s.win_rate)}, CI [{lo:.3f}, "
+                 f"{hi:.3f}]; this adapter wins {s.wins}, loses {s.losses}, ties {s.ties}, {s.inconsistent} verdicts "
+                 f"change with the order; consistency {s.consistency:.1%}"
+                 + (f"; the judge prefers {other}" if worse else ""), ci=(lo, hi))

@@ -196,6 +196,8 @@ class EvalConfig:
     """Where the machine-readable results are written."""
     baseline: Path | None = None
     """results.json of a previous release to compare against."""
+    compare: Path | None = None
+    """Another PEFT adapter of the same base to compare this one with, pair by pair (not-worse claims)."""
     seed: int = 0
     """Seeds the hash split, sampling and bootstrap."""
     mcq: tuple[str, ...] = ()
@@ -258,6 +260,9 @@ class EvalConfig:
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError("--adapter", str(self.adapter), "a PEFT adapter directory containing adapter_config.json",
                               "Point --adapter at the folder written by PeftModel.save_pretrained().")
+        if self.compare is not None and not (Path(self.compare) / "adapter_config.json").is_file():
+            raise ConfigError("--compare", str(self.compare), "a PEFT adapter directory containing "
+                              "adapter_config.json", "Point --compare at the other adapter's save_pretrained() folder.")
         if self.baseline is not None and not Path(self.baseline).is_file():
             raise ConfigError("--baseline", str(self.baseline), "an existing results.json of an earlier run")
         names = {src for src, _ in self.columns}

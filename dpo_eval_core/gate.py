@@ -14,6 +14,7 @@ touches only the stages it needs (data-signal loads no model). Usable without py
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from .builders import BUILDERS
 from .cache import Cache, file_digest
 from .chat import accepts_system, prompt_ids
 from .claims import Claim, signal_features
+from .compare import COMPARE_ADAPTER
+from .comparison import Comparison
 from .config import EvalConfig
 from .data import PairSet, load_pairs
 from .errors import ConfigError
@@ -57,6 +60,8 @@ class Ledger:
 
     timings: dict[str, float] = field(default_factory=dict)
     computed: dict[str, int] = field(default_factory=dict)
+    prefix: str = ""
+    """Put before every name: the --compare adapter's run writes into its host's ledger as 'compare: ...'."""
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -64,18 +69,22 @@ class Ledger:
         try:
             yield
         finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            key = self.prefix + name
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     def count(self, name: str, n: int) -> None:
-        self.computed[name] = self.computed.get(name, 0) + n
+        self.computed[self.prefix + name] = self.computed.get(self.prefix + name, 0) + n
 
 
 class GateRun:
-    def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None, local_bases: M.LocalBases | None = None) -> None:
+    def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None, local_bases: M.LocalBases | None = None,
+                 host: GateRun | None = None) -> None:
         self.cfg = cfg
         self.cache = cache or Cache(cfg.cache_dir)
         self.local_bases = local_bases
-        self.ledger = Ledger()
+        self._host = host
+        """The run whose loaded model this one borrows (the --compare adapter's run), else None."""
+        self.ledger = Ledger() if host is None else Ledger(host.timings, host.computed, "compare: ")
         self.timings, self.computed = self.ledger.timings, self.ledger.computed
         self._model: LoadedModel | None = None
         self._claims: dict[tuple[Any, str | None], list[Claim]] = {}
@@ -119,6 +128,11 @@ class GateRun:
     @property
     def model(self) -> LoadedModel:
         """The base with the adapter, loaded on first use; the adapter's file is checked before the base loads."""
+        if self._model is None and self._host is not None:
+            host = self._host.model  # the other adapter joins the host's model: one base in memory
+            with self.ledger.phase("load"):
+                report = M.add_adapter(host.backend.model, self.spec, COMPARE_ADAPTER)
+            self._model = LoadedModel(host.backend.with_adapter(COMPARE_ADAPTER), report)
         if self._model is None:
             with self.ledger.phase("load"):
                 _ = self.identity
@@ -128,9 +142,30 @@ class GateRun:
         return self._model
 
     def free(self) -> None:
-        """Drop the model and return its memory."""
+        """Drop the model (and the --compare run's view of it) and return its memory."""
         self._model = None
+        if "other" in self.__dict__:
+            self.other._model = None
         Q.free()
+
+    @functools.cached_property
+    def other(self) -> GateRun:
+        """The --compare adapter as a run of its own on the same pairs and cache, borrowing this run's model;
+        refused (ConfigError) unless it was made for the same base weights."""
+        if self.cfg.compare is None:
+            raise ConfigError("--compare", None, "another adapter of the same base", "not-worse claims need one.")
+        other = GateRun(dataclasses.replace(self.cfg, adapter=self.cfg.compare, compare=None, baseline=None),
+                        cache=self.cache, local_bases=self.local_bases, host=self)
+        if other.base_fingerprint != self.base_fingerprint:
+            raise ConfigError("--compare", str(self.cfg.compare), f"an adapter of this run's base ({self.spec.base})",
+                              f"It was made for {other.spec.base_declared}; compare adapters of the same base.")
+        other.__dict__.update(pairs=self.pairs, tokenizer=self.tokenizer)  # the same data, the same tokenizer
+        return other
+
+    @functools.cached_property
+    def comparison(self) -> Comparison:
+        """This adapter against --compare, paired item by item (not-worse claims)."""
+        return Comparison(self)
 
     @functools.cached_property
     def answers(self) -> dict[str, list[Generation | None]]:
@@ -198,7 +233,7 @@ class GateRun:
         self.ledger.count("logps", n)
         g = self.cfg.gate
         return summarize(logps, g.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(self.cfg.seed),
-                         tie_tolerance=g.reward_tie_tolerance)
+                         tie_tolerance=g.reward_tie_tolerance, pair_ids=[self.pairs.pairs[i].pair_id for i in valid])
 
     @functools.cached_property
     def question_sets(self) -> dict[str, QuestionSet]:
@@ -270,20 +305,26 @@ class GateRun:
         check_claim_ids((claim_id,), "claim id")
         family, arg = family_of(claim_id), split_id(claim_id)[1]
         assert family is not None
-        key = (BUILDERS[family.pattern], arg if family.over in ("variant", "rate", "baseline", "mcq") else None)
+        key = (BUILDERS[family.pattern], arg if family.over in ("variant", "rate", "baseline", "mcq", "compare")
+               else None)
         if key not in self._claims:  # a builder makes its whole family (all features) at once
             self._claims[key] = key[0](self, arg)
         return next((c for c in self._claims[key] if c.id == claim_id), None)
 
     def all_claims(self, quantization: bool = False) -> list[Claim]:
         """Every claim this run can make without a baseline; the quantization probes only when asked."""
-        ids = [cid for f in FAMILIES if "baseline" not in f.needs and (quantization or "probes" not in f.needs)
-               and (self.cfg.judge or "judge" not in f.needs) for cid in claim_ids(f, set_names(self.cfg.mcq))]
+        given = {"baseline": False, "probes": quantization, "judge": bool(self.cfg.judge),
+                 "compare": self.cfg.compare is not None}
+        ids = [cid for f in FAMILIES if all(given.get(n, True) for n in f.needs)
+               for cid in claim_ids(f, set_names(self.cfg.mcq), bool(self.cfg.judge))]
         return [c for cid in ids if (c := self.claim(cid)) is not None]
 
     def sections(self) -> dict[str, Any]:
         """Every stage computed so far, by name (results.json and the bench read these, nothing private)."""
         names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers", "data_stats",
                  "feature_stats", "reward_summary", "judge_summary")
-        return {n: self.__dict__[n] for n in names if n in self.__dict__} | {"forgetting": dict(self._forgetting)}
+        out = {n: self.__dict__[n] for n in names if n in self.__dict__} | {"forgetting": dict(self._forgetting)}
+        if "comparison" in self.__dict__:
+            out["comparison"] = self.comparison.section()
+        return out
 

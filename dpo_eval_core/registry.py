@@ -39,22 +39,25 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("4bit-nf4-bf16-cuda", "4bit", "bfloat16", True),
 )
 
-Over = Literal["one", "feature", "variant", "rate", "baseline", "mcq"]
+Over = Literal["one", "feature", "variant", "rate", "baseline", "mcq", "compare"]
 """What the bracket of a claim id ranges over: nothing (a single claim), the text features, the
-quantization variants, the regression rates, the gating claims that passed in --baseline, or the
-multiple-choice sets given with --mcq."""
-Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline", "mcq", "judge"]
+quantization variants, the regression rates, the gating claims that passed in --baseline, the
+multiple-choice sets given with --mcq, or the paired comparisons with the --compare adapter."""
+Need = Literal["data", "tokenizer", "model", "answers", "probes", "baseline", "mcq", "judge", "compare"]
 """What computing a family takes: the preference data, the base tokenizer, the loaded model, the
 tuned and base answers, the quantization probes (models of their own), a --baseline file, --mcq sets,
-a --judge."""
+a --judge, a --compare adapter."""
 
 
-PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM", "mcq": "SET"}
+PLACEHOLDERS = {"feature": "FEATURE", "variant": "VARIANT", "rate": "RATE", "baseline": "CLAIM", "mcq": "SET",
+                "compare": "COMPARISON"}
 ABSENT = {"baseline": "no --baseline given: pass the results.json of the last release to compare against it",
           "mcq": "no --mcq given: pass a multiple-choice set (MMLU, ARC, MedQA or PubMedQA layout) to check that "
                  "the adapter did not forget what the base knew",
           "judge": "no --judge given: pass a judge model (a local one, or 'base') or an OpenAI-compatible server URL "
-                   "with --judge-model to have tuned and base answers judged"}
+                   "with --judge-model to have tuned and base answers judged",
+          "compare": "no --compare given: pass another adapter of the same base (the released one, or a rival "
+                     "candidate) to compare this one with it pair by pair"}
 """Why a family that needs an option's input is skipped when the option is left out."""
 SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -126,6 +129,8 @@ FAMILIES: tuple[Family, ...] = (
        "above 0.5"),
     _f("judge-consistency", "one", False, "answers judge",
        "the judge gives the same verdict in both answer orders on at least min_judge_consistency of the pairs"),
+    _f("not-worse", "compare", True, "model compare",
+       "the adapter is not significantly worse than the --compare adapter on the same items (paired test)"),
     _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),
     _f("not-lower", "rate", True, "baseline", "a headline rate did not drop beyond its uncertainty"),
 )
@@ -152,6 +157,9 @@ def family_of(claim_id: str) -> Family | None:
                 return fam
             if fam.over == "mcq" and SET_NAME.fullmatch(arg):
                 return fam
+            if fam.over == "compare" and (arg in COMPARED or (split_id(arg)[0] == "mcq-accuracy" and
+                                                              SET_NAME.fullmatch(split_id(arg)[1] or ""))):
+                return fam
     return None
 
 
@@ -167,10 +175,24 @@ def arguments(fam: Family) -> tuple[str, ...]:
     return ()
 
 
-def claim_ids(fam: Family, mcq_sets: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Every claim id the family makes, given the --mcq set names (none known for `still-passes`)."""
+COMPARED = ("reward-accuracy", "reward-accuracy-per-token", "reward-margin", "sign-agreement", "judge-win-rate")
+"""What `not-worse[...]` compares besides `mcq-accuracy[SET]`: the candidate's value against the other
+adapter's on the same items."""
+
+
+def compared(mcq_sets: tuple[str, ...], judge: bool) -> tuple[str, ...]:
+    """The bracket values of `not-worse`: the reward and alignment comparisons, the judge's (with --judge)
+    and each --mcq set's."""
+    return (*(c for c in COMPARED if judge or c != "judge-win-rate"), *(f"mcq-accuracy[{s}]" for s in mcq_sets))
+
+
+def claim_ids(fam: Family, mcq_sets: tuple[str, ...] = (), judge: bool = False) -> tuple[str, ...]:
+    """Every claim id the family makes, given the --mcq set names and whether a judge runs (the baseline's
+    ids, for `still-passes`, are not known here)."""
     if fam.over == "mcq":
         return tuple(f"{fam.id}[{a}]" for a in mcq_sets)
+    if fam.over == "compare":
+        return tuple(f"{fam.id}[{a}]" for a in compared(mcq_sets, judge))
     return (fam.id,) if fam.over == "one" else tuple(f"{fam.id}[{a}]" for a in arguments(fam))
 
 

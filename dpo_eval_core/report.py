@@ -266,6 +266,43 @@ def judge_html(results: Results) -> str:
     return "".join(parts) + "</table>"
 
 
+def comparison_html(results: Results) -> str:
+    """This adapter beside the --compare adapter: each paired comparison, the shifted features, the judge."""
+    cmp = results.get("comparison")
+    if not cmp:
+        return ""
+    alpha = results.get("config", {}).get("gate", {}).get("alpha", 0.05)
+    head = ("comparison", "test", "n", "this adapter", "other", "this - other [CI]", "better / worse", "p",
+            "prefers")
+    rows = []
+    for what, c in sorted(cmp["items"].items()):
+        d = c["difference"]
+        prefers = ("neither" if not (_num(c["p_value"]) < alpha) or c["better"] == c["worse"] else
+                   "this adapter" if _num(c["effect"]) > 0 else "other")
+        rows.append((what, c["test"], c["n"], f"{_num(c['candidate']):.4g}", f"{_num(c['other']):.4g}",
+                     f"{_num(d[0]):+.4g} [{_num(d[1]):+.4g}, {_num(d[2]):+.4g}]", f"{c['better']} / {c['worse']}",
+                     f"{_num(c['p_value']):.3g}", prefers))
+    j = cmp.get("judge")
+    if j:
+        lo, hi = j["win_ci"]
+        verdict = "this adapter" if _num(lo) > 0.5 else "other" if _num(hi) < 0.5 else "neither"
+        rows.append(("judge-win-rate", "judge, both orders", j["n"] - j["unparseable"], "-", "-",
+                     f"win rate {_num(j['win_rate']):.3f} [{_num(lo):.3f}, {_num(hi):.3f}]",
+                     f"{j['wins']} / {j['losses']}", "-", verdict))
+    moved = sorted((f for f in cmp["features"] if _num(f["p_adj"]) < alpha), key=lambda f: _num(f["p_adj"]))
+    parts = [f"<h2>Compared with {html.escape(cmp['other'])}</h2><p>Paired on the same valid pairs and questions; "
+             f"differences are this adapter minus the other.</p><table class='dpo-eval-comparison'>",
+             _cells(head, "th"), *(_cells(r) for r in rows), "</table>"]
+    if moved:
+        parts += [f"<h3>Data-signal features the two adapters' answers differ in ({len(moved)} of "
+                  f"{len(cmp['features'])})</h3><table class='dpo-eval-comparison-features'>",
+                  _cells(("feature", "shift / S_j", "adjusted p", "the data's way"), "th"),
+                  *(_cells((f["feature"], f"{_num(f['shift']):+.3f}", f"{_num(f['p_adj']):.3g}",
+                            "yes" if (_num(f["shift"]) > 0) == (f["data_sign"] > 0) else "no")) for f in moved),
+                  "</table>"]
+    return "".join(parts)
+
+
 def summary_html(results: Results) -> str:
     """The facts table, the forgetting tables and every plot, as one HTML fragment with images inline."""
     parts = ['<h2>Run facts</h2><table class="dpo-eval-facts">']
@@ -275,6 +312,7 @@ def summary_html(results: Results) -> str:
     parts.append("</table>")
     parts.append(forgetting_html(results))
     parts.append(judge_html(results))
+    parts.append(comparison_html(results))
     for title, png in plots(results).items():
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
                      f"src='data:image/png;base64,{png}'/>")

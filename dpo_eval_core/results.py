@@ -81,6 +81,8 @@ def run_sections(run: Any) -> dict[str, Any]:
         out["forgetting"] = _jsonable(sec["forgetting"])
     if "judge_summary" in sec:
         out["judge"] = _jsonable(sec["judge_summary"])
+    if "comparison" in sec:
+        out["comparison"] = _jsonable(sec["comparison"])
     return out
 
 

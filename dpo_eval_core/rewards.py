@@ -62,6 +62,11 @@ class RewardSummary:
     """Every reward is exactly 0: policy equals reference (a zero adapter, or no adapter active)."""
     n_unscorable: int = 0
     """Pairs left out because the prompt alone fills max_length (as TRL drops them)."""
+    pair_ids: tuple[str, ...] = ()
+    """The scored pairs' ids, in the order of `margins`, `correct` and `correct_per_token`: paired comparisons
+    with another adapter or a baseline match pairs by id."""
+    correct: tuple[bool, ...] = ()
+    correct_per_token: tuple[bool, ...] = ()
 
 
 def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: ModelIdentity, cache: Cache,
@@ -120,12 +125,14 @@ def log_ratio(policy: float, reference: float, tie_tolerance: float) -> float:
 
 
 def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
-              rng: np.random.Generator, *, tie_tolerance: float) -> RewardSummary:
-    """Accuracy, margin and mean rewards, each with a percentile bootstrap interval."""
-    rows = [x for x in logps if not any(math.isnan(v) for v in (x.policy_chosen, x.policy_rejected,
-                                                                   x.reference_chosen, x.reference_rejected))]
-    unscorable = len(logps) - len(rows)
-    logps = rows
+              rng: np.random.Generator, *, tie_tolerance: float, pair_ids: Sequence[str] = ()) -> RewardSummary:
+    """Accuracy, margin and mean rewards, each with a percentile bootstrap interval, and the per-pair values
+    under `pair_ids` (one per entry of logps)."""
+    keep = [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
+        x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
+    unscorable = len(logps) - len(keep)
+    ids = tuple(pair_ids[i] for i in keep) if pair_ids else ()
+    logps = [logps[i] for i in keep]
     ratio_c = np.array([log_ratio(x.policy_chosen, x.reference_chosen, tie_tolerance) for x in logps])
     ratio_r = np.array([log_ratio(x.policy_rejected, x.reference_rejected, tie_tolerance) for x in logps])
     chosen, rejected = beta * ratio_c, beta * ratio_r
@@ -143,4 +150,5 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
                          accuracy_per_token=est(correct_per_token), margin=est(margins),
                          chosen=est(chosen), rejected=est(rejected), margins=tuple(float(m) for m in margins),
                          all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)),
-                         n_unscorable=unscorable)
+                         n_unscorable=unscorable, pair_ids=ids, correct=tuple(map(bool, correct)),
+                         correct_per_token=tuple(map(bool, correct_per_token)))

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from judge_server import MARK_A, Server, answers_in
 
@@ -93,6 +93,7 @@ def test_a_reply_naming_no_verdict_or_two_is_unparseable_not_guessed(reply):
     assert parse_verdict(reply) is None
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_characters="[]"), max_size=80),
        st.text(alphabet=st.characters(blacklist_characters="[]"), max_size=80), st.sampled_from("ABC"))
 def test_a_bracketed_verdict_wins_whatever_surrounds_it(before, after, letter):
@@ -189,6 +190,7 @@ def test_when_the_tuned_answer_is_always_longer_length_control_says_it_cannot_te
     assert s.win_rate == 1.0 and not c.applicable and "longer in 20 and not longer in 0" in c.message
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=8, max_size=40),
        st.lists(st.integers(-300, 300), min_size=40, max_size=40))
 def test_the_length_controlled_rate_lies_in_zero_one_inside_its_interval(y, d):
