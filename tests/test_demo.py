@@ -151,6 +151,7 @@ def test_full_demo_gate_passes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-5000:]
 
 
+@pytest.mark.slow  # the 16-pair validity run in CI gates the zero control on the demo too
 def test_zero_adapter_on_the_demo_base_scores_zero_rewards_and_fails(tmp_path):
     from dpo_eval_core.demo.controls import zero_adapter
 

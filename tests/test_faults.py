@@ -152,7 +152,13 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize("build,status,fragment", [pytest.param(b, s, f, id=i) for i, b, s, f in CASES])
+SLOW_CASES = {"100000-character-answer", "non-english-and-emoji", "duplicate-pairs"}
+"""Whole gates on text edge cases (40 s each on 2 cores): outside CI's 25 minutes; duplicates are also
+counted by test_duplicates_are_counted_in_results, which CI runs."""
+
+
+@pytest.mark.parametrize("build,status,fragment", [
+    pytest.param(b, s, f, id=i, marks=[pytest.mark.slow] * (i in SLOW_CASES)) for i, b, s, f in CASES])
 def test_fault_ends_in_a_clear_message_and_leaves_cache_and_results_intact(pytester, ctx, build, status, fragment):
     before = snapshot(ctx)
     pytester.makepyfile(test_gate=GATE)
