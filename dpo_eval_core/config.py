@@ -18,6 +18,7 @@ from .registry import check_claim_ids, default_gating
 Quant = Literal["none", "8bit", "4bit"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SplitMode = Literal["auto", "own", "hash"]
+ServePrompt = Literal["local", "server"]
 Correction = Literal["none", "bh", "bonferroni"]
 
 CACHE_ENV = "DPO_EVAL_CACHE_DIR"
@@ -212,6 +213,22 @@ class EvalConfig:
     """Answered examples from the set's dev split before each question (zero-shot by default)."""
     mcq_max_questions: int | None = None
     """At most this many questions per set (the first by seeded hash)."""
+    serve_url: str | None = None
+    """Answers come from this OpenAI-compatible server (vLLM, llama.cpp, TGI) instead of the loaded model; the
+    log-probs of the reward claims stay local. None: local generation."""
+    serve_model: str | None = None
+    """The served name of the adapter (vLLM: a --lora-modules NAME)."""
+    serve_base_model: str | None = None
+    """The served name of the base model."""
+    serve_prompt: ServePrompt = "local"
+    """local: the chat template is applied here and the prompt's token ids are sent to /completions (the same
+    prompt as local generation); server: the messages go to /chat/completions and the server's template."""
+    serve_concurrency: int = 16
+    """Requests in flight at once to the answer server (its own batching does the rest)."""
+    serve_timeout: float = 300.0
+    """Seconds the answer server may take per answer before the request is retried."""
+    serve_key_env: str = "DPO_EVAL_SERVE_API_KEY"
+    """Environment variable holding the answer server's API key (sent only to it; none sent if unset)."""
     judge: str | None = None
     """Judges tuned vs base answers: a local model (directory or hub id; 'base' for the gated adapter's base, adapter
     off) or the base URL of an OpenAI-compatible chat-completions server. None: the judge claims are skipped."""
@@ -278,6 +295,28 @@ class EvalConfig:
         if len(set(self.mcq)) != len(self.mcq):
             raise ConfigError("--mcq", list(self.mcq), "each set given once")
         self._check_judge()
+        self._check_serve()
+
+    def _check_serve(self) -> None:
+        _choice("--serve-prompt", self.serve_prompt, ServePrompt)
+        if self.serve_url is None:
+            if self.serve_model or self.serve_base_model:
+                raise ConfigError("--serve-model", self.serve_model or self.serve_base_model, "no value without "
+                                  "--serve-url", "Pass the server's URL with --serve-url.")
+            return
+        if not self.serve_url.startswith(("http://", "https://")):
+            raise ConfigError("--serve-url", self.serve_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        for option, name in (("--serve-model", self.serve_model), ("--serve-base-model", self.serve_base_model)):
+            if not name:
+                raise ConfigError(option, name, "the served model name, with --serve-url",
+                                  f"List what the server serves: curl {self.serve_url.rstrip('/')}/models")
+        if self.serve_model == self.serve_base_model:
+            raise ConfigError("--serve-model", self.serve_model, "the adapter's served name, not the base's",
+                              "With vLLM: --lora-modules NAME=ckpt/ and --serve-model NAME.")
+        if self.serve_concurrency < 1:
+            raise ConfigError("--serve-concurrency", self.serve_concurrency, "a positive integer")
+        if not self.serve_timeout > 0:
+            raise ConfigError("--serve-timeout", self.serve_timeout, "a number of seconds > 0")
 
     def _check_judge(self) -> None:
         url = self.judge is not None and self.judge.startswith(("http://", "https://"))

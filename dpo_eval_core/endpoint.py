@@ -16,11 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .chat import Message
 from .errors import EndpointError
 
+T = TypeVar("T")
+R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
 
@@ -42,6 +44,17 @@ class EndpointSettings:
     """Requests in flight at once."""
     backoff_s: float = 1.0
     """The first retry waits this long; each later one twice the one before."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One completion as the server returned it."""
+
+    text: str
+    n_tokens: int | None
+    """usage.completion_tokens, when the server reports it."""
+    finish_reason: str | None
+    """'stop' at an end-of-sequence or stop token, 'length' at max_tokens."""
 
 
 def base_url(url: str) -> str:
@@ -74,12 +87,18 @@ class ChatEndpoint:
 
     def models(self) -> list[str] | None:
         """The served model names (GET /models); None when the server does not list them (404)."""
+        cards = self.model_cards()
+        return None if cards is None else list(cards)
+
+    def model_cards(self) -> dict[str, dict[str, Any]] | None:
+        """The served models by name with what the server says of each (vLLM: `root`, the weights it loaded,
+        and `parent`, the base of a LoRA module); None when the server does not list them (404)."""
         try:
             body = self._request("GET", "/models", None)
         except _NotFound:
             return None
         try:
-            return [str(m["id"]) for m in body["data"]]
+            return {str(m["id"]): dict(m) for m in body["data"]}
         except (KeyError, TypeError):
             raise EndpointError(f"{self.url}/models answered {_snippet(body)}, not a model list ({{'data': [{{'id': "
                                 f"...}}]}}). Check that the URL is the server's OpenAI-compatible base URL "
@@ -94,31 +113,51 @@ class ChatEndpoint:
 
     def chat(self, messages: Sequence[Message], max_tokens: int) -> str:
         """The reply to one conversation, greedy (temperature 0)."""
-        body = {"model": self.settings.model, "messages": [{"role": r, "content": c} for r, c in messages],
-                "max_tokens": max_tokens, "temperature": 0.0}
-        reply = self._request("POST", "/chat/completions", body)
+        return self.generate(messages, max_tokens=max_tokens).text
+
+    def generate(self, prompt: Sequence[Message] | Sequence[int], *, max_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None) -> Reply:
+        """One completion: chat messages through /chat/completions (the server applies its chat template),
+        or prompt token ids through /completions (the prompt exactly as given, no template)."""
+        chat = bool(prompt) and not isinstance(prompt[0], int)
+        body: dict[str, Any] = {"model": self.settings.model, "max_tokens": max_tokens, "temperature": temperature,
+                                "top_p": top_p, **({"seed": seed} if seed is not None else {})}
+        if chat:
+            body["messages"] = [{"role": r, "content": c} for r, c in prompt]  # type: ignore[misc]
+        else:
+            body["prompt"] = list(prompt)
+        route = "/chat/completions" if chat else "/completions"
+        reply = self._request("POST", route, body)
         try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise EndpointError(f"{self.url}/chat/completions answered {_snippet(reply)}, which has no "
-                                f"choices[0].message.content. Check that the server speaks the chat-completions "
-                                f"API.") from None
-        return "" if content is None else str(content)
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+            usage = reply.get("usage") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            where = "choices[0].message.content" if chat else "choices[0].text"
+            raise EndpointError(f"{self.url}{route} answered {_snippet(reply)}, which has no {where}. Check that "
+                                f"the server speaks the OpenAI {route.strip('/')} API.") from None
+        n = usage.get("completion_tokens")
+        return Reply("" if text is None else str(text), int(n) if isinstance(n, int) else None,
+                     choice.get("finish_reason"))
 
     def chat_many(self, conversations: Sequence[Sequence[Message]], max_tokens: int) -> Iterator[tuple[int, str]]:
-        """(index, reply) as each reply arrives, at most settings.concurrency requests in flight. The first
-        failure cancels what has not started and is raised once the requests in flight have answered (their
-        replies are yielded first, so the caller keeps everything that arrived)."""
+        """(index, reply) as each reply arrives (see `many`)."""
+        return self.many(lambda c: self.chat(c, max_tokens), conversations)
+
+    def many(self, call: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
+        """(index, call(item)) as each result arrives, at most settings.concurrency requests in flight. The
+        first failure cancels what has not started and is raised once the requests in flight have answered
+        (their results are yielded first, so the caller keeps everything that arrived)."""
         pool = cf.ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="dpo-eval-endpoint")
         error: BaseException | None = None
         try:
-            futures = {pool.submit(self.chat, c, max_tokens): i for i, c in enumerate(conversations)}
+            futures = {pool.submit(call, item): i for i, item in enumerate(items)}
             for future in cf.as_completed(futures):
                 if future.cancelled():
                     continue
                 if (exc := future.exception()) is not None:
                     error = error or exc
-                    for f in futures:  # nothing new starts; replies in flight still arrive and are kept
+                    for f in futures:  # nothing new starts; results in flight still arrive and are kept
                         f.cancel()
                     continue
                 yield futures[future], future.result()

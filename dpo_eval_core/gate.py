@@ -43,6 +43,7 @@ from .identity import ModelIdentity, base_fingerprint
 from .mcq import QuestionSet, load_question_sets, set_names
 from .registry import FAMILIES, Variant, check_claim_ids, claim_ids, family_of, split_id
 from .rewards import RewardSummary, score_logps, summarize
+from .serving import Served, connect, serve_answers
 from .stats import FeatureStat, feature_stats, signal_agreement_ci
 
 
@@ -171,13 +172,25 @@ class GateRun:
     def answers(self) -> dict[str, list[Generation | None]]:
         """Tuned and base answers, from the one loaded model: every valid pair, --train-answers train pairs."""
         prompts, out = [p.messages for p in self.pairs.pairs], {}
+        only, settings = self.pairs.answered(self.cfg.train_answers, self.cfg.seed), self.cfg.generation
         for role, identity in (("tuned", self.identity), ("base", self.identity.without_adapter())):
             with self.ledger.phase(f"generate {role}"):
-                out[role], n = generate_answers(self.model.backend, prompts, model=identity, settings=self.cfg.generation,
-                                                cache=self.cache, desc=f"generate {role}",
-                                                only=self.pairs.answered(self.cfg.train_answers, self.cfg.seed))
+                if self.cfg.serve_url:
+                    render = functools.partial(prompt_ids, self.tokenizer, system_ok=self.system_ok)
+                    out[role], n = serve_answers(self.served[role], prompts, settings=settings, cache=self.cache,
+                                                 desc=f"generate {role} (server)", only=only,
+                                                 prompt_ids=render if self.cfg.serve_prompt == "local" else None,
+                                                 count_tokens=lambda t: len(self.tokenizer(t)["input_ids"]))
+                else:
+                    out[role], n = generate_answers(self.model.backend, prompts, model=identity, settings=settings,
+                                                    cache=self.cache, desc=f"generate {role}", only=only)
                 self.ledger.count(f"generations_{role}", n)
         return out
+
+    @functools.cached_property
+    def served(self) -> dict[str, Served]:
+        """The --serve-url models that answer instead of the loaded one, checked before any model loads."""
+        return connect(self.cfg, self.tokenizer.chat_template)
 
     def _features(self, texts: dict[str, list[str]], of: str) -> dict[str, np.ndarray]:
         with self.ledger.phase(f"features ({of})"):

@@ -115,3 +115,12 @@ def judge_key(judge: Mapping[str, Any], prompt: str, max_tokens: int) -> str:
     decoding settings, or an endpoint's URL and served model; never its key), the rendered prompt (template,
     question, both answers and their order) and the reply budget."""
     return make_key("judge", {"judge": dict(judge), "prompt": prompt, "max_tokens": max_tokens})
+
+
+def served_generation_key(server: Mapping[str, Any], settings: GenerationSettings, messages: Sequence[Message]) -> str:
+    """An answer from a serving engine: the server's identity (URL, served name, the weights it reports, the
+    prompt mode and, when the prompt is rendered here, the chat template), the decoding settings (not the
+    local batching ones) and the prompt. Never equal to a local answer's key."""
+    decoding = {k: getattr(settings, k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")}
+    return make_key("generation", {"server": dict(server), "settings": decoding,
+                                   "messages": [list(m) for m in messages]})

@@ -54,6 +54,11 @@ def run_facts(run: Any) -> dict[str, Any]:
     if "identity" in sec:
         facts["model_key"] = sec["identity"].fields()
     if "answers" in sec:
+        facts["answers_from"] = ({"server": run.cfg.serve_url, "tuned": run.cfg.serve_model,
+                                  "base": run.cfg.serve_base_model,
+                                  "chat_template": {"local": "applied by the gate, token ids sent to /completions",
+                                                    "server": "the server's, messages sent to /chat/completions"}[
+                                      run.cfg.serve_prompt]} if run.cfg.serve_url else "local")
         given = {r: [g for g in gens if g is not None] for r, gens in sec["answers"].items()}
         facts["truncated_share"] = {r: float(np.mean([g.truncated for g in gens])) if gens else 0.0
                                     for r, gens in given.items()}

@@ -1,19 +1,31 @@
-"""A chat-completions server on 127.0.0.1 for the judge tests: the real HTTP client talks to it."""
+"""OpenAI-compatible servers on 127.0.0.1 for the tests: the real HTTP clients talk to them.
+
+`Server` speaks the API and plays scripted faults; `judge_server` answers chat completions with a
+function of the prompt (a judge); `model_server` answers from a loaded Hugging Face model with and
+without its adapter, as vLLM serves a base and its LoRA modules. Run as a script it serves the demo (or
+any adapter) that way, for end-to-end runs by hand:
+
+    python tests/api_server.py [--adapter ckpt/] [--port 8000]
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 MARK_A, MARK_B = "[The Start of Assistant A's Answer]\n", "[The Start of Assistant B's Answer]\n"
 END_A, END_B = "\n[The End of Assistant A's Answer]", "\n[The End of Assistant B's Answer]"
 
+Respond = Callable[[str, dict], dict]
+"""(route, request body) -> response body."""
+
 
 def answers_in(prompt: str) -> tuple[str, str]:
-    """(answer A, answer B) from a prompt rendered with the default template."""
+    """(answer A, answer B) from a prompt rendered with the default judge template."""
     a = prompt.split(MARK_A, 1)[1].split(END_A, 1)[0]
     b = prompt.split(MARK_B, 1)[1].split(END_B, 1)[0]
     return a, b
@@ -26,16 +38,17 @@ def prefers_longer(prompt: str) -> str:
 
 
 class Server:
-    """A chat-completions server on 127.0.0.1: it lists `models` and answers `reply(prompt)`, after playing
-    `script` (one entry per POST: an HTTP status, 'slow', 'malformed', 'ok') from its start."""
+    """A server on 127.0.0.1 that lists `cards` at /v1/models and answers POSTs with `respond`, after playing
+    `script` from its start: one entry per POST, an HTTP status, 'slow' (sleep slow_s first), 'malformed'
+    (a body that is not JSON) or 'ok'. A POST for a model it does not list gets a 404, as vLLM answers."""
 
-    def __init__(self, reply: Callable[[str], str], models: tuple[str, ...] = ("judge-7b",)) -> None:
-        self.reply, self.models, self.script, self.requests = reply, models, [], []
+    def __init__(self, respond: Respond, cards: list[dict]) -> None:
+        self.respond, self.cards, self.script, self.requests = respond, cards, [], []
         self.lock, self.slow_s = threading.Lock(), 1.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
+            def log_message(self, *args: Any) -> None:
                 pass
 
             def send(self, status: int, body: bytes) -> None:
@@ -48,12 +61,12 @@ class Server:
             def do_GET(self) -> None:
                 if self.path != "/v1/models":
                     return self.send(404, b'{"error": "not found"}')
-                self.send(200, json.dumps({"object": "list", "data": [{"id": m} for m in server.models]}).encode())
+                self.send(200, json.dumps({"object": "list", "data": server.cards}).encode())
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                    server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                     step = server.script.pop(0) if server.script else "ok"
                 if step == "slow":
                     time.sleep(server.slow_s)
@@ -61,13 +74,9 @@ class Server:
                     return self.send(step, b'{"error": {"message": "scripted failure"}}')
                 if step == "malformed":
                     return self.send(200, b"<html>not the API</html>")
-                if body["model"] not in server.models:
-                    return self.send(404, json.dumps({"error": f"model {body['model']!r} does not exist"}).encode())
-                content = server.reply(body["messages"][-1]["content"])
-                self.send(200, json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                           "choices": [{"index": 0, "finish_reason": "stop",
-                                                        "message": {"role": "assistant", "content": content}}]
-                                           }).encode())
+                if body.get("model") not in {c["id"] for c in server.cards}:
+                    return self.send(404, json.dumps({"error": f"model {body.get('model')!r} does not exist"}).encode())
+                self.send(200, json.dumps(server.respond(self.path.removeprefix("/v1"), body)).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -78,9 +87,67 @@ class Server:
         self.httpd.server_close()
 
 
+def judge_server(reply: Callable[[str], str], models: tuple[str, ...] = ("judge-7b",)) -> Server:
+    """Chat completions whose content is reply(the last message's content)."""
+    def respond(route: str, body: dict) -> dict:
+        content = reply(body["messages"][-1]["content"])
+        return {"id": "x", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+    return Server(respond, [{"id": m} for m in models])
+
+
+def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extra: Mapping[str, dict] | None = None
+                 ) -> Server:
+    """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`)
+    or off (the base). /completions takes prompt token ids; /chat/completions applies the model's chat template.
+    Requests are answered one at a time (the model is not thread-safe), each as its own batch."""
+    import torch
+
+    from dpo_eval_core.backend import GenerationSettings, decode
+
+    lock = threading.Lock()
+
+    def respond(route: str, body: dict) -> dict:
+        chat = route == "/chat/completions"
+        ids = backend.prompt_ids([(m["role"], m["content"]) for m in body["messages"]]) if chat else body["prompt"]
+        settings = GenerationSettings(max_new_tokens=body["max_tokens"])
+        eos = backend._eos_ids()
+        with lock, torch.inference_mode(), backend.adapter_context(served[body["model"]]):
+            (_, row), = decode(backend.model, [ids], pad=backend.tokenizer.pad_token_id, eos=eos, settings=settings,
+                               device=backend.device)
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        tokens = row if stop is None else row[:stop]
+        text = backend.tokenizer.decode(tokens, skip_special_tokens=True)
+        choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+        return {"id": "x", "model": body["model"], "usage": {"completion_tokens": len(tokens)},
+                "choices": [{"index": 0, "finish_reason": "length" if stop is None else "stop", **choice}]}
+
+    cards = [{"id": name, "root": f"/models/{name}", "parent": None if not adapter else base,
+              **(cards_extra or {}).get(name, {})} for name, adapter in served.items()]
+    return Server(respond, cards)
+
+
 def main() -> None:
-    """Serve the longer-answer judge until killed, printing the URL (for end-to-end runs by hand)."""
-    server = Server(prefers_longer)
+    """Serve an adapter and its base (the demo's by default) until killed, printing the URL."""
+    from pathlib import Path
+
+    from dpo_eval_core import demo
+    from dpo_eval_core.backend import HFBackend
+    from dpo_eval_core.chat import accepts_system
+    from dpo_eval_core.config import EvalConfig
+    from dpo_eval_core.models import load_adapted, load_chat_tokenizer, resolve
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", type=Path, default=demo.DEMO_ADAPTER_DIR)
+    parser.add_argument("--name", default="tuned", help="the adapter's served name")
+    parser.add_argument("--base-name", default="base", help="the base's served name")
+    args = parser.parse_args()
+    cfg = EvalConfig(adapter=args.adapter)
+    spec = resolve(cfg, demo.local_bases(cfg.cache_dir))
+    tokenizer = load_chat_tokenizer(spec.base)
+    model, _ = load_adapted(spec, "none", "float32", "cpu")
+    backend = HFBackend(model, tokenizer, system_ok=accepts_system(tokenizer), device="cpu")
+    server = model_server(backend, {args.name: True, args.base_name: False}, args.base_name)
     print(server.url, flush=True)
     while True:
         time.sleep(3600)

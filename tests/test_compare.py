@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from tiny import make_adapter
 
 from dpo_eval_core.backend import GenerationSettings, HFBackend
-from dpo_eval_core.cache import Cache
 from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.claims import Claim, not_worse
 from dpo_eval_core.compare import compare_correct, compare_features, compare_values, match

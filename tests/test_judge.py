@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from judge_server import MARK_A, Server, answers_in
+from api_server import MARK_A, Server, answers_in, judge_server
 
 from dpo_eval_core.backend import Generation, GenerationSettings, HFBackend
 from dpo_eval_core.cache import Cache
@@ -224,7 +224,7 @@ def server() -> Iterator[Server]:
         a, b = answers_in(prompt)
         return "[[A]] it is right." if a.startswith("good") else "[[B]] it is right." if b.startswith("good") else "?"
 
-    s = Server(prefers_good)
+    s = judge_server(prefers_good)
     yield s
     s.close()
 
@@ -302,8 +302,8 @@ def test_an_interrupted_judge_run_keeps_the_replies_it_got_and_resumes(server, t
     judge = EndpointJudge(endpoint(server.url, concurrency=1))
     with pytest.raises(EndpointError, match="HTTP 400"):
         measure(judge, pairs, answers, TEMPLATE, 16, Cache(tmp_path), 0.95, 500, np.random.default_rng(0))
-    first = len(server.requests)  # four replies, the refusal, and the one in flight when it came (kept)
-    assert first in (5, 6)
+    first = len(server.requests)  # four replies, the refusal, and any sent before it was seen (all kept)
+    assert 5 <= first <= 10
     s, asked = measure(judge, pairs, answers, TEMPLATE, 16, Cache(tmp_path), 0.95, 500, np.random.default_rng(0))
     assert asked == 10 - (first - 1) and s.wins == 5 and len(server.requests) == first + asked
 

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("registry",),
     ("config",),
     ("models",),
-    ("quantization", "generation", "rewards", "judge"),
+    ("quantization", "generation", "rewards", "judge", "serving"),
     ("forgetting", "compare"),
     ("claims", "report"),
     ("results",),

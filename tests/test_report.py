@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from api_server import Server, prefers_longer
+from api_server import judge_server as serve_judge
 from evals_cli import run_evals
-from judge_server import Server, prefers_longer
 from tiny import make_adapter
 
 from dpo_eval_core.registry import RATES
@@ -39,7 +40,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[Server]:
-    server = Server(prefers_longer)
+    server = serve_judge(prefers_longer)
     yield server
     server.close()
 
