@@ -100,21 +100,39 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
                  ) -> Server:
     """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`)
     or off (the base). /completions takes prompt token ids; /chat/completions applies the model's chat template.
-    Requests are answered one at a time (the model is not thread-safe), each as its own batch."""
+    Requests that arrive together are decoded together (a batching thread, as serving engines batch); one
+    batch per adapter state and reply budget."""
+    import queue
+
     import torch
 
     from dpo_eval_core.backend import GenerationSettings, decode
 
-    lock = threading.Lock()
+    waiting: queue.Queue = queue.Queue()
+    eos = backend._eos_ids()
+
+    def worker() -> None:
+        while True:
+            jobs = [waiting.get()]
+            time.sleep(0.05)  # let the requests in flight join the batch
+            while not waiting.empty():
+                jobs.append(waiting.get())
+            for key in {(adapter, n) for _, adapter, n, _ in jobs}:
+                group = [j for j in jobs if (j[1], j[2]) == key]
+                with torch.inference_mode(), backend.adapter_context(key[0]):
+                    for i, row in decode(backend.model, [j[0] for j in group], pad=backend.tokenizer.pad_token_id,
+                                         eos=eos, settings=GenerationSettings(max_new_tokens=key[1]),
+                                         device=backend.device):
+                        group[i][3].put(row)
+
+    threading.Thread(target=worker, daemon=True).start()
 
     def respond(route: str, body: dict) -> dict:
         chat = route == "/chat/completions"
         ids = backend.prompt_ids([(m["role"], m["content"]) for m in body["messages"]]) if chat else body["prompt"]
-        settings = GenerationSettings(max_new_tokens=body["max_tokens"])
-        eos = backend._eos_ids()
-        with lock, torch.inference_mode(), backend.adapter_context(served[body["model"]]):
-            (_, row), = decode(backend.model, [ids], pad=backend.tokenizer.pad_token_id, eos=eos, settings=settings,
-                               device=backend.device)
+        done: queue.Queue = queue.Queue()
+        waiting.put((list(ids), served[body["model"]], body["max_tokens"], done))
+        row = done.get()
         stop = next((i for i, t in enumerate(row) if t in eos), None)
         tokens = row if stop is None else row[:stop]
         text = backend.tokenizer.decode(tokens, skip_special_tokens=True)
