@@ -310,6 +310,10 @@ class EvalConfig:
             if not name:
                 raise ConfigError(option, name, "the served model name, with --serve-url",
                                   f"List what the server serves: curl {self.serve_url.rstrip('/')}/models")
+        if self.compare is not None:
+            raise ConfigError("--compare", str(self.compare), "no value with --serve-url",
+                              "The other adapter has no served name to ask: compare the two with local generation "
+                              "(leave out --serve-url), or gate each against the server on its own.")
         if self.serve_model == self.serve_base_model:
             raise ConfigError("--serve-model", self.serve_model, "the adapter's served name, not the base's",
                               "With vLLM: --lora-modules NAME=ckpt/ and --serve-model NAME.")

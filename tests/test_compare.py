@@ -3,14 +3,13 @@ loaded base, only its own side computed; and the paired baseline check."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import make_adapter
+from tiny import make_adapter, write_pairs
 
 from dpo_eval_core.backend import GenerationSettings, HFBackend
 from dpo_eval_core.chat import accepts_system
@@ -79,11 +78,7 @@ def test_the_feature_comparison_counts_shifted_signal_features_by_the_data_direc
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
-             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(40)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 40)
 
 
 def test_the_second_adapter_on_the_same_model_answers_as_if_loaded_alone(tiny_llama, tmp_path):

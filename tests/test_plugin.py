@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import write_pairs
 
 PLUGINS = ["-p", "no:cacheprovider"]  # the dpo-eval plugin comes from its pytest11 entry point
 GATE_TEST = """
@@ -23,11 +24,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
-             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(24)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path / "pairs.jsonl", 24)
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -15,7 +15,7 @@ import pytest
 from api_server import Server, prefers_longer
 from api_server import judge_server as serve_judge
 from evals_cli import run_evals
-from tiny import make_adapter
+from tiny import make_adapter, write_pairs
 
 from dpo_eval_core.registry import RATES
 from dpo_eval_core.results import load_results, write_json
@@ -31,11 +31,7 @@ def gate(out: Path, adapter: Path, data: Path, cache: Path, *args: str) -> tuple
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
-             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(40)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 40)
 
 
 @pytest.fixture(scope="module")

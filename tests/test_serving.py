@@ -143,3 +143,6 @@ def test_serving_options_are_checked_together():
         EvalConfig(serve_url="http://127.0.0.1:8000/v1", serve_model="m", serve_base_model="m")
     with pytest.raises(ConfigError, match="--serve-model"):
         EvalConfig(serve_model="m")
+    with pytest.raises(ConfigError, match="--compare.*no value with --serve-url"):
+        EvalConfig(serve_url="http://127.0.0.1:8000/v1", serve_model="m", serve_base_model="b",
+                   compare=Path(__file__).parents[1] / "dpo_eval_core" / "demo" / "assets" / "adapter")

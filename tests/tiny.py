@@ -99,3 +99,11 @@ def make_silent_base(path: Path) -> Path:
     model.generation_config.eos_token_id = [0, model.config.eos_token_id]
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def write_pairs(path: Path, n: int) -> Path:
+    """n preference pairs with a plain style difference (a short chosen, a hedging rejected) as JSON Lines."""
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+             "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
