@@ -301,8 +301,9 @@ def not_worse(c: PairedComparison, gate: GateConfig, other: str) -> Claim:
     """The candidate (this run's adapter) is not significantly worse than `other` on one paired comparison."""
     cid, prefers = f"not-worse[{c.what}]", c.prefers(gate.alpha)
     if c.n == 0:
-        return Claim(cid, False, None, "", "", 0, f"no item scored for both adapters: nothing to compare with {other}",
-                     applicable=False)
+        why = ("the data has no data-signal feature (train split), so there is no direction to compare the answers "
+               "in" if c.what == "sign-agreement" else "no item was scored for both adapters")
+        return Claim(cid, False, None, "", "", 0, f"{why}: nothing to compare with {other}", applicable=False)
     verdict = {"candidate": "the paired test prefers this adapter", "other": f"the paired test prefers {other}",
                "neither": "no significant difference"}[prefers]
     if c.what == "sign-agreement":
