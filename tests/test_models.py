@@ -219,3 +219,46 @@ def test_batches_take_every_row_once_within_the_row_cap_and_the_token_budget(len
             assert len(b) * max(lengths[i] for i in b) <= max_tokens
     if max_tokens is None:  # rows alone cap the batches: only the last may be short
         assert all(len(b) == size for b in out[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40))
+def test_survivors_keep_every_live_row_once_and_move_only_rows_from_above(finished):
+    from dpo_eval_core.backend import survivors
+
+    order = survivors(finished)
+    live = [i for i, f in enumerate(finished) if not f]
+    assert sorted(order) == live
+    for slot, row in enumerate(order):  # a live row already below the new size stays where it is
+        assert row == slot if not finished[slot] else row >= len(order)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 5), st.lists(st.booleans(), min_size=1, max_size=1)), min_size=1,
+                max_size=12), st.integers(1, 4))
+def test_growing_cache_layer_holds_what_transformers_dynamic_layer_holds(ops, reserve):
+    """Appends of 1-5 columns and row removals in any order: the in-place layer's keys and values equal
+    the concatenating DynamicLayer's; appends within the reserve write into the same buffer."""
+    from transformers.cache_utils import DynamicLayer
+
+    from dpo_eval_core.backend import growing_layer_class, survivors
+
+    gen = torch.Generator().manual_seed(len(ops) * 7 + reserve)
+    ours, theirs, rows = growing_layer_class()(reserve), DynamicLayer(), 6
+    for op in ops:
+        if isinstance(op, int):
+            k, v = torch.randn(rows, 2, op, 3, generator=gen), torch.randn(rows, 2, op, 3, generator=gen)
+            before = None if ours.key_buffer is None else ours.key_buffer.data_ptr()
+            free = 0 if ours.key_buffer is None else ours.key_buffer.shape[-2] - ours.filled
+            ours.update(k, v)
+            theirs.update(k, v)
+            if op <= free:
+                assert ours.key_buffer.data_ptr() == before  # written in place, nothing copied
+        elif rows > 1 and ours.is_initialized:
+            finished = [op[0] and i % 2 == 0 for i in range(rows)]  # every other row, when op says so
+            keep = torch.tensor(survivors(finished))
+            ours.batch_select_indices(keep)
+            theirs.batch_select_indices(keep)
+            rows = len(keep)
+        if ours.is_initialized:
+            assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
