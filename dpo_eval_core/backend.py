@@ -527,9 +527,8 @@ def growing_layer_class() -> type:
     class GrowingLayer(DynamicLayer):
         """A KV cache layer that writes each step's keys and values in place, into buffers with room for
         `reserve` more columns, instead of concatenating: transformers' DynamicLayer copies the whole cache at
-        every decode step, which with long prompts costs more than the step itself (64 rows of 1,000-token
-        UltraFeedback prompts: 3 GB copied per step for a 135M model). `keys` and `values` are views of the
-        filled columns; a buffer that fills up grows by `reserve` columns more than it needs."""
+        every decode step (on 96 UltraFeedback prompts, 16% of generation on 2 CPU cores). `keys` and `values`
+        are views of the filled columns; a buffer that fills up grows by `reserve` columns more than it needs."""
 
         def __init__(self, reserve: int) -> None:
             super().__init__()

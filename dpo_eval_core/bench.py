@@ -36,7 +36,7 @@ from .backend import GenerationSettings
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
 from .data import load_pairs
-from .demo import DEMO_ADAPTER_DIR, demo_base_dir, local_bases, with_demo_defaults
+from .demo import DEMO_ADAPTER_DIR, DEMO_MCQ, demo_base_dir, local_bases, with_demo_defaults
 from .demo.controls import noise_adapter
 from .features import FeatureSettings, build_pipeline, doc_features, extract
 from .gate import GateRun
@@ -192,7 +192,8 @@ def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str
         cfg = EvalConfig(cache_dir=fresh, max_samples=max_samples)
         cold = timed_gate(cfg, fresh)
         warm = timed_gate(cfg, fresh)
-        new = timed_gate(dataclasses.replace(cfg, adapter=new_adapter), fresh)
+        # the same claims as cold: the demo's MMLU sample is a default only for the demo adapter itself
+        new = timed_gate(dataclasses.replace(cfg, adapter=new_adapter, mcq=(str(DEMO_MCQ),)), fresh)
         peak_gate = _child_peak("gate", fresh, max_samples)
         peak_model = _child_peak("model", fresh, max_samples)
     floor = adapter_floor(cold)
@@ -205,13 +206,15 @@ def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str
 def adapter_floor(cold: dict[str, Any]) -> dict[str, float]:
     """Seconds of a cold gate that a new adapter must spend again: loading the model, the tuned answers
     and their text features, the policy half of the reward log-probs (the reference half feeds the same
-    tokens to the same weights, adapter off) and the quantization probes. The rest (base answers, data
-    features, reference log-probs) is cached under the base alone."""
+    tokens to the same weights, adapter off), the tuned half of the multiple-choice questions and the
+    quantization probes. The rest (base answers, data features, reference log-probs, the base's
+    multiple-choice scores) is cached under the base alone."""
     t, n = cold["timings"], cold["computed"]
     tuned = n.get("generations_tuned", 0) / max(1, n.get("generations_tuned", 0) + n.get("generations_base", 0))
     return {"load": t.get("load", 0.0), "generate tuned": t.get("generate tuned", 0.0),
             "features (answers) x tuned share": t.get("features (answers)", 0.0) * tuned,
-            "rewards / 2": t.get("rewards", 0.0) / 2, "quantization": t.get("quantization", 0.0)}
+            "rewards / 2": t.get("rewards", 0.0) / 2, "multiple choice / 2": t.get("multiple choice", 0.0) / 2,
+            "quantization": t.get("quantization", 0.0)}
 
 
 def _child_peak(what: str, cache_dir: Path, max_samples: int) -> float:
