@@ -464,7 +464,7 @@ class Running:
         mask = self.mask[keep]
         lead = int(mask.any(0).int().argmax())
         cache = self.cache
-        if config is not None and lead * 8 >= mask.shape[1] > 0 and lead:
+        if config is not None and lead and lead * 8 >= mask.shape[1]:
             cache = rebuilt(((x.keys[..., lead:, :], x.values[..., lead:, :]) for x in cache.layers), [cache.layers],
                             config, reserve)
             mask = mask[:, lead:]
