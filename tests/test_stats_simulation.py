@@ -34,6 +34,7 @@ def any_discovery(d: np.ndarray) -> tuple[bool, float]:
     return bool((p < ALPHA).any()), float((p < ALPHA).mean())
 
 
+@pytest.mark.slow  # 500 null runs x 69 Wilcoxon tests: about a minute of the CI budget
 def test_bh_controls_the_share_of_null_runs_with_any_discovery():
     rng = np.random.default_rng(20261125)
     runs = 500
