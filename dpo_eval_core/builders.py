@@ -17,11 +17,10 @@ from . import claims as C
 from . import regression as R
 from .chat import tokenizer_facts
 from .claims import Claim
-from .compare import compare_correct
 from .errors import ConfigError
+from .features import FEATURE_NAMES
 from .models import logit_effect
 from .registry import VARIANTS, family_of, split_id
-from .stats import bootstrap_mean_ci
 
 if TYPE_CHECKING:
     from .gate import GateRun
@@ -70,17 +69,15 @@ def alignment(run: GateRun, _: str | None) -> list[Claim]:
 
 def adapter_changes_answers(run: GateRun, _: str | None) -> list[Claim]:
     """Share of valid-split prompts whose tuned answer differs from the base answer (greedy: a zero adapter
-    gives 0; a weak one leaves many answers as they were)."""
+    gives 0; a weak one leaves many answers as they were), on its exact interval."""
     valid = [i for i, p in enumerate(run.pairs.pairs) if p.split == "valid"]
     tuned, base = run.answers["tuned"], run.answers["base"]
-    changed = np.array([t.text != b.text for i in valid if (t := tuned[i]) and (b := base[i])], dtype=float)
-    g = run.cfg.gate
-    lo, hi = bootstrap_mean_ci(changed, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
-    share = float(changed.mean()) if changed.size else float("nan")
-    ci = f"{g.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]"
-    return [Claim("adapter-changes-answers", bool(changed.size) and lo > 0, share, "CI low > 0", ci, changed.size,
-                  f"{int(changed.sum())} of {changed.size} valid-split answers differ from the base model's "
-                  f"(share {share:.3f}, {ci})", ci=(lo, hi))]
+    changed = [t.text != b.text for i in valid if (t := tuned[i]) and (b := base[i])]
+    if not any(changed):
+        return [Claim("adapter-changes-answers", False, 0.0 if changed else None, "CI low > 0", "", len(changed),
+                      f"none of the {len(changed)} valid-split answers differs from the base model's")]
+    return [C.rate_above("adapter-changes-answers", sum(changed), len(changed), 0.0, run.cfg.gate,
+                         "valid-split answers that differ from the base model's: share", units="answers")]
 
 
 def forgetting(run: GateRun, set_name: str | None) -> list[Claim]:
@@ -116,20 +113,22 @@ def still_passes(run: GateRun, claim_id: str | None) -> list[Claim]:
 
 
 def not_lower(run: GateRun, rate: str | None) -> list[Claim]:
-    """Paired (exact McNemar on the pairs both runs scored, and the interval rule) where the baseline has
-    per-pair values, else the interval rule alone with the reason."""
+    """Non-inferiority against the baseline: paired on the items both runs have where the baseline recorded
+    them (pairs, data-signal features), else unpaired with the reason."""
     current = run.claim(rate or "")
     if current is None:
         return []
-    g = run.cfg.gate
-    rewards = {"pair_ids": run.reward_summary.pair_ids, "correct": run.reward_summary.correct,
-               "correct_per_token": run.reward_summary.correct_per_token} if rate in R.PER_PAIR else {}
-    paired = R.paired_values(run.baseline, rewards, current.id)
-    old = next((c for c in run.baseline["claims"] if c["id"] == rate), None)
+    if rate == R.PER_FEATURE:
+        values: dict = {"agreement": R.agreement_by_feature(
+            [c for f in FEATURE_NAMES if (c := run.claim(f"sign-agreement[{f}]")) is not None])}
+    else:
+        values = {"pair_ids": run.reward_summary.pair_ids, "correct": run.reward_summary.correct,
+                  "correct_per_token": run.reward_summary.correct_per_token}
+    paired = R.paired_values(run.baseline, values, current.id)
     if isinstance(paired, str):
-        return [R.not_lower(current.id, old, current, paired)]
-    test = compare_correct(current.id, *paired, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
-    return [R.not_lower_paired(current.id, test, g.alpha, R.not_lower(current.id, old, current))]
+        old = next((c for c in run.baseline["claims"] if c["id"] == rate), None)
+        return [R.not_lower(current.id, old, current, run.cfg.gate, paired)]
+    return [R.not_lower_paired(current.id, *paired, run.cfg.gate)]
 
 
 BUILDERS: dict[str, Builder] = {

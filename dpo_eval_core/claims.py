@@ -1,16 +1,19 @@
 """Claims as data: an id that reads as the claim, the measured value, the threshold, the
-uncertainty and the verdict. Pure functions from measurements to claims."""
+uncertainty and the verdict (pass, fail or inconclusive). Pure functions from measurements to claims;
+the decision rules are in decide.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from . import decide as D
 from .config import GateConfig
 from .compare import PairedComparison
 from .forgetting import Accuracy, ForgettingSummary
-from .judge import JudgeSummary
+from .judge import JudgeSummary, win_interval
 from .models import AdapterReport
 from .rewards import RewardSummary
 from .stats import FeatureStat, min_attainable_p, pairs_needed
@@ -31,9 +34,29 @@ class Claim:
     """False when the claim's precondition does not hold (reported as skipped, with the reason)."""
     ci: tuple[float, float] | None = None
     """Confidence interval of `value`, where it has one: baselines are compared through it."""
+    inconclusive: bool = False
+    """The data could not decide it (neither shown to hold nor shown not to): never a pass."""
+    n_needed: int | None = None
+    """For an inconclusive claim: the items that would decide it at the estimate and spread this run saw."""
 
     def family(self) -> str:
         return self.id.split("[")[0]
+
+    @property
+    def outcome(self) -> str:
+        """'pass', 'fail', 'inconclusive', or 'not applicable'."""
+        if not self.applicable:
+            return "not applicable"
+        return "pass" if self.passed else "inconclusive" if self.inconclusive else "fail"
+
+
+def decided(cid: str, d: D.Decision, threshold: str, uncertainty: str, message: str, *, value: float | None = None,
+            ci: tuple[float, float] | None = None, units: str = "items") -> Claim:
+    """A claim from a decision: its outcome, n, interval and, when inconclusive, what would decide it."""
+    why = D.describe(d, units)
+    return Claim(cid, d.passed, d.estimate if value is None else value, threshold, uncertainty, d.n,
+                 message + (f"; {why}" if why else ""), ci=(d.low, d.high) if ci is None else ci,
+                 inconclusive=d.outcome == "inconclusive", n_needed=d.n_needed)
 
 
 def _fmt(x: float) -> str:
@@ -60,9 +83,9 @@ def _underpowered(cid: str, n_nonzero: int, p_adj: float, gate: GateConfig) -> C
         return Claim(cid, False, p_adj, f"p_adj < {gate.alpha}", "", 0,
                      "no pair differs in this feature (every difference is zero): nothing to test")
     return Claim(cid, False, p_adj, f"p_adj < {gate.alpha}", "", n_nonzero,
-                 f"only {n_nonzero} non-zero differences: the smallest attainable p is "
+                 f"inconclusive: only {n_nonzero} non-zero differences: the smallest attainable p is "
                  f"{min_attainable_p(n_nonzero):.3g} > alpha {gate.alpha}; at least {pairs_needed(gate.alpha)} "
-                 f"pairs with a difference are needed")
+                 f"pairs with a difference are needed", inconclusive=True, n_needed=pairs_needed(gate.alpha))
 
 
 LOW_N = 20
@@ -131,20 +154,59 @@ def alignment(stats: Sequence[FeatureStat], gate: GateConfig,
                             f"[{_fmt(s.tb_valid_ci[0])}, {_fmt(s.tb_valid_ci[1])}] (normalised, valid split)"
                             + _low_n(s.n_valid)))
     agree = [s.sign_agreement > 0 for s in stats if s.feature in signal]
-    rate = sum(agree) / len(agree) if agree else math.nan
-    ci = f"{gate.ci_level:.0%} CI [{_fmt(rate_ci[0])}, {_fmt(rate_ci[1])}]"
-    claims.append(Claim("sign-agreement-rate", bool(agree) and rate >= gate.min_agreement, rate,
-                        f">= {gate.min_agreement}", ci, len(agree),
-                        f"{sum(agree)} of {len(agree)} data-signal features move the data's way "
-                        f"(rate {_fmt(rate)}, {ci}, need {gate.min_agreement})" if agree else
-                        "no feature has data signal, so agreement cannot be measured",
-                        ci=(float(rate_ci[0]), float(rate_ci[1])) if agree else None))
+    if not agree:
+        claims.append(Claim("sign-agreement-rate", False, None, f"CI low > {gate.min_agreement}", "", 0,
+                            "no feature has data signal, so agreement cannot be measured"))
+        return claims
+    claims.append(agreement_rate(sum(agree), len(agree), rate_ci, gate))
     return claims
 
 
+def agreement_rate(k: int, n: int, pairs_ci: tuple[float, float], gate: GateConfig) -> Claim:
+    """sign-agreement-rate: k of n data-signal features move the data's way. Two doubts, both kept: the
+    features are few (an exact interval over them) and each one's direction is measured on few pairs (a
+    bootstrap over the pairs, which keeps the features' correlation). The claim is decided on the union of
+    the two intervals."""
+    rate, lo_f, hi_f, bounds = D.proportion_bounds(k, n, gate.ci_level)
+    lo_p, hi_p = pairs_ci
+    lo = lo_f if math.isnan(lo_p) else min(lo_f, lo_p)
+    hi = hi_f if math.isnan(hi_p) else max(hi_f, hi_p)
+    d = D.above(rate, lo, hi, gate.min_agreement, n, rate_floor(gate), bounds)
+    ci = f"{gate.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]"
+    return decided("sign-agreement-rate", d, f"CI low > {gate.min_agreement}", ci,
+                   f"{k} of {n} data-signal features move the data's way (rate {_fmt(rate)}, {ci}: the union of "
+                   f"the exact interval over features [{lo_f:.3f}, {hi_f:.3f}] and the bootstrap over pairs "
+                   f"[{_fmt(lo_p)}, {_fmt(hi_p)}]; need CI low > {gate.min_agreement})", units="features")
+
+
+def rate_floor(gate: GateConfig) -> int:
+    """Fewest items with which a claim decided on a two-sided ci_level interval can pass."""
+    return D.min_items((1 - gate.ci_level) / 2)
+
+
+def rate_above(cid: str, k: int, n: int, threshold: float, gate: GateConfig, what: str, units: str = "pairs"
+               ) -> Claim:
+    """A proportion k/n whose exact (Clopper-Pearson) interval must lie above `threshold`."""
+    p, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level)
+    d = D.above(p, lo, hi, threshold, n, rate_floor(gate), bounds)
+    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
+    return decided(cid, d, f"CI low > {threshold}", ci, f"{what} {_fmt(p)} ({k} of {n}), {ci}", units=units)
+
+
+def mean_above(cid: str, x: Sequence[float], threshold: float, gate: GateConfig, what: str) -> Claim:
+    """A mean of per-item values whose Student's t interval must lie above `threshold`."""
+    import numpy as np
+
+    m, lo, hi, bounds = D.mean_bounds(np.asarray(x, dtype=float), gate.ci_level)
+    d = D.above(m, lo, hi, threshold, len(x), rate_floor(gate), bounds)
+    ci = f"{gate.ci_level:.0%} t CI [{lo:.4g}, {hi:.4g}]"
+    return decided(cid, d, f"CI low > {threshold:g}", ci, f"{what} {_fmt(m)}, {ci}, n={len(x)}", units="pairs")
+
+
 def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
-    lvl = f"{gate.ci_level:.0%} CI"
-    a, t, m = summary.accuracy, summary.accuracy_per_token, summary.margin
+    """reward-accuracy and reward-accuracy-per-token (exact interval above min_reward_accuracy) and
+    reward-margin (t interval above 0); inconclusive where the interval straddles the line or the pairs are
+    too few for any test (at least 6 at the default 95%)."""
     why = " Every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the " \
           "adapter is not active)." if summary.all_zero else ""
     if summary.n_unscorable:
@@ -154,20 +216,16 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
         empty = "no valid pairs to score" + why
         return [Claim(cid, False, None, "", "", 0, empty)
                 for cid in ("reward-accuracy", "reward-accuracy-per-token", "reward-margin")]
-    return [
-        Claim("reward-accuracy", a.ci_low > gate.min_reward_accuracy, a.value, f"CI low > {gate.min_reward_accuracy}",
-              f"{lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}]", summary.n,
-              f"accuracy {a.value:.3f}, {lvl} [{a.ci_low:.3f}, {a.ci_high:.3f}], n={summary.n}, beta={summary.beta}"
-              + why, ci=(a.ci_low, a.ci_high)),
-        Claim("reward-accuracy-per-token", t.ci_low > gate.min_reward_accuracy, t.value,
-              f"CI low > {gate.min_reward_accuracy}", f"{lvl} [{t.ci_low:.3f}, {t.ci_high:.3f}]", summary.n,
-              f"accuracy of rewards per completion token {t.value:.3f}, {lvl} [{t.ci_low:.3f}, {t.ci_high:.3f}], "
-              f"n={summary.n} (summed: {a.value:.3f}; length alone cannot move this one)" + why,
-              ci=(t.ci_low, t.ci_high)),
-        Claim("reward-margin", m.ci_low > 0, m.value, "CI low > 0", f"{lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}]",
-              summary.n, f"mean margin {m.value:.4g}, {lvl} [{m.ci_low:.4g}, {m.ci_high:.4g}], n={summary.n}" + why,
-              ci=(m.ci_low, m.ci_high)),
-    ]
+    t = gate.min_reward_accuracy
+    acc = rate_above("reward-accuracy", sum(summary.correct), summary.n, t, gate, "accuracy")
+    per_token = rate_above("reward-accuracy-per-token", sum(summary.correct_per_token), summary.n, t, gate,
+                           "accuracy of rewards per completion token")
+    margin = mean_above("reward-margin", summary.margins, 0.0, gate, "mean margin")
+    note = f", beta={summary.beta}" + why
+    return [dataclasses.replace(acc, message=acc.message + note),
+            dataclasses.replace(per_token, message=per_token.message +
+                                f" (summed: {summary.accuracy.value:.3f}; length alone cannot move this one)" + why),
+            dataclasses.replace(margin, message=margin.message + why)]
 
 
 def adapter_changes_model(report: AdapterReport, max_abs_diff: float, top1_changed: float) -> Claim:
@@ -218,9 +276,15 @@ def _acc(a: Accuracy) -> str:
     return f"{a.value:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}]"
 
 
+def _one_sided(gate: GateConfig) -> str:
+    return f"one-sided {1 - gate.alpha:.0%}"
+
+
 def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
-    """mcq-accuracy[SET] (the tuned model answers above chance) and no-forgetting[SET] (tuned is not
-    below base by more than max_forgetting with an exact McNemar p below alpha)."""
+    """mcq-accuracy[SET] (the tuned model answers above chance) and no-forgetting[SET]: non-inferiority of
+    tuned vs base on the gated metric (acc or acc_norm) with margin max_forgetting, on Tango's paired score
+    interval: passes when the one-sided upper bound of the drop is below the margin, fails when its lower
+    bound is above it, else inconclusive."""
     setting = f"{s.settings.format}, {s.settings.shots}-shot, {s.settings.prompt} prompt"
     notes = "".join(f"; {v} {k.replace('_', ' ')} dropped" for k, v in s.dropped.items() if v)
     if s.n_unscorable:
@@ -229,33 +293,51 @@ def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
         why = f"no question of {s.source} could be scored{notes}"
         return [Claim(f"{fam}[{s.name}]", False, None, "", "", 0, why) for fam in ("mcq-accuracy", "no-forgetting")]
     lvl = f"{gate.ci_level:.0%}"
-    at_chance = s.tuned.ci_low <= s.chance and s.base.ci_low <= s.chance
+    tuned, base = s.gated
+    at_chance = tuned.ci_low <= s.chance and base.ci_low <= s.chance
     chance_note = (f"; both models answer at chance level ({s.chance:.3f}) on this set, so it cannot show "
                    f"forgetting: use a set the base model knows") if at_chance else ""
     accuracy = Claim(
-        f"mcq-accuracy[{s.name}]", s.tuned.ci_low > s.chance, s.tuned.value, f"CI low > chance {s.chance:.3f}",
-        f"{lvl} Wilson CI [{s.tuned.ci_low:.3f}, {s.tuned.ci_high:.3f}]", s.n,
+        f"mcq-accuracy[{s.name}]", tuned.ci_low > s.chance, tuned.value, f"CI low > chance {s.chance:.3f}",
+        f"{lvl} Wilson CI [{tuned.ci_low:.3f}, {tuned.ci_high:.3f}]", s.n,
         f"acc tuned {_acc(s.tuned)}, base {_acc(s.base)}; acc_norm tuned {_acc(s.tuned_norm)}, base "
-        f"{_acc(s.base_norm)} ({lvl} Wilson); chance {s.chance:.3f}; n={s.n} ({setting}){notes}",
-        ci=(s.tuned.ci_low, s.tuned.ci_high))
-    d, lo, hi = s.difference
-    drop = -d
-    forgot = drop > gate.max_forgetting and s.p_value < gate.alpha
-    need = s.questions_needed(gate.max_forgetting, gate.alpha)
-    power = (f"detecting a drop of {gate.max_forgetting} at this discordance ({s.discordance:.1%} of questions "
-             f"changed) takes about {need} questions (80% power), {s.n} were asked" if need is not None else
-             f"no drop of {gate.max_forgetting} is possible at this discordance ({s.discordance:.1%} of questions "
-             f"changed)")
-    verdict = (f"tuned is below base by {drop:.3f} > max_forgetting {gate.max_forgetting} and the drop is real "
-               f"(p < {gate.alpha}): the adapter forgot" if forgot else
-               "no real drop beyond max_forgetting")
-    forgetting_claim = Claim(
-        f"no-forgetting[{s.name}]", not forgot, d, f"drop <= {gate.max_forgetting} or McNemar p >= {gate.alpha}",
-        f"{lvl} CI [{lo:.3f}, {hi:.3f}], p={_fmt(s.p_value)}", s.n,
-        f"acc tuned {s.tuned.value:.3f} vs base {s.base.value:.3f}: difference {d:+.3f}, {lvl} CI [{lo:+.3f}, "
-        f"{hi:+.3f}] (paired); {s.lost} questions lost, {s.gained} gained, exact McNemar p={_fmt(s.p_value)}; "
-        f"{verdict}; {power}{chance_note}", ci=(lo, hi))
-    return [accuracy, forgetting_claim]
+        f"{_acc(s.base_norm)} ({lvl} Wilson); {s.metric} gates; chance {s.chance:.3f}; n={s.n} ({setting}){notes}",
+        ci=(tuned.ci_low, tuned.ci_high))
+    d = PairedComparison(s.metric, "paired proportions", s.n, tuned.value, base.value, s.gained,
+                         s.lost).decide(gate.alpha, gate.max_forgetting)
+    verdict = {"pass": f"the drop is shown to be below max_forgetting {gate.max_forgetting}",
+               "fail": f"the drop is shown to exceed max_forgetting {gate.max_forgetting}: the adapter forgot",
+               "inconclusive": f"the data cannot tell whether the drop is below max_forgetting "
+                               f"{gate.max_forgetting}"}[d.outcome]
+    bounds = f"{_one_sided(gate)} bounds of tuned - base [{d.low:+.3f}, {d.high:+.3f}] (Tango, paired)"
+    claim = decided(
+        f"no-forgetting[{s.name}]", d, f"drop upper bound < {gate.max_forgetting}", bounds,
+        f"{s.metric} tuned {tuned.value:.3f} vs base {base.value:.3f}: difference {d.estimate:+.3f}, {bounds}; "
+        f"{s.lost} questions lost, {s.gained} gained ({s.discordance:.1%} changed); {verdict}{chance_note}",
+        units="questions")
+    return [accuracy, claim]
+
+
+def judge_win(cid: str, s: JudgeSummary, gate: GateConfig, threshold: float, who: str) -> tuple[Claim, D.Decision]:
+    """The win rate (ties and order-dependent verdicts as half) above `threshold`, on its score interval; a pass
+    at 0.5 also needs the exact sign test of wins against losses (the score interval alone is a little
+    liberal below about ten decisive pairs)."""
+    lo, hi = s.win_ci
+    n = s.scored
+    at = lambda m: win_interval(s.wins * m / n, s.losses * m / n, m, gate.ci_level)  # noqa: E731
+    d = D.above(s.win_rate, lo, hi, threshold, n, rate_floor(gate), at)
+    tail = (1 - gate.ci_level) / 2
+    if d.passed and threshold >= 0.5 and not s.sign_p < tail:
+        d = D.Decision("inconclusive", d.estimate, lo, hi, n, D.items_to_decide(
+            lambda a, b: a > threshold or b < threshold, at, n, rate_floor(gate)))
+    parse = (f"; {s.unparseable} pairs left out: a reply named no verdict ({s.verdicts['unparseable']} of "
+             f"{2 * s.n} replies; {s.unparseable_shown_first.get('tuned', 0)} with the tuned answer shown first, "
+             f"{s.unparseable_shown_first.get('base', 0)} with the base answer first)" if s.unparseable else "")
+    tally = (f"{who} wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
+             f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
+    ci = f"{gate.ci_level:.0%} score CI [{lo:.3f}, {hi:.3f}], sign test p={_fmt(s.sign_p)}"
+    return decided(cid, d, f"CI low > {threshold:g}", ci, f"win rate {_fmt(s.win_rate)}, {ci}: {tally}{parse}",
+                   units="judged pairs"), d
 
 
 def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
@@ -265,25 +347,30 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
     if s.n == 0:
         return [Claim(cid, False, None, "", "", 0, "no valid-split pair has both answers: nothing was judged")
                 for cid in ids]
-    parse = (f"; {s.unparseable} pairs left out: a reply named no verdict ({s.verdicts['unparseable']} of "
-             f"{2 * s.n} replies)" if s.unparseable else "")
-    lo, hi = s.win_ci
-    tally = (f"tuned wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
-             f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
-    win = Claim(ids[0], s.scored > 0 and lo > 0.5, s.win_rate, "CI low > 0.5", f"{lvl} CI [{lo:.3f}, {hi:.3f}]",
-                s.scored, f"win rate {_fmt(s.win_rate)}, {lvl} CI [{lo:.3f}, {hi:.3f}] (paired bootstrap): {tally}"
-                f"{parse}", ci=(lo, hi))
-    lc = s.length_control
-    lengths = f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} characters"
-    if lc.value is None or lc.ci is None:
-        controlled = Claim(ids[1], False, None, "CI low > 0.5", "", lc.n,
-                           f"not estimable: {lc.note}; raw win rate {_fmt(s.win_rate)}; {lengths}", applicable=False)
+    if s.scored == 0:
+        why = f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out)"
+        win = Claim(ids[0], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
+        controlled = Claim(ids[1], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
     else:
-        controlled = Claim(ids[1], lc.ci[0] > 0.5, lc.value, "CI low > 0.5",
-                           f"{lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}]", lc.n,
-                           f"length-controlled win rate {lc.value:.3f}, {lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}] "
-                           f"(logistic regression of {lc.n} consistent verdicts on the length difference, slope "
-                           f"{lc.slope:+.2f}), raw {_fmt(s.win_rate)}; {lengths}", ci=lc.ci)
+        win, raw = judge_win(ids[0], s, gate, 0.5, "tuned")
+        lc = s.length_control
+        lengths = (f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} "
+                   f"characters")
+        if lc.value is None or lc.ci is None:
+            controlled = Claim(ids[1], False, None, "CI low > 0.5", "", lc.n,
+                               f"inconclusive: not estimable: {lc.note}; raw win rate {_fmt(s.win_rate)}; {lengths}",
+                               inconclusive=True)
+        else:
+            outcome = ("fail" if lc.ci[1] < 0.5 else
+                       "pass" if lc.ci[0] > 0.5 and raw.passed else "inconclusive")
+            d = D.Decision(outcome, lc.value, lc.ci[0], lc.ci[1], lc.n)  # type: ignore[arg-type]
+            guard = ("" if raw.passed or outcome != "inconclusive" or not lc.ci[0] > 0.5 else
+                     "; the raw win rate is not shown above 0.5, and length control only removes evidence, it never "
+                     "adds any")
+            controlled = decided(ids[1], d, "CI low > 0.5", f"{lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}]",
+                                 f"length-controlled win rate {lc.value:.3f}, {lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}] "
+                                 f"(logistic regression of the {lc.n} scored pairs on the length difference, slope "
+                                 f"{lc.slope:+.2f}), raw {_fmt(s.win_rate)}; {lengths}{guard}")
     k = s.wins + s.losses + s.ties
     first = ("no reply was parseable" if math.isnan(s.first_position) else
              f"the first position won {s.first_position:.0%} of parseable replies")
@@ -297,42 +384,66 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
     return [win, controlled, consistent]
 
 
+def _margin(c: PairedComparison, gate: GateConfig) -> tuple[float, str]:
+    """(the non-inferiority margin of this comparison, how the message states it), from the gate config."""
+    if c.what == "reward-margin":
+        m = gate.max_margin_drop * abs(c.other)
+        return m, f"max_margin_drop {gate.max_margin_drop} x |{c.other:.4g}| = {m:.4g}"
+    if c.what == "sign-agreement" or c.what == "sign-agreement-rate":
+        return gate.max_agreement_drop, f"max_agreement_drop {gate.max_agreement_drop}"
+    if c.what.startswith("mcq-accuracy") or c.what in ("acc", "acc_norm"):
+        return gate.max_forgetting, f"max_forgetting {gate.max_forgetting}"
+    return gate.max_reward_accuracy_drop, f"max_reward_accuracy_drop {gate.max_reward_accuracy_drop}"
+
+
+def not_worse_message(c: PairedComparison, d: D.Decision, gate: GateConfig, margin_text: str, this: str,
+                      other: str) -> str:
+    """What a non-inferiority comparison found, in one line."""
+    bounds = f"{_one_sided(gate)} bounds [{d.low:+.4g}, {d.high:+.4g}]"
+    how = ("Tango's paired score interval" if c.kind == "paired proportions" else
+           "t interval of the mean per-item difference")
+    if c.extra_ci is not None:
+        how += f", joined with the bootstrap over pairs [{_fmt(c.extra_ci[0])}, {_fmt(c.extra_ci[1])}]"
+    verdict = {"pass": f"not worse: the drop is shown to be within the margin ({margin_text})",
+               "fail": f"WORSE: the drop is shown to exceed the margin ({margin_text})",
+               "inconclusive": f"the data cannot tell whether the drop is within the margin ({margin_text})"}[d.outcome]
+    unit = "data-signal features" if c.what.startswith("sign-agreement") else "shared items"
+    return (f"{this} {_fmt(c.candidate)} vs {other} {_fmt(c.other)} on {c.n} {unit}: difference "
+            f"{d.estimate:+.4g}, {bounds} ({how}); better on {c.better}, worse on {c.worse}; {verdict}")
+
+
 def not_worse(c: PairedComparison, gate: GateConfig, other: str) -> Claim:
-    """The candidate (this run's adapter) is not significantly worse than `other` on one paired comparison."""
-    cid, prefers = f"not-worse[{c.what}]", c.prefers(gate.alpha)
+    """The candidate (this run's adapter) is not worse than `other` by more than the comparison's margin."""
+    cid = f"not-worse[{c.what}]"
     if c.n == 0:
         why = ("the data has no data-signal feature (train split), so there is no direction to compare the answers "
                "in" if c.what == "sign-agreement" else "no item was scored for both adapters")
         return Claim(cid, False, None, "", "", 0, f"{why}: nothing to compare with {other}", applicable=False)
-    verdict = {"candidate": "the paired test prefers this adapter", "other": f"the paired test prefers {other}",
-               "neither": "no significant difference"}[prefers]
-    if c.what == "sign-agreement":
-        body = (f"of {c.n} data-signal features, the answers of this adapter minus those of {other} shifted "
-                f"{c.better} the data's way (chosen - rejected) and {c.worse} the other way ({gate.correction} "
-                f"corrected Wilcoxon per feature), {c.test} p={_fmt(c.p_value)}")
-        uncertainty = f"p={_fmt(c.p_value)}"
-    else:
-        d, lo, hi = c.difference
-        lvl = f"{gate.ci_level:.0%}"
-        body = (f"this adapter {_fmt(c.candidate)} vs {other} {_fmt(c.other)} on {c.n} shared items: difference "
-                f"{d:+.4g}, {lvl} CI [{lo:+.4g}, {hi:+.4g}] (paired); better on {c.better}, worse on {c.worse}; "
-                f"{c.test} p={_fmt(c.p_value)}")
-        uncertainty = f"{lvl} CI [{lo:.4g}, {hi:.4g}], p={_fmt(c.p_value)}"
-    return Claim(cid, prefers != "other", c.difference[0], f"not worse at p < {gate.alpha}", uncertainty, c.n,
-                 f"{body}; {verdict}", ci=c.difference[1:] if c.what != "sign-agreement" else None)
+    margin, text = _margin(c, gate)
+    d = c.decide(gate.alpha, margin)
+    return decided(cid, d, f"lower bound > -{margin:.4g}", f"{_one_sided(gate)} [{d.low:+.4g}, {d.high:+.4g}]",
+                   not_worse_message(c, d, gate, text, "this adapter", other),
+                   units="data-signal features" if c.what == "sign-agreement" else "items")
 
 
 def not_worse_judge(s: JudgeSummary, gate: GateConfig, other: str) -> Claim:
-    """The judge does not prefer `other`'s answers to this adapter's (win rate CI wholly below 0.5)."""
-    lo, hi = s.win_ci
+    """The judge's win rate of this adapter against `other` is shown to be at least 0.5 - max_win_rate_drop
+    (non-inferiority on the same score interval as judge-win-rate, at the one-sided alpha)."""
+    cid = "not-worse[judge-win-rate]"
     if s.scored == 0:
-        return Claim("not-worse[judge-win-rate]", False, None, "", "", 0,
+        return Claim(cid, False, None, "", "", 0,
                      f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out)",
-                     applicable=False)
-    worse = hi < 0.5
-    return Claim("not-worse[judge-win-rate]", not worse, s.win_rate, "CI high >= 0.5",
-                 f"{gate.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]", s.scored,
-                 f"{s.judge} prefers this adapter's answer to {other}'s: win rate {_fmt(s.win_rate)}, CI [{lo:.3f}, "
-                 f"{hi:.3f}]; this adapter wins {s.wins}, loses {s.losses}, ties {s.ties}, {s.inconsistent} verdicts "
-                 f"change with the order; consistency {s.consistency:.1%}"
-                 + (f"; the judge prefers {other}" if worse else ""), ci=(lo, hi))
+                     inconclusive=True)
+    level = 1 - 2 * gate.alpha
+    lo, hi = win_interval(s.wins, s.losses, s.scored, level)
+    at = lambda m: win_interval(s.wins * m / s.scored, s.losses * m / s.scored, m, level)  # noqa: E731
+    floor = 0.5 - gate.max_win_rate_drop
+    d = D.above(s.win_rate, lo, hi, floor, s.scored, D.min_items(gate.alpha), at)
+    verdict = {"pass": "not worse", "fail": f"WORSE: the judge prefers {other}",
+               "inconclusive": "the judged pairs cannot tell"}[d.outcome]
+    return decided(cid, d, f"lower bound > {floor:g}", f"{_one_sided(gate)} [{lo:.3f}, {hi:.3f}]",
+                   f"{s.judge} on this adapter's answer against {other}'s: win rate {_fmt(s.win_rate)}, "
+                   f"{_one_sided(gate)} bounds [{lo:.3f}, {hi:.3f}] against {floor:g} (0.5 - max_win_rate_drop "
+                   f"{gate.max_win_rate_drop}); this adapter wins {s.wins}, loses {s.losses}, ties {s.ties}, "
+                   f"{s.inconsistent} verdicts change with the order; consistency {s.consistency:.1%}; {verdict}",
+                   units="judged pairs")

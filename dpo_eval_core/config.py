@@ -12,7 +12,7 @@ import tomllib
 
 from .backend import GenerationSettings
 from .errors import ConfigError
-from .mcq import McqFormat, McqPrompt, McqSettings
+from .mcq import McqFormat, McqMetric, McqPrompt, McqSettings
 from .registry import check_claim_ids, default_gating
 
 Quant = Literal["none", "8bit", "4bit"]
@@ -20,6 +20,7 @@ ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SplitMode = Literal["auto", "own", "hash"]
 ServePrompt = Literal["local", "server"]
 Correction = Literal["none", "bh", "bonferroni"]
+Inconclusive = Literal["fail", "warn"]
 
 CACHE_ENV = "DPO_EVAL_CACHE_DIR"
 CPU_BATCH_TOKENS = 512
@@ -47,19 +48,27 @@ class GateConfig:
     """Which claims gate and their thresholds. Command line > file > these defaults."""
 
     alpha: float = 0.05
-    """Significance level for every paired Wilcoxon claim."""
+    """Significance level of every per-feature Wilcoxon claim, and the one-sided error of every
+    non-inferiority ("not worse") decision: it passes when the one-sided (1 - alpha) bound of the drop lies
+    inside the margin."""
+    inconclusive: Inconclusive = "fail"
+    """What a gating claim that the data could not decide does to the run: fail it (default: a PASS must mean
+    the data shows the claim) or warn and let the run pass."""
     correction: Correction = "bh"
     """Multiple-comparison correction within a claim family: none, bh (Benjamini-Hochberg), bonferroni."""
     min_signal_features: int = 5
     """K: the data carries signal when at least K features differ chosen vs rejected."""
-    min_agreement: float = 0.6
-    """Share of data-signal features whose tuned-minus-base sign agrees with chosen-minus-rejected."""
+    min_agreement: float = 0.5
+    """sign-agreement-rate passes when the lower bound of its interval is above this share of data-signal
+    features: 0.5 is what an adapter that moves answers in no particular direction scores, so a pass shows
+    that more features move the data's way than chance would."""
     min_reward_accuracy: float = 0.5
     """Lower CI bound of implicit-reward accuracy (summed and per token) on the valid split must exceed this."""
     beta: float = 0.1
     """DPO beta used to turn log-ratios into rewards (TRL's default)."""
     ci_level: float = 0.95
-    """Confidence level of bootstrap intervals."""
+    """Confidence level of the intervals of the "above a threshold" claims (a lower bound above the threshold
+    is a one-sided test at (1 - ci_level) / 2)."""
     n_bootstrap: int = 2000
     """Bootstrap resamples for confidence intervals."""
     reward_tie_tolerance: float = 1e-6
@@ -75,20 +84,40 @@ class GateConfig:
     """judge-consistency fails when fewer of the judged pairs get the same verdict in both answer orders (MT-Bench
     measured 65% for GPT-4 and 46% for GPT-3.5 on its pairs; a judge below half is mostly reading positions)."""
     max_forgetting: float = 0.02
-    """no-forgetting[SET] fails when tuned multiple-choice accuracy is below base by more than this (two
-    points: what a release team would accept losing for an alignment gain) and an exact McNemar test puts
-    the drop below alpha."""
+    """Non-inferiority margin of no-forgetting[SET], in accuracy: the tuned model may answer at most this share
+    of questions fewer right than the base (two points, what a release team would trade for an alignment
+    gain; the leaderboard differences teams act on are a point or two). It passes when the one-sided
+    (1 - alpha) upper bound of the drop is below it."""
+    max_reward_accuracy_drop: float = 0.02
+    """Margin of not-worse[reward-accuracy*] and not-lower[reward-accuracy*], in accuracy: two points of
+    held-out preference pairs, the same trade as max_forgetting."""
+    max_margin_drop: float = 0.1
+    """Margin of not-worse[reward-margin], as a share of the other adapter's |mean margin|: rewards are in
+    beta-scaled nats whose size depends on beta and the data, so the margin is relative; a tenth of the
+    margin is a change no reviewer reads as a different adapter."""
+    max_agreement_drop: float = 0.1
+    """Margin of not-worse[sign-agreement] and not-lower[sign-agreement-rate], in share of data-signal features:
+    real data has 15 to 60 signal features (16 on UltraFeedback, 58 on the demo), so one feature is 0.02 to
+    0.07 of the rate; a tenth is the smallest drop a run can resolve."""
+    max_win_rate_drop: float = 0.05
+    """Margin of not-worse[judge-win-rate]: the judge's win rate of this adapter against the other may be
+    shown no lower than 0.5 minus this (five points: judges disagree with themselves across orders more
+    than that)."""
     gating: tuple[str, ...] = field(default_factory=default_gating)
     """Claim ids that fail the run ('family[*]' for every per-item claim of a family); every other
     claim is reported as a non-strict xfail with its measured value. Default: the registry's."""
 
     def __post_init__(self) -> None:
         for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement",
-                     "max_forgetting", "min_judge_consistency"):
+                     "max_forgetting", "min_judge_consistency", "max_reward_accuracy_drop", "max_margin_drop",
+                     "max_agreement_drop", "max_win_rate_drop"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
         _choice("gate.correction", self.correction, Correction)
+        _choice("gate.inconclusive", self.inconclusive, Inconclusive)
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError("gate.alpha", self.alpha, "a number in (0, 0.5)")
         if not isinstance(self.min_signal_features, int) or self.min_signal_features < 0:
             raise ConfigError("gate.min_signal_features", self.min_signal_features, "an integer >= 0")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:
@@ -205,8 +234,11 @@ class EvalConfig:
     """Multiple-choice sets (files or hub ids) for the forgetting claims; none: they are skipped."""
     mcq_columns: tuple[tuple[str, str], ...] = ()
     """Renames from a set's column names to question/choices/answer/subject/... (mcq.py lists layouts)."""
-    mcq_format: McqFormat = "letters"
-    """letters: MMLU style, 'A. ..' options and letter continuations; cloze: the choice texts."""
+    mcq_format: McqFormat = "auto"
+    """letters: MMLU style, 'A. ..' options and letter continuations; cloze: the choice texts; auto: cloze for
+    ARC and PubMedQA layouts, letters for the others (as lm-evaluation-harness's tasks)."""
+    mcq_metric: McqMetric = "auto"
+    """What no-forgetting gates on: acc, acc_norm, or auto (acc_norm for cloze, acc for letters)."""
     mcq_prompt: McqPrompt = "chat"
     """chat: the question is the user turn of the chat template; raw: plain text, as lm-evaluation-harness."""
     mcq_shots: int = 0
@@ -287,6 +319,7 @@ class EvalConfig:
             raise ConfigError("--columns", dict(self.columns), "each source column named once")
         _choice("--mcq-format", self.mcq_format, McqFormat)
         _choice("--mcq-prompt", self.mcq_prompt, McqPrompt)
+        _choice("--mcq-metric", self.mcq_metric, McqMetric)
         if self.mcq_shots < 0:
             raise ConfigError("--mcq-shots", self.mcq_shots, "an integer >= 0")
         if self.mcq_max_questions is not None and self.mcq_max_questions < 1:
@@ -377,7 +410,8 @@ class EvalConfig:
     @property
     def mcq_settings(self) -> McqSettings:
         """How multiple-choice questions become prompts."""
-        return McqSettings(self.mcq_format, self.mcq_prompt, self.mcq_shots, self.mcq_max_questions)
+        return McqSettings(self.mcq_format, self.mcq_prompt, self.mcq_shots, self.mcq_max_questions,
+                           self.mcq_metric)
 
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""

@@ -6,8 +6,10 @@ divided by the length in characters of the choice string. One prompt pass per qu
 state, the choices as continuations of its KV cache (`Backend.group_logprobs`), batched by tokens.
 
 The comparison is paired: both models answer the same questions, so a question that the base got
-right and the tuned model got wrong ("lost") is set against one that went the other way ("gained"),
-and the exact McNemar test asks whether losses outnumber gains beyond chance.
+right and the tuned model got wrong ("lost") is set against one that went the other way ("gained").
+The no-forgetting claim is a non-inferiority decision on the paired difference (claims.py, decide.py).
+The metric it gates on is acc for letters and acc_norm for cloze sets (lm-evaluation-harness's
+convention: choices of different lengths), selectable with --mcq-metric.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .cache import Cache, memoized
 from .config import EvalConfig
 from .identity import ModelIdentity, mcq_key
 from .mcq import McqItem, McqSettings, QuestionSet, items
-from .stats import bootstrap_mean_ci, mcnemar_n_needed, mcnemar_p, wilson_ci
+from .decide import tango_interval
+from .stats import wilson_ci
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +75,29 @@ class ForgettingSummary:
     tuned_norm: Accuracy
     base_norm: Accuracy
     difference: tuple[float, float, float]
-    """tuned - base accuracy (acc): estimate and paired bootstrap interval."""
+    """tuned - base on the gated metric: estimate and Tango's paired score interval at ci_level."""
     lost: int
-    """Questions the base answered right and the tuned model wrong."""
+    """Questions the base answered right and the tuned model wrong (on the gated metric)."""
     gained: int
-    p_value: float
-    """Exact two-sided McNemar test of lost vs gained."""
     subjects: tuple[SubjectAccuracy, ...]
     question_ids: tuple[str, ...]
     tuned_right: tuple[bool, ...]
     base_right: tuple[bool, ...]
+    """Per question, right under the gated metric."""
+
+    @property
+    def metric(self) -> str:
+        """acc or acc_norm: what no-forgetting gates on."""
+        return self.settings.metric
+
+    @property
+    def gated(self) -> tuple[Accuracy, Accuracy]:
+        """(tuned, base) accuracy on the gated metric."""
+        return (self.tuned_norm, self.base_norm) if self.metric == "acc_norm" else (self.tuned, self.base)
 
     @property
     def discordance(self) -> float:
         return (self.lost + self.gained) / self.n if self.n else math.nan
-
-    def questions_needed(self, drop: float, alpha: float) -> int | None:
-        """Questions a McNemar test needs to detect `drop` at this run's discordance (80% power)."""
-        return mcnemar_n_needed(self.discordance, drop, alpha)
 
 
 def score_questions(backend: Backend, qitems: Sequence[McqItem], settings: McqSettings, *, model: ModelIdentity,
@@ -134,33 +142,36 @@ def predictions(logps: Sequence[float], norm_lengths: Sequence[int]) -> tuple[in
 
 
 def summarize(qset: QuestionSet, qitems: Sequence[McqItem], scores: Sequence[dict[bool, list[float]]],
-              settings: McqSettings, ci_level: float, n_bootstrap: int, rng: np.random.Generator) -> ForgettingSummary:
-    """Accuracies with intervals, per subject too, the paired difference and the McNemar test."""
+              settings: McqSettings, ci_level: float) -> ForgettingSummary:
+    """Accuracies (acc and acc_norm) with intervals, per subject too, and the paired difference on the gated
+    metric (`settings` resolved for this set)."""
     keep = [i for i, s in enumerate(scores) if not any(math.isnan(v) for a in (True, False) for v in s[a])]
     right = {a: np.array([[p == qitems[i].question.answer for p in predictions(scores[i][a], qitems[i].norm_lengths)]
                           for i in keep], dtype=bool).reshape(-1, 2) for a in (True, False)}
-    tuned, base = right[True][:, 0], right[False][:, 0]
-    diff = tuned.astype(float) - base.astype(float)
-    lo, hi = bootstrap_mean_ci(diff, ci_level, n_bootstrap, rng)
+    col = 1 if settings.metric == "acc_norm" else 0
+    tuned, base = right[True][:, col], right[False][:, col]
     lost, gained = int((base & ~tuned).sum()), int((tuned & ~base).sum())
+    n = len(keep)
+    lo, hi = tango_interval(gained, lost, n, ci_level)
     subjects = sorted({s for i in keep if (s := qitems[i].question.subject)})
     by_subject = tuple(SubjectAccuracy(s, Accuracy.of(tuned[m], ci_level), Accuracy.of(base[m], ci_level))
                        for s in subjects
                        if (m := np.array([qitems[i].question.subject == s for i in keep], dtype=bool)).any())
     return ForgettingSummary(
-        qset.name, qset.source, qset.layout, settings, len(keep), len(scores) - len(keep), dict(qset.dropped),
-        qset.truncated_by_max_questions, qset.choice_counts(), qset.chance, Accuracy.of(tuned, ci_level),
-        Accuracy.of(base, ci_level), Accuracy.of(right[True][:, 1], ci_level), Accuracy.of(right[False][:, 1], ci_level),
-        (float(diff.mean()) if diff.size else math.nan, lo, hi), lost, gained, mcnemar_p(lost, gained), by_subject,
-        tuple(qitems[i].question.question_id for i in keep), tuple(map(bool, tuned)), tuple(map(bool, base)))
+        qset.name, qset.source, qset.layout, settings, n, len(scores) - len(keep), dict(qset.dropped),
+        qset.truncated_by_max_questions, qset.choice_counts(), qset.chance, Accuracy.of(right[True][:, 0], ci_level),
+        Accuracy.of(right[False][:, 0], ci_level), Accuracy.of(right[True][:, 1], ci_level),
+        Accuracy.of(right[False][:, 1], ci_level), ((gained - lost) / n if n else math.nan, lo, hi), lost, gained,
+        by_subject, tuple(qitems[i].question.question_id for i in keep), tuple(map(bool, tuned)),
+        tuple(map(bool, base)))
 
 
 def measure(backend: Backend, qset: QuestionSet, cfg: EvalConfig, *, model: ModelIdentity,
             cache: Cache) -> tuple[ForgettingSummary, int]:
     """Score one set for tuned and base (cached) under the run's settings and summarize it; returns
     (summary, question-and-state scores computed)."""
-    settings, g = cfg.mcq_settings, cfg.gate
+    settings = cfg.mcq_settings.resolved(qset.layout)
     qitems = items(qset, settings)
     scores, computed = score_questions(backend, qitems, settings, model=model, cache=cache, batch_size=cfg.batch_size,
                                        max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)
-    return summarize(qset, qitems, scores, settings, g.ci_level, g.n_bootstrap, np.random.default_rng(cfg.seed)), computed
+    return summarize(qset, qitems, scores, settings, cfg.gate.ci_level), computed

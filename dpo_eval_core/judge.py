@@ -3,9 +3,11 @@
 Every answered valid-split prompt is judged twice, the tuned answer first and then the base answer
 first (MT-Bench's pairwise protocol). A verdict counts only when both orders agree; otherwise it is
 inconsistent and counts as a tie. An unparseable reply is counted and reported, never guessed, and
-its pair is left out of the win rate. The length-controlled win rate follows AlpacaEval 2: a
-logistic regression of the consistent verdicts on the squashed, standardized length difference of
-the two answers, read at zero difference, fitted on this run's pairs (nothing downloaded).
+its pair is left out of the win rate. The win rate counts ties and order-dependent verdicts as half;
+its interval is Tango's score interval of (wins - losses) / pairs, mapped to the rate, and a pass also
+needs the exact sign test of wins against losses. The length-controlled win rate follows AlpacaEval 2: a
+logistic regression of the same scores (every scored pair) on the squashed, standardized length
+difference of the two answers, read at zero difference, fitted on this run's pairs (nothing downloaded).
 
 The judge is a local model (through the same backend, chat template, greedy, batched; it may be the
 base itself with the adapter switched off) or an OpenAI-compatible chat-completions endpoint. Replies
@@ -34,7 +36,7 @@ from .endpoint import ChatEndpoint, EndpointSettings, is_url
 from .errors import ConfigError
 from .identity import ModelIdentity, base_fingerprint, judge_key
 from .models import CheckpointSpec, LocalBases, load_base, load_chat_tokenizer
-from .stats import bootstrap_mean_ci
+from .decide import tango_interval
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "loss", "tie", "inconsistent", "unparseable"]
@@ -64,9 +66,11 @@ that a short reply budget suffices; replace it with --judge-template."""
 PLACEHOLDERS = ("question", "answer_a", "answer_b")
 _PLACEHOLDER = re.compile(r"\{(question|answer_a|answer_b)\}")
 
-MIN_EACH_SIDE = 3
-"""The length-controlled rate needs this many consistent verdicts where the tuned answer is longer and
-as many where it is not: with all differences of one sign, length and adapter cannot be told apart."""
+MIN_SIDE_SHARE = 0.1
+MIN_SIDE = 5
+"""The length-controlled rate needs at least MIN_SIDE_SHARE of the scored pairs, and at least MIN_SIDE of them,
+where the tuned answer is longer, and as many where it is not: when nearly every difference has one sign,
+the fit extrapolates to zero difference and length and adapter cannot be told apart."""
 RIDGE = 1e-2
 """L2 penalty of the length regression: keeps the fit finite when verdicts follow length exactly."""
 
@@ -105,9 +109,11 @@ def question_text(messages: Sequence[Message]) -> str:
 
 
 _LETTER = r"(A|B|C|(?i:tie))"
+_WHO = r"(?:(?i:a\s+)?(?i:assistant|response|answer)\s+)?"
 _PATTERNS = (
     re.compile(r"\[\[\s*" + _LETTER + r"\s*\]\]"),
-    re.compile(r"(?i:\b(?:final\s+)?(?:verdict|winner|choice))\s*(?i:is)?\s*[:=]?\s*(?:a\s+)?[*\"'(\[]*" + _LETTER + r"\b"),
+    re.compile(r"(?i:\b(?:final\s+)?(?:verdict|winner|choice))\s*(?i:is)?\s*[:=]?\s*(?i:a\s+(?=tie))?" + _WHO
+               + r"[*\"'(\[]*" + _LETTER + r"\b"),
     re.compile(r"(?i:\b(?:assistant|response|answer))\s+(A|B)\s+(?i:is\s+(?:the\s+)?better)\b"),
     re.compile(r"\[\s*" + _LETTER + r"\s*\]"),
 )
@@ -117,23 +123,23 @@ _BARE = re.compile(r"^[\s*\"'(\[]*(?:(?i:assistant|response|answer)\s+)?" + _LET
 def parse_verdict(reply: str) -> Verdict | None:
     """'A', 'B' or 'tie' from a judge's reply, or None when it names none or several (never guessed).
 
-    In order: MT-Bench's bracketed [[A]]/[[B]]/[[C]]; a labelled verdict ('Verdict: B', 'winner is A');
-    'Assistant A is better'; single brackets ('[B]'); a reply that is only the verdict ('B', '**A**',
-    'Tie.'). The first form
-    found decides; if it names two different verdicts (an echo of the instructions), the reply is
-    unparseable. The letters are upper case: 'a tie' is a tie, not A."""
+    In order: MT-Bench's bracketed [[A]]/[[B]]/[[C]]; a labelled verdict ('Verdict: B', 'Winner: Assistant B',
+    'The winner is Assistant A', 'Verdict: A tie.'); 'Assistant A is better'; single brackets ('[B]'); a
+    reply that is only the verdict ('B', '**A**', 'Tie.'), or whose first line is (the verdict, then the
+    reasoning, as the default template asks). The first form found decides; if it names two different
+    verdicts (an echo of the instructions), the reply is unparseable. 'tie' in any case is a tie."""
     for pattern in _PATTERNS:
         found = {_verdict(v) for v in pattern.findall(reply)}
         if len(found) == 1:
             return found.pop()
         if found:
             return None
-    m = _BARE.match(reply)
+    m = _BARE.match(reply) or _BARE.match(next((line for line in reply.splitlines() if line.strip()), ""))
     return _verdict(m.group(1)) if m else None
 
 
 def _verdict(token: str) -> Verdict:
-    return "tie" if token.upper() in ("C", "TIE") else token  # type: ignore[return-value]
+    return "tie" if token.upper() in ("C", "TIE") else token.upper()  # type: ignore[return-value]
 
 
 class Judge(Protocol):
@@ -282,11 +288,17 @@ class JudgeSummary:
     win_rate: float
     """(wins + ties/2 + inconsistent/2) / scored pairs."""
     win_ci: tuple[float, float]
+    """0.5 + Tango's interval of (wins - losses) / scored, halved (ci_level)."""
     length_control: LengthControl
     mean_chars: dict[str, float]
     pair_ids: tuple[str, ...]
     outcomes: tuple[Outcome, ...]
     examples: tuple[JudgeExample, ...]
+    sign_p: float = 1.0
+    """One-sided exact sign test of wins against losses: a pass needs it below (1 - ci_level) / 2 as well."""
+    unparseable_shown_first: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Unparseable replies by which answer was shown first ('tuned', 'base'): a judge that fails on one order
+    only is reading positions."""
 
     @property
     def scored(self) -> int:
@@ -336,17 +348,19 @@ def _newton(y: np.ndarray, x: np.ndarray, weights: np.ndarray, ridge: float, ste
 
 def length_controlled(y: np.ndarray, d: np.ndarray, level: float, n_boot: int,
                       rng: np.random.Generator) -> LengthControl:
-    """The tuned win rate at zero length difference: a logistic regression of the consistent verdicts
-    (1 win, 0.5 tie, 0 loss) on tanh(d / sd(d)), d the tuned minus base answer length in characters,
-    read at d = 0, with a bootstrap interval over the pairs. Degenerate input: fewer than MIN_EACH_SIDE
-    verdicts with d > 0 or with d <= 0 gives value None and the reason."""
+    """The tuned win rate at zero length difference: a logistic regression of every scored pair's score
+    (1 win, 0.5 tie or order-dependent, 0 loss, as the raw rate counts them) on tanh(d / sd(d)), d the tuned
+    minus base answer length in characters, read at d = 0, with a bootstrap interval over the pairs.
+    Degenerate input: fewer than MIN_SIDE_SHARE of the pairs (or MIN_SIDE) with d > 0 or with d <= 0
+    gives value None and the reason."""
     y, d = np.asarray(y, dtype=float), np.asarray(d, dtype=float)
     longer, other = int((d > 0).sum()), int((d <= 0).sum())
-    if longer < MIN_EACH_SIDE or other < MIN_EACH_SIDE:
+    need = max(MIN_SIDE, math.ceil(MIN_SIDE_SHARE * y.size))
+    if longer < need or other < need:
         return LengthControl(None, None, None, y.size,
-                             f"the tuned answer is longer in {longer} and not longer in {other} of {y.size} "
-                             f"consistent verdicts; at least {MIN_EACH_SIDE} of each are needed to tell length "
-                             f"from the adapter")
+                             f"the tuned answer is longer in {longer} and not longer in {other} of {y.size} scored "
+                             f"pairs; at least {need} of each ({MIN_SIDE_SHARE:.0%} of the pairs, and at least "
+                             f"{MIN_SIDE}) are needed to tell length from the adapter")
     sd = float(d.std())
     x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
     fit = _newton(y, x, np.ones((1, y.size)), RIDGE)[0]
@@ -356,22 +370,36 @@ def length_controlled(y: np.ndarray, d: np.ndarray, level: float, n_boot: int,
     return LengthControl(float(1.0 / (1.0 + math.exp(-fit[0]))), (float(lo), float(hi)), float(fit[1]), y.size, "")
 
 
+def win_interval(wins: int, losses: int, n: int, level: float) -> tuple[float, float]:
+    """Interval of the win rate (wins + ties / 2) / n: 0.5 + Tango's paired interval of (wins - losses) / n,
+    halved. It accounts for the ties (a rate made of ties is 0.5 with an interval, never [0.5, 0.5] by
+    accident of a bootstrap) and stays wide at small n."""
+    lo, hi = tango_interval(wins, losses, n, level)
+    return (0.5 + lo / 2, 0.5 + hi / 2)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test of more wins than losses (ties left out); 1.0 with neither."""
+    from scipy.stats import binomtest
+
+    return 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
 def summarize(judge: str, template: str, pairs: Sequence[PreferencePair], tuned: Sequence[str], base: Sequence[str],
               replies_tuned_first: Sequence[str], replies_base_first: Sequence[str], ci_level: float, n_boot: int,
               rng: np.random.Generator, n_examples: int = 3) -> JudgeSummary:
-    """Outcomes per pair, the win rate with a paired bootstrap interval, and the length-controlled rate; as
-    examples, the first pair of each outcome that occurred (win, loss, tie, inconsistent, unparseable)."""
+    """Outcomes per pair, the win rate with its score interval and sign test, and the length-controlled rate on
+    the same scored pairs; as examples, the first pair of each outcome that occurred."""
     v1 = [parse_verdict(r) for r in replies_tuned_first]
     v2 = [parse_verdict(r) for r in replies_base_first]
     outcomes = tuple(outcome(a, b) for a, b in zip(v1, v2))
     counts = {o: outcomes.count(o) for o in ("win", "loss", "tie", "inconsistent", "unparseable")}
     verdicts = {k: sum(v == k for v in v1 + v2) for k in ("A", "B", "tie")} | {"unparseable": v1.count(None) + v2.count(None)}
-    scores = np.array([SCORE[o] for o in outcomes if o in SCORE])
-    lo, hi = bootstrap_mean_ci(scores, ci_level, n_boot, rng)
-    consistent = [i for i, o in enumerate(outcomes) if o in ("win", "loss", "tie")]
+    scored = [i for i, o in enumerate(outcomes) if o in SCORE]
+    scores = np.array([SCORE[outcomes[i]] for i in scored])
+    lo, hi = win_interval(counts["win"], counts["loss"], len(scored), ci_level) if scored else (math.nan, math.nan)
     lengths = np.array([len(t) - len(b) for t, b in zip(tuned, base)], dtype=float)
-    lc = length_controlled(np.array([SCORE[outcomes[i]] for i in consistent]), lengths[consistent], ci_level, n_boot,
-                           rng)
+    lc = length_controlled(scores, lengths[scored], ci_level, n_boot, rng)
     picks = [outcomes.index(o) for o in ("win", "loss", "tie", "inconsistent", "unparseable") if o in outcomes]
     examples = tuple(JudgeExample(pairs[i].pair_id, question_text(pairs[i].messages)[:600], tuned[i][:600],
                                   base[i][:600], outcomes[i], replies_tuned_first[i][:300],
@@ -381,7 +409,9 @@ def summarize(judge: str, template: str, pairs: Sequence[PreferencePair], tuned:
                         float(scores.mean()) if scores.size else math.nan, (lo, hi), lc,
                         {"tuned": float(np.mean([len(t) for t in tuned])) if tuned else math.nan,
                          "base": float(np.mean([len(b) for b in base])) if base else math.nan},
-                        tuple(p.pair_id for p in pairs), outcomes, examples)
+                        tuple(p.pair_id for p in pairs), outcomes, examples,
+                        sign_test_p(counts["win"], counts["loss"]),
+                        {"tuned": v1.count(None), "base": v2.count(None)})
 
 
 def measure(judge: Judge, pairs: Sequence[PreferencePair], answers: Mapping[str, Sequence[Generation | None]],

@@ -30,8 +30,11 @@ from typing import Any, Literal, Mapping, Sequence
 from .data import read_rows
 from .errors import DataError
 
-McqFormat = Literal["letters", "cloze"]
+McqFormat = Literal["auto", "letters", "cloze"]
 McqPrompt = Literal["chat", "raw"]
+McqMetric = Literal["auto", "acc", "acc_norm"]
+CLOZE_LAYOUTS = ("arc", "pubmedqa")
+"""Layouts whose lm-evaluation-harness tasks score the choice texts (cloze); MMLU-style sets score letters."""
 LETTERS = string.ascii_uppercase
 DROP_REASONS = ("empty", "not_text", "no_choices", "identical_choices", "answer_not_in_choices", "duplicate")
 """Why a row is left out; each is counted and reported, never scored."""
@@ -86,13 +89,24 @@ class QuestionSet:
 class McqSettings:
     """How questions become prompts; every field changes the scores, so all are part of the cache key."""
 
-    format: McqFormat = "letters"
+    format: McqFormat = "auto"
+    """letters, cloze, or auto: cloze for ARC and PubMedQA layouts, letters otherwise (as lm-evaluation-harness's
+    arc_easy, pubmedqa and mmlu tasks)."""
     prompt: McqPrompt = "chat"
     """chat: the prompt is the user turn of the model's chat template and the continuation its answer;
     raw: plain text as lm-evaluation-harness feeds a base model (no template, no special tokens)."""
     shots: int = 0
     max_questions: int | None = None
     """At most this many questions per set (the first by seeded hash), for quick runs."""
+    metric: McqMetric = "auto"
+    """What the forgetting claim gates on: acc, acc_norm, or auto: acc_norm for cloze (lm-evaluation-harness's
+    convention for ARC-style sets, where choices differ in length), acc for letters (equal there)."""
+
+    def resolved(self, layout: str) -> "McqSettings":
+        """These settings for a set of this layout, with `auto` format and metric made concrete."""
+        fmt = self.format if self.format != "auto" else "cloze" if layout in CLOZE_LAYOUTS else "letters"
+        metric = self.metric if self.metric != "auto" else "acc_norm" if fmt == "cloze" else "acc"
+        return McqSettings(fmt, self.prompt, self.shots, self.max_questions, metric)
 
 
 def _hash(text: str) -> str:
@@ -313,6 +327,7 @@ class McqItem:
 def items(qset: QuestionSet, settings: McqSettings) -> list[McqItem]:
     """Every question of the set as a prompt with its continuations; DataError when the set has fewer
     few-shot examples than asked for."""
+    settings = settings.resolved(qset.layout)
     out = []
     for q in qset.questions:
         shots = pick_shots(q, qset.shots, settings.shots)

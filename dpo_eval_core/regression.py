@@ -2,8 +2,10 @@
 
 A baseline is only comparable when it gated the same pairs with the same split on the same base
 weights; anything else is refused with the reason. Then: every gating claim that passed in the
-baseline must still pass, and the headline rates must not have dropped: by an exact McNemar test on
-the pairs both runs scored where the baseline recorded per-pair values, else beyond both intervals.
+baseline must still pass, and the headline rates must not have dropped by more than their margin: a
+non-inferiority decision (decide.py) on the items both runs have (pairs matched by id, or data-signal
+features matched by name), or, where the baseline recorded no per-item values, on Newcombe's interval
+for two independent proportions, and the message says it is unpaired.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .claims import Claim
-from .compare import PairedComparison, match
+from . import decide as D
+from .claims import Claim, decided, not_worse_message
+from .compare import PairedComparison, compare_correct, match
+from .config import GateConfig
 from .errors import ConfigError
 from .results import load_results
 
@@ -56,7 +60,8 @@ def passed_gating_claims(baseline: Results) -> list[str]:
 
 
 def still_passes(claim_id: str, current: Claim | None, why_missing: str = "") -> Claim:
-    """The claim that passed in the baseline passes now (with this run's thresholds)."""
+    """The claim that passed in the baseline passes now (with this run's thresholds); inconclusive now is
+    inconclusive here, never a pass."""
     cid = f"still-passes[{claim_id}]"
     if current is None:
         return Claim(cid, False, None, "passes as in the baseline", "", None,
@@ -65,74 +70,93 @@ def still_passes(claim_id: str, current: Claim | None, why_missing: str = "") ->
     if not current.applicable:
         return Claim(cid, False, current.value, "passes as in the baseline", "", current.n,
                      f"{claim_id} passed in the baseline; now not applicable: {current.message}", applicable=False)
-    verb = "still passes" if current.passed else "REGRESSED: passed in the baseline, fails now"
+    verb = {"pass": "still passes", "fail": "REGRESSED: passed in the baseline, fails now",
+            "inconclusive": "passed in the baseline, and this run cannot show it"}[current.outcome]
     return Claim(cid, current.passed, current.value, "passes as in the baseline", current.uncertainty, current.n,
-                 f"{claim_id} {verb}: {current.message}")
-
-
-def _interval(c: Mapping[str, Any] | Claim) -> tuple[float, float, float] | None:
-    get = c.get if isinstance(c, Mapping) else lambda k: getattr(c, k)
-    ci, value = get("ci"), get("value")
-    if not ci or value is None or any(x is None or math.isnan(x) for x in (*ci, value)):
-        return None
-    return float(value), float(ci[0]), float(ci[1])
+                 f"{claim_id} {verb}: {current.message}", inconclusive=current.inconclusive,
+                 n_needed=current.n_needed)
 
 
 PER_PAIR = {"reward-accuracy": "correct", "reward-accuracy-per-token": "correct_per_token"}
 """Rates whose per-pair values results.json records (under "rewards", with the pair ids)."""
+PER_FEATURE = "sign-agreement-rate"
+"""The rate over data-signal features: results.json records each one's sign agreement (its claims)."""
+
+
+def margin_of(claim_id: str, gate: GateConfig) -> tuple[float, str]:
+    """The non-inferiority margin of a headline rate and how a message states it."""
+    if claim_id == PER_FEATURE:
+        return gate.max_agreement_drop, f"max_agreement_drop {gate.max_agreement_drop}"
+    return gate.max_reward_accuracy_drop, f"max_reward_accuracy_drop {gate.max_reward_accuracy_drop}"
+
+
+def agreement_by_feature(claims: Any) -> dict[str, bool]:
+    """{feature: agrees} over the data-signal features, from claim records or Claims (sign-agreement[F])."""
+    out = {}
+    for c in claims:
+        get = c.get if isinstance(c, Mapping) else lambda k, c=c: getattr(c, k)
+        cid = get("id")
+        if cid.startswith("sign-agreement[") and get("applicable") and get("value") is not None:
+            out[cid[len("sign-agreement["):-1]] = get("value") > 0
+    return out
 
 
 def paired_values(baseline: Results, current: Mapping[str, Any], claim_id: str
                   ) -> tuple[np.ndarray, np.ndarray] | str:
-    """(this run's, the baseline's) per-pair values of a rate on the pairs both scored, matched by pair id;
-    or why there are none (the rate is not per pair, or the baseline predates per-pair values)."""
+    """(this run's, the baseline's) per-item values of a rate on the items both have: pairs matched by id, or
+    data-signal features by name; or why there are none (the baseline predates per-item values)."""
+    if claim_id == PER_FEATURE:
+        old = agreement_by_feature(baseline.get("claims", []))
+        if not old:
+            return "the baseline records no per-feature sign agreement"
+        names = sorted(set(old) & set(current["agreement"]))
+        return (np.array([current["agreement"][f] for f in names], dtype=float),
+                np.array([old[f] for f in names], dtype=float))
     field = PER_PAIR.get(claim_id)
     if field is None:
-        return f"{claim_id} is a rate over features, not pairs"
+        return f"{claim_id} has no per-item values"
     old = baseline.get("rewards") or {}
     if not old.get("pair_ids") or not old.get(field):
         return "the baseline records no per-pair values (it was made by an older dpo-eval)"
     return match(current["pair_ids"], current[field], old["pair_ids"], old[field])
 
 
-def not_lower_paired(claim_id: str, test: PairedComparison, alpha: float, interval: Claim) -> Claim:
-    """Holds unless the baseline is right on significantly more of the shared pairs than this run (exact
-    McNemar on the pairs where exactly one is right: the per-pair values of both runs, not two summaries),
-    or this run's interval lies wholly below the baseline's (`interval`, the rule without pairs, kept: on a
-    handful of pairs a drop from all right to all wrong cannot reach alpha by McNemar)."""
-    cid, threshold = f"not-lower[{claim_id}]", f"McNemar p >= {alpha} or not lower; intervals overlap"
-    if test.n == 0:
-        return Claim(cid, False, None, threshold, "", 0, "no pair was scored by both runs", applicable=False)
-    lower = test.prefers(alpha) == "other"
-    d, lo, hi = test.difference
-    how = "REGRESSED: lower than" if lower else "not significantly lower than"
-    also = ("" if interval.passed or not interval.applicable else
-            f"; REGRESSED by the interval rule: {interval.message}")
-    return Claim(cid, not lower and (interval.passed or not interval.applicable), d, threshold,
-                 f"paired CI [{lo:.4g}, {hi:.4g}], p={test.p_value:.3g}", test.n,
-                 f"{claim_id} {test.candidate:.4g} now, {how} the baseline's {test.other:.4g} on the same {test.n} "
-                 f"pairs: {test.worse} pairs lost, {test.better} gained, exact McNemar p={test.p_value:.3g} "
-                 f"(paired); difference {d:+.4g} [{lo:+.4g}, {hi:+.4g}]{also}", ci=(lo, hi))
-
-
-def not_lower(claim_id: str, baseline_claim: Mapping[str, Any] | None, current: Claim, why_unpaired: str = ""
-              ) -> Claim:
-    """Holds unless this run's interval lies wholly below the baseline's: a drop beyond both
-    uncertainties (non-overlapping 95% intervals; conservative, so noise alone rarely fails it). The
-    fallback where no paired test is possible: `why_unpaired` says why, in the message."""
+def not_lower_paired(claim_id: str, this: np.ndarray, old: np.ndarray, gate: GateConfig) -> Claim:
+    """This run's rate is not below the baseline's by more than the margin, on the items both have (Tango's
+    paired score interval)."""
     cid = f"not-lower[{claim_id}]"
-    note = f" (interval rule: {why_unpaired})" if why_unpaired else ""
-    threshold = "CI high >= baseline CI low"
-    if baseline_claim is None or (b := _interval(baseline_claim)) is None:
+    c = compare_correct(claim_id, this, old)
+    if c.n == 0:
+        return Claim(cid, False, None, "", "", 0, "no item was scored by both runs", applicable=False)
+    margin, text = margin_of(claim_id, gate)
+    d = c.decide(gate.alpha, margin)
+    return decided(cid, d, f"lower bound > -{margin:.4g}", f"paired [{d.low:+.4g}, {d.high:+.4g}]",
+                   not_worse_message(c, d, gate, text, f"{claim_id} now", "the baseline's").replace(
+                       "WORSE", "REGRESSED"), units="features" if claim_id == PER_FEATURE else "pairs")
+
+
+def not_lower(claim_id: str, baseline_claim: Mapping[str, Any] | None, current: Claim, gate: GateConfig,
+              why_unpaired: str) -> Claim:
+    """Where no per-item values exist: non-inferiority on Newcombe's interval for two independent proportions
+    (this run's k of n against the baseline's), with the reason it is unpaired in the message."""
+    cid = f"not-lower[{claim_id}]"
+    threshold = "lower bound > -margin"
+    if baseline_claim is None or baseline_claim.get("value") is None or not baseline_claim.get("n"):
         return Claim(cid, False, None, threshold, "", None,
-                     f"the baseline has no interval for {claim_id}, so a drop cannot be measured",
-                     applicable=False)
-    if (c := _interval(current)) is None:
+                     f"the baseline has no value for {claim_id}, so a drop cannot be measured", applicable=False)
+    if current.value is None or not current.n or math.isnan(current.value):
         return Claim(cid, False, current.value, threshold, "", current.n,
-                     f"{claim_id} has no interval in this run ({current.message}); baseline {b[0]:.4g} "
-                     f"[{b[1]:.4g}, {b[2]:.4g}]")
-    ok = c[2] >= b[1]
-    how = "within the uncertainty of" if ok else "REGRESSED: the intervals do not overlap, below"
-    return Claim(cid, ok, c[0] - b[0], threshold, f"now [{c[1]:.4g}, {c[2]:.4g}], baseline [{b[1]:.4g}, {b[2]:.4g}]",
-                 current.n, f"{claim_id} {c[0]:.4g} [{c[1]:.4g}, {c[2]:.4g}] {how} the baseline's {b[0]:.4g} "
-                            f"[{b[1]:.4g}, {b[2]:.4g}]{note}")
+                     f"{claim_id} has no value in this run ({current.message})", inconclusive=True)
+    margin, text = margin_of(claim_id, gate)
+    n1, n2 = int(current.n), int(baseline_claim["n"])
+    k1, k2 = round(current.value * n1), round(float(baseline_claim["value"]) * n2)
+    level = 1 - 2 * gate.alpha
+    lo, hi = D.newcombe_unpaired(k1, n1, k2, n2, level)
+    at = lambda m: D.newcombe_unpaired(k1 * m / n1, m, k2 * m / n2, m, level)  # noqa: E731
+    d = D.not_worse(k1 / n1 - k2 / n2, lo, hi, margin, min(n1, n2), D.min_items(gate.alpha), at)
+    verdict = {"pass": "not lower beyond the margin", "fail": "REGRESSED: the drop is shown to exceed the margin",
+               "inconclusive": "the data cannot tell whether the drop is within the margin"}[d.outcome]
+    return decided(cid, d, f"lower bound > -{margin:.4g}", f"unpaired [{lo:+.4g}, {hi:+.4g}]",
+                   f"{claim_id} {k1 / n1:.4g} ({k1} of {n1}) now against the baseline's {k2 / n2:.4g} ({k2} of {n2}): "
+                   f"difference {d.estimate:+.4g}, one-sided {1 - gate.alpha:.0%} bounds [{lo:+.4g}, {hi:+.4g}] "
+                   f"(Newcombe, unpaired: {why_unpaired}); margin {text}; {verdict}")

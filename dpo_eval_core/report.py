@@ -224,9 +224,10 @@ def forgetting_html(results: Results) -> str:
         st = s["settings"]
         parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(s['source'])} ({html.escape(s['layout'])}; "
                      f"{html.escape(st['format'])}, {st['shots']}-shot, {html.escape(st['prompt'])} prompt); chance "
-                     f"{_num(s['chance']):.3f}; {s['lost']} questions lost and {s['gained']} gained, exact McNemar "
-                     f"p={_num(s['p_value']):.3g}</p><table class='dpo-eval-forgetting'><tr><th>subject</th>"
-                     f"<th>questions</th><th>tuned acc</th><th>base acc</th><th>tuned - base</th></tr>")
+                     f"{_num(s['chance']):.3f}; no-forgetting gates on {html.escape(st.get('metric', 'acc'))}: "
+                     f"{s['lost']} questions lost and {s['gained']} gained</p><table class='dpo-eval-forgetting'>"
+                     f"<tr><th>subject</th><th>questions</th><th>tuned acc</th><th>base acc</th>"
+                     f"<th>tuned - base</th></tr>")
         parts += [_cells(row) for row in forgetting_rows(s)]
         parts.append("</table>")
     return "<h2>Forgetting: multiple-choice accuracy</h2>" + "".join(parts) if parts else ""
@@ -272,23 +273,22 @@ def comparison_html(results: Results) -> str:
     if not cmp:
         return ""
     alpha = results.get("config", {}).get("gate", {}).get("alpha", 0.05)
-    head = ("comparison", "test", "n", "this adapter", "other", "this - other [CI]", "better / worse", "p",
-            "prefers")
+    verdicts = {c["id"]: c for c in results.get("claims", []) if c["id"].startswith("not-worse[")}
+    head = ("comparison", "kind", "n", "this adapter", "other", "this - other", "better / worse", "verdict")
     rows = []
     for what, c in sorted(cmp["items"].items()):
-        d = c["difference"]
-        prefers = ("neither" if not (_num(c["p_value"]) < alpha) or c["better"] == c["worse"] else
-                   "this adapter" if _num(c["effect"]) > 0 else "other")
-        rows.append((what, c["test"], c["n"], f"{_num(c['candidate']):.4g}", f"{_num(c['other']):.4g}",
-                     f"{_num(d[0]):+.4g} [{_num(d[1]):+.4g}, {_num(d[2]):+.4g}]", f"{c['better']} / {c['worse']}",
-                     f"{_num(c['p_value']):.3g}", prefers))
+        claim = verdicts.get(f"not-worse[{what}]", {})
+        rows.append((what, c["kind"], c["n"], f"{_num(c['candidate']):.4g}", f"{_num(c['other']):.4g}",
+                     f"{_num(c['candidate']) - _num(c['other']):+.4g} {claim.get('uncertainty', '')}",
+                     f"{c['better']} / {c['worse']}", claim.get("outcome", "-")))
     j = cmp.get("judge")
     if j:
         lo, hi = j["win_ci"]
         verdict = "this adapter" if _num(lo) > 0.5 else "other" if _num(hi) < 0.5 else "neither"
         rows.append(("judge-win-rate", "judge, both orders", j["n"] - j["unparseable"], "-", "-",
                      f"win rate {_num(j['win_rate']):.3f} [{_num(lo):.3f}, {_num(hi):.3f}]",
-                     f"{j['wins']} / {j['losses']}", "-", verdict))
+                     f"{j['wins']} / {j['losses']}", verdicts.get("not-worse[judge-win-rate]", {}).get("outcome",
+                                                                                                    verdict)))
     moved = sorted((f for f in cmp["features"] if _num(f["p_adj"]) < alpha), key=lambda f: _num(f["p_adj"]))
     parts = [f"<h2>Compared with {html.escape(cmp['other'])}</h2><p>Paired on the same valid pairs and questions; "
              f"differences are this adapter minus the other.</p><table class='dpo-eval-comparison'>",

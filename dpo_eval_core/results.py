@@ -70,7 +70,7 @@ def run_facts(run: Any) -> dict[str, Any]:
 
 def claim_record(claim: Claim, gating: bool) -> dict[str, Any]:
     """One claim as results.json stores it (JSON types only, so it also crosses xdist's wire)."""
-    return dict(_jsonable(claim), gating=gating, family=claim.family())
+    return dict(_jsonable(claim), gating=gating, family=claim.family(), outcome=claim.outcome)
 
 
 def run_sections(run: Any) -> dict[str, Any]:
@@ -152,10 +152,28 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def outcome_of(record: Mapping[str, Any]) -> str:
+    """pass, fail, inconclusive or not applicable, from a claim record (old records have no 'outcome')."""
+    if "outcome" in record:
+        return str(record["outcome"])
+    return "not applicable" if not record["applicable"] else "pass" if record["passed"] else "fail"
+
+
+def blocks(record: Mapping[str, Any], results: Mapping[str, Any]) -> bool:
+    """Whether a gating claim record fails the run: failed, or inconclusive unless the gate says 'warn'."""
+    outcome = outcome_of(record)
+    warn = results.get("config", {}).get("gate", {}).get("inconclusive") == "warn"
+    return bool(record["gating"]) and (outcome == "fail" or (outcome == "inconclusive" and not warn))
+
+
+def verdict_word(record: Mapping[str, Any]) -> str:
+    return {"pass": "pass", "fail": "**FAIL**", "inconclusive": "**INCONCLUSIVE**"}.get(outcome_of(record), "-")
+
+
 def summary_markdown(results: Mapping[str, Any]) -> str:
     """A short markdown table of the gating claims and the verdict, for a CI job summary."""
     claims = [c for c in results["claims"] if c["gating"] and c["applicable"]]
-    failed = [c["id"] for c in claims if not c["passed"]]
+    failed = [c["id"] for c in claims if blocks(c, results)]
     facts = results.get("facts", {})
     lines = [f"### dpo-eval gate: {'FAILED' if failed else 'PASSED'}", "",
              f"Adapter `{facts.get('adapter', '-')}` on `{facts.get('base_model', '-')}`, data "
@@ -164,5 +182,5 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
     for c in claims:
         value = "-" if c["value"] is None else f"{c['value']:.4g}"
         ci = f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]" if c.get("ci") and None not in c["ci"] else ""
-        lines.append(f"| `{c['id']}` | {'pass' if c['passed'] else '**FAIL**'} | {value} | {ci} | {c['n'] or ''} |")
+        lines.append(f"| `{c['id']}` | {verdict_word(c)} | {value} | {ci} | {c['n'] or ''} |")
     return "\n".join(lines) + "\n"

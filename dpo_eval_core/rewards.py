@@ -1,4 +1,4 @@
-"""The DPO implicit reward, computed as TRL computes it, with bootstrap intervals.
+"""The DPO implicit reward, computed as TRL computes it, with intervals that stay honest at small n.
 
 reward = beta * (log p_policy(completion | prompt) - log p_reference(completion | prompt)),
 policy = base + adapter, reference = the same weights with the adapter disabled.
@@ -25,7 +25,7 @@ from .backend import Backend
 from .cache import Cache, memoized
 from .data import PreferencePair
 from .identity import ModelIdentity, logp_key
-from .stats import bootstrap_mean_ci
+from .decide import clopper_pearson, mean_bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +126,10 @@ def log_ratio(policy: float, reference: float, tie_tolerance: float) -> float:
 
 def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootstrap: int,
               rng: np.random.Generator, *, tie_tolerance: float, pair_ids: Sequence[str] = ()) -> RewardSummary:
-    """Accuracy, margin and mean rewards, each with a percentile bootstrap interval, and the per-pair values
-    under `pair_ids` (one per entry of logps)."""
+    """Accuracy (Clopper-Pearson interval), margin and mean rewards (Student's t interval on the per-pair
+    values), and the per-pair values under `pair_ids` (one per entry of logps). Exact and t intervals do
+    not collapse to a point at small n, as a percentile bootstrap does ([1, 1] from one right pair).
+    `rng` and `n_bootstrap` are kept for callers; nothing here resamples."""
     keep = [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
         x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
     unscorable = len(logps) - len(keep)
@@ -143,11 +145,15 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
     correct_per_token = (ratio_c / np.maximum(n_c, 1) > ratio_r / np.maximum(n_r, 1)).astype(float)
 
     def est(x: np.ndarray) -> Estimate:
-        lo, hi = bootstrap_mean_ci(x, ci_level, n_bootstrap, rng)
+        mean, lo, hi, _ = mean_bounds(x, ci_level)
+        return Estimate(mean, lo, hi)
+
+    def share(x: np.ndarray) -> Estimate:
+        lo, hi = clopper_pearson(int(x.sum()), int(x.size), ci_level)
         return Estimate(float(x.mean()) if x.size else float("nan"), lo, hi)
 
-    return RewardSummary(n=len(logps), beta=beta, accuracy=est(correct),
-                         accuracy_per_token=est(correct_per_token), margin=est(margins),
+    return RewardSummary(n=len(logps), beta=beta, accuracy=share(correct),
+                         accuracy_per_token=share(correct_per_token), margin=est(margins),
                          chosen=est(chosen), rejected=est(rejected), margins=tuple(float(m) for m in margins),
                          all_zero=bool(len(logps)) and bool(np.all(chosen == 0) and np.all(rejected == 0)),
                          n_unscorable=unscorable, pair_ids=ids, correct=tuple(map(bool, correct)),

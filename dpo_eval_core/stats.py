@@ -137,6 +137,13 @@ def differences(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return d_cr, d_tb
 
 
+def agreement_flags(d_cr: np.ndarray, d_tb: np.ndarray) -> np.ndarray:
+    """Per feature ([n_pairs, k] arrays, NaN where dropped): does avg d_tb move the way avg d_cr points?"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature with every pair dropped
+        return np.sign(np.nanmean(d_cr, axis=-2)) * np.sign(np.nanmean(d_tb, axis=-2)) > 0
+
+
 def agreement_rate_ci(d_cr: np.ndarray, d_tb: np.ndarray, level: float, n_boot: int,
                       rng: np.random.Generator) -> tuple[float, float]:
     """Bootstrap interval of the sign-agreement rate over the given features ([n_pairs, k] arrays of the
@@ -144,11 +151,21 @@ def agreement_rate_ci(d_cr: np.ndarray, d_tb: np.ndarray, level: float, n_boot: 
     if d_cr.size == 0 or d_cr.shape[1] == 0:
         return (math.nan, math.nan)
     idx = rng.integers(0, d_cr.shape[0], size=(n_boot, d_cr.shape[0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may drop every pair of a feature
-        agree = np.sign(np.nanmean(d_cr[idx], axis=1)) * np.sign(np.nanmean(d_tb[idx], axis=1)) > 0
-    rates = agree.mean(axis=1)
+    rates = agreement_flags(d_cr[idx], d_tb[idx]).mean(axis=1)
     lo, hi = np.quantile(rates, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
+
+
+def agreement_difference_ci(d_cr: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, level: float, n_boot: int,
+                            rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile bootstrap over pairs of agreement rate(a) - rate(b): two adapters' tuned - base differences
+    on the same valid pairs and signal features ([n_pairs, k] arrays). Resampling whole pairs keeps the
+    features' correlation. (nan, nan) without pairs or features."""
+    if d_cr.size == 0 or d_cr.shape[1] == 0:
+        return (math.nan, math.nan)
+    idx = rng.integers(0, d_cr.shape[0], size=(n_boot, d_cr.shape[0]))
+    diff = agreement_flags(d_cr[idx], d_a[idx]).mean(axis=1) - agreement_flags(d_cr[idx], d_b[idx]).mean(axis=1)
+    lo, hi = np.quantile(diff, [(1 - level) / 2, 1 - (1 - level) / 2])
     return (float(lo), float(hi))
 
 
@@ -231,25 +248,3 @@ def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
-
-
-def mcnemar_p(lost: int, gained: int) -> float:
-    """Exact two-sided McNemar p-value of paired binary outcomes: `lost` items right before and wrong
-    after, `gained` the reverse; under no change each discordant item is a fair coin. 1.0 when none."""
-    from scipy.stats import binomtest
-
-    n = lost + gained
-    return 1.0 if n == 0 else float(binomtest(gained, n, 0.5, alternative="two-sided").pvalue)
-
-
-def mcnemar_n_needed(discordance: float, drop: float, alpha: float, power: float = 0.8) -> int | None:
-    """Items a two-sided McNemar test needs to detect a paired drop of `drop` with this power, when a
-    share `discordance` of items changes (Connor 1987); None when no drop that size is possible
-    (discordance < drop) or nothing changes."""
-    from scipy.stats import norm
-
-    if not (discordance >= drop > 0):
-        return None
-    za, zb = float(norm.ppf(1 - alpha / 2)), float(norm.ppf(power))
-    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - drop * drop)) ** 2 / (drop * drop)
-    return math.ceil(n)

@@ -24,7 +24,7 @@ from dpo_eval_core.forgetting import measure, predictions, score_questions
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.mcq import McqSettings, Question, items, load_questions, prompt_text
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
-from dpo_eval_core.stats import mcnemar_n_needed, mcnemar_p, wilson_ci
+from dpo_eval_core.stats import wilson_ci
 
 ROWS = [{"question": f"What is {i} plus {i}?", "subject": "arithmetic", "answer": i % 4,
          "choices": [str(2 * i), f"{2 * i + 1} or so", "many", "x" * (i % 5 + 1)]} for i in range(10)]
@@ -204,15 +204,17 @@ def test_a_destroyed_adapter_fails_no_forgetting_and_a_zero_adapter_passes_with_
     qset = load_questions(source, "known")
     gate = GateConfig()
     same, _ = measure(zero, qset, cfg(), model=model_id("zero"), cache=Cache(tmp_path / "z"))
-    assert same.base.value == 1.0 and same.difference == (0.0, 0.0, 0.0) and (same.lost, same.gained) == (0, 0)
+    assert same.base.value == 1.0 and same.difference[0] == 0.0 and (same.lost, same.gained) == (0, 0)
     held = forgetting_claims(same, gate)[1]
-    assert held.id == "no-forgetting[known]" and held.passed and held.value == 0.0
+    # exactly no drop never fails; it passes once the set is large enough for the bound to clear the margin
+    assert held.id == "no-forgetting[known]" and held.value == 0.0 and held.outcome == (
+        "pass" if same.n > 133 else "inconclusive"), held.message
     wrecked = load(make_adapter(tiny_llama, tmp_path / "wrecked", scale=40.0, target_modules=("q_proj", "v_proj",
                                                                                                "o_proj", "up_proj")))
     lost, _ = measure(wrecked, qset, cfg(), model=model_id("wrecked"), cache=Cache(tmp_path / "w"))
     claim = forgetting_claims(lost, gate)[1]
-    assert lost.base.value == 1.0 and lost.tuned.value < 0.7 and lost.p_value < 0.05
-    assert not claim.passed and "the adapter forgot" in claim.message, claim.message
+    assert lost.base.value == 1.0 and lost.tuned.value < 0.7
+    assert claim.outcome == "fail" and "the adapter forgot" in claim.message, claim.message
 
 
 # --------------------------------------------------------------------------- the claim's rule
@@ -232,28 +234,34 @@ def summary(lost: int, gained: int, n: int, base_right: int | None = None):
     scores = [{a: [0.0, -1.0] if right else [-1.0, 0.0] for a, right in ((True, t), (False, b))} for t, b in kinds]
     qset = QuestionSet("s", "s.jsonl", "question/choices/answer", tuple(qs), (), n, {})
     qitems = [McqItem(q, q.question, (" A", " B"), (1, 1)) for q in qs]
-    return summarize(qset, qitems, scores, McqSettings(), 0.95, 500, np.random.default_rng(0))
+    return summarize(qset, qitems, scores, McqSettings().resolved(qset.layout), 0.95)
 
 
-@pytest.mark.parametrize("lost, gained, n, passes", [
-    pytest.param(40, 5, 500, False, id="a-real-drop-of-7-points"),
-    pytest.param(3, 0, 20, True, id="15-points-on-20-questions-is-not-shown"),
-    pytest.param(120, 100, 5000, True, id="a-real-drop-below-max-forgetting"),
-    pytest.param(0, 30, 300, True, id="tuned-better"),
+summary_with = summary
+
+
+@pytest.mark.parametrize("lost, gained, n, outcome", [
+    pytest.param(40, 5, 500, "fail", id="a-real-drop-of-7-points"),
+    pytest.param(3, 0, 20, "inconclusive", id="15-points-on-20-questions-is-not-shown-either-way"),
+    pytest.param(120, 100, 5000, "pass", id="a-drop-shown-below-max-forgetting"),
+    pytest.param(0, 30, 300, "pass", id="tuned-better"),
+    pytest.param(0, 0, 100, "inconclusive", id="no-change-on-100-questions-cannot-show-a-2-point-bound"),
 ])
-def test_no_forgetting_fails_only_on_a_drop_beyond_max_forgetting_that_mcnemar_shows(lost, gained, n, passes):
+def test_no_forgetting_is_non_inferiority_with_the_max_forgetting_margin(lost, gained, n, outcome):
     s = summary(lost, gained, n)
     assert (s.lost, s.gained, s.n) == (lost, gained, n)
     assert s.difference[0] == pytest.approx((gained - lost) / n)
     claim = forgetting_claims(s, GateConfig())[1]
-    assert claim.passed is passes, claim.message
-    assert f"{lost} questions lost, {gained} gained" in claim.message and "exact McNemar p=" in claim.message
+    assert claim.outcome == outcome, claim.message
+    assert f"{lost} questions lost, {gained} gained" in claim.message and "(Tango, paired)" in claim.message
 
 
-def test_an_underpowered_set_says_how_many_questions_it_would_take():
+def test_an_inconclusive_set_says_how_many_questions_would_decide_it():
     claim = forgetting_claims(summary(3, 0, 20), GateConfig())[1]
-    need = mcnemar_n_needed(3 / 20, 0.02, 0.05)
-    assert claim.passed and f"takes about {need} questions (80% power), 20 were asked" in claim.message
+    assert claim.inconclusive and claim.n_needed is not None and claim.n_needed > 20
+    assert f"about {claim.n_needed} questions would decide it" in claim.message
+    bigger = forgetting_claims(summary(3 * claim.n_needed // 20 + 1, 0, claim.n_needed + 20), GateConfig())[1]
+    assert bigger.outcome == "fail"  # at that size the same 15% drop is shown to exceed the margin
 
 
 def test_accuracy_claim_reports_both_models_and_says_when_a_set_sits_at_chance():
@@ -274,25 +282,6 @@ def test_max_forgetting_is_a_gate_setting():
 # --------------------------------------------------------------------------- statistics
 
 
-@given(st.integers(0, 200), st.integers(0, 200))
-def test_mcnemar_is_the_exact_binomial_test_and_symmetric(lost, gained):
-    from scipy.stats import binom
-
-    n = lost + gained
-    p = mcnemar_p(lost, gained)
-    assert p == mcnemar_p(gained, lost)
-    if n:
-        k = min(lost, gained)
-        assert p == pytest.approx(min(1.0, 2 * binom.cdf(k, n, 0.5)), rel=1e-9)
-    else:
-        assert p == 1.0
-
-
-def test_mcnemar_known_values():
-    assert mcnemar_p(10, 0) == pytest.approx(2 * 0.5 ** 10)
-    assert mcnemar_p(5, 5) == 1.0
-
-
 @given(st.integers(0, 500), st.integers(1, 500))
 def test_wilson_interval_holds_the_estimate_inside_zero_one(k, n):
     k = min(k, n)
@@ -307,11 +296,3 @@ def test_wilson_known_value():
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
 
 
-@given(st.floats(0.01, 0.5), st.floats(0.005, 0.2))
-def test_questions_needed_grows_as_the_drop_to_detect_shrinks(discordance, drop):
-    big = mcnemar_n_needed(discordance, drop, 0.05)
-    small = mcnemar_n_needed(discordance, drop / 2, 0.05)
-    if big is None:
-        assert discordance < drop
-    else:
-        assert small is not None and small >= big and not math.isnan(big)

@@ -79,6 +79,10 @@ def judged(reply: Callable[[str], str], tuned: list[str], base: list[str], tmp_p
     ("Verdict: A", "A"), ("The final verdict is **B**.", "B"), ("winner: tie", "tie"), ("B", "B"), ("**A**", "A"),
     ("Tie.", "tie"), ("Assistant B is better.", "B"), ("Assistant A", "A"), ("The winner is a tie", "tie"),
     ("[[A]] ... so overall [[A]]", "A"), ("[B]\nBecause it is shorter.", "B"),
+    # a reviewer's cases: a tie said with an article, the verdict first then reasons (as the default
+    # template asks), the winner named as an assistant
+    ("Verdict: A tie.", "tie"), ("A\nAssistant A answers the question directly; B rambles.", "A"),
+    ("Winner: Assistant B", "B"), ("The winner is Assistant A", "A"), ("TIE", "tie"), ("verdict: Tie", "tie"),
 ])
 def test_a_verdict_in_any_usual_form_is_read(reply, verdict):
     assert parse_verdict(reply) == verdict
@@ -133,10 +137,11 @@ def test_a_judge_that_always_answers_a_has_no_consistent_verdict_and_a_win_rate_
     s, claims = judged(always_a, [f"tuned {i}" for i in range(40)], [f"base {i}" for i in range(40)], tmp_path)
     # every pair: tuned wins when shown first, loses when shown second -> inconsistent -> a tie (0.5)
     assert (s.wins, s.losses, s.ties, s.inconsistent) == (0, 0, 0, 40)
-    assert s.win_rate == 0.5 and s.win_ci == (0.5, 0.5) and s.consistency == 0.0 and s.first_position == 1.0
+    assert s.win_rate == 0.5 and s.consistency == 0.0 and s.first_position == 1.0
+    assert s.win_ci[0] < 0.5 < s.win_ci[1]  # 40 ties: a rate of 0.5 with a real interval, not [0.5, 0.5]
     assert not claims["judge-consistency"].passed and "use a stronger judge" in claims["judge-consistency"].message
     assert not claims["judge-win-rate"].passed
-    assert not claims["judge-length-controlled-win-rate"].applicable  # no consistent verdict to fit
+    assert claims["judge-length-controlled-win-rate"].inconclusive  # every tuned answer is longer: no fit
 
 
 def prefers_longer(sd: float) -> Callable[[str], str]:
@@ -187,7 +192,7 @@ def test_when_the_tuned_answer_is_always_longer_length_control_says_it_cannot_te
 
     s, claims = judged(always_tuned, [f"tuned {'z' * (i + 5)}" for i in range(20)], ["base"] * 20, tmp_path)
     c = claims["judge-length-controlled-win-rate"]
-    assert s.win_rate == 1.0 and not c.applicable and "longer in 20 and not longer in 0" in c.message
+    assert s.win_rate == 1.0 and c.inconclusive and not c.passed and "longer in 20 and not longer in 0" in c.message
 
 
 @settings(max_examples=50, deadline=None)
@@ -197,7 +202,7 @@ def test_the_length_controlled_rate_lies_in_zero_one_inside_its_interval(y, d):
     d = np.array(d[:len(y)], dtype=float)
     lc = length_controlled(np.array(y), d, 0.95, 200, np.random.default_rng(0))
     if lc.value is None:
-        assert min((d > 0).sum(), (d <= 0).sum()) < 3
+        assert min((d > 0).sum(), (d <= 0).sum()) < max(5, math.ceil(0.1 * len(y)))
     else:
         assert 0 <= lc.ci[0] <= lc.ci[1] <= 1 and 0 < lc.value < 1
 
@@ -280,7 +285,8 @@ def test_an_unparseable_verdict_is_counted_and_its_pair_left_out_never_guessed(s
                    np.random.default_rng(0))
     assert (s.n, s.unparseable, s.wins, s.verdicts["unparseable"], s.win_rate) == (3, 1, 2, 2, 1.0)
     win = {c.id: c for c in judge_claims(s, GateConfig())}["judge-win-rate"]
-    assert win.n == 2 and "1 pairs left out: a reply named no verdict (2 of 6 replies)" in win.message
+    assert win.n == 2 and "1 pairs left out: a reply named no verdict (2 of 6 replies;" in win.message
+    assert sum(s.unparseable_shown_first.values()) == 2
 
 
 def test_a_model_the_server_does_not_serve_is_refused_at_start_with_what_it_serves(server):

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "locate", "stats"),
-    ("cache", "chat", "data"),
+    ("cache", "chat", "data", "decide"),
     ("mcq",),
     ("endpoint",),
     ("backend",),

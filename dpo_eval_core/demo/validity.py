@@ -43,7 +43,8 @@ def gate_adapters(cfg: EvalConfig, adapters: dict[str, Path]) -> dict[str, dict[
 
 def _cell(c: Any) -> str:
     value = "-" if c.value is None or (isinstance(c.value, float) and math.isnan(c.value)) else f"{c.value:.3g}"
-    return f"{'pass' if c.passed else '**FAIL**'} {value}"
+    word = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "**INCONCLUSIVE**"}.get(c.outcome, c.outcome)
+    return f"{word} {value}"
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
