@@ -332,7 +332,8 @@ def judge_win(cid: str, s: JudgeSummary, gate: GateConfig, threshold: float, who
             lambda a, b: a > threshold or b < threshold, at, n, rate_floor(gate)))
     parse = (f"; {s.unparseable} pairs left out: a reply named no verdict ({s.verdicts['unparseable']} of "
              f"{2 * s.n} replies; {s.unparseable_shown_first.get('tuned', 0)} with the tuned answer shown first, "
-             f"{s.unparseable_shown_first.get('base', 0)} with the base answer first)" if s.unparseable else "")
+             f"{s.unparseable_shown_first.get('base', 0)} with the base answer first){s.hints()}" if s.unparseable
+             else "")
     tally = (f"{who} wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
              f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
     ci = f"{gate.ci_level:.0%} score CI [{lo:.3f}, {hi:.3f}], sign test p={_fmt(s.sign_p)}"
@@ -348,7 +349,7 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
         return [Claim(cid, False, None, "", "", 0, "no valid-split pair has both answers: nothing was judged")
                 for cid in ids]
     if s.scored == 0:
-        why = f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out)"
+        why = f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out){s.hints()}"
         win = Claim(ids[0], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
         controlled = Claim(ids[1], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
     else:

@@ -9,6 +9,7 @@ the URL, what came back and the fix. Only what the caller passes is sent, and on
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import json
 import os
 import socket
@@ -21,9 +22,20 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 from .chat import Message
 from .errors import EndpointError
 
+
+class RequestRefused(EndpointError):
+    """The server refused this one request (HTTP 400, 413, 422: a prompt past its context, say): another request
+    may still be served, so a caller asking many can count it and go on."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
 T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+REFUSED_STATUS = frozenset({400, 413, 422})
+"""Statuses that refuse one request for what it holds (too long a prompt, a field the server rejects)."""
 MAX_RETRY_AFTER_S = 60.0
 
 
@@ -55,6 +67,8 @@ class Reply:
     """usage.completion_tokens, when the server reports it."""
     finish_reason: str | None
     """'stop' at an end-of-sequence or stop token, 'length' at max_tokens."""
+    refused: str | None = None
+    """Why the server refused this request (its status and message), where it did; the text is then empty."""
 
 
 def base_url(url: str) -> str:
@@ -181,12 +195,16 @@ class ChatEndpoint:
                 text = e.read().decode("utf-8", "replace")
                 if e.code == 404 and method == "GET":
                     raise _NotFound() from None
+                if e.code in REFUSED_STATUS:
+                    raise RequestRefused(f"{method} {url} answered HTTP {e.code}: {text[:300]!r}. " + _fix(e.code),
+                                         e.code) from None
                 if e.code not in RETRY_STATUS:
                     raise EndpointError(f"{method} {url} answered HTTP {e.code}: {text[:300]!r}. "
                                         + _fix(e.code)) from None
                 last = f"HTTP {e.code}: {text[:200]!r}"
                 wait = max(wait, _retry_after(e.headers.get("Retry-After")))
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
+            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
+                    http.client.IncompleteRead) as e:  # a body cut off mid-way is retried like a reset
                 reason = getattr(e, "reason", e)
                 last = (f"no answer within {s.timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError))
                         else f"{reason}")
@@ -219,6 +237,8 @@ def _fix(code: int) -> str:
         return "The server refused the key: set the environment variable named by the key option."
     if code == 404:
         return "Check the URL (the server's base URL, ending in /v1) and the served model name."
+    if code in REFUSED_STATUS:
+        return "The server refused this request (a prompt past its context length, often): see its message."
     return "Check the served model name and the server's log."
 
 

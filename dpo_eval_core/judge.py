@@ -32,7 +32,7 @@ from .cache import Cache, memoized
 from .chat import Message, accepts_system
 from .config import EvalConfig
 from .data import PreferencePair
-from .endpoint import ChatEndpoint, EndpointSettings, is_url
+from .endpoint import ChatEndpoint, EndpointSettings, Reply, RequestRefused, is_url
 from .errors import ConfigError
 from .identity import ModelIdentity, base_fingerprint, judge_key
 from .models import CheckpointSpec, LocalBases, load_base, load_chat_tokenizer
@@ -149,7 +149,7 @@ class Judge(Protocol):
 
     def identity(self) -> dict[str, Any]: ...
 
-    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, str]]: ...
+    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]: ...
 
 
 class LocalJudge:
@@ -165,12 +165,12 @@ class LocalJudge:
     def identity(self) -> dict[str, Any]:
         return {"local": self._identity, "settings": dataclasses.asdict(self.settings)}
 
-    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, str]]:
+    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]:
         settings = dataclasses.replace(self.settings, max_new_tokens=max_tokens)
         try:
             for i, g in self._load().generate_stream([(("user", p),) for p in prompts], adapter=False,
                                                      settings=settings):
-                yield i, g.text
+                yield i, Reply(g.text, None, "length" if g.truncated else "stop")
         finally:
             self._release()
 
@@ -185,8 +185,16 @@ class EndpointJudge:
     def identity(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint.identity()}
 
-    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, str]]:
-        return self.endpoint.chat_many([(("user", p),) for p in prompts], max_tokens)
+    def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]:
+        """Each reply as it arrives; a request the server refuses (too long for its context, say) becomes an
+        empty reply that says why, so its pair is counted as unparseable instead of stopping the run."""
+        def one(prompt: str) -> Reply:
+            try:
+                return self.endpoint.generate((("user", prompt),), max_tokens=max_tokens)
+            except RequestRefused as e:
+                return Reply("", None, None, str(e))
+
+        return self.endpoint.many(one, prompts)
 
 
 def make_judge(cfg: EvalConfig, spec: CheckpointSpec, gate_backend: Callable[[], Backend], gate: ModelIdentity,
@@ -226,20 +234,22 @@ def make_judge(cfg: EvalConfig, spec: CheckpointSpec, gate_backend: Callable[[],
     return LocalJudge(source, identity.fields(), load, settings, release)
 
 
-def ask(judge: Judge, prompts: Sequence[str], max_tokens: int, cache: Cache) -> tuple[list[str], int]:
-    """The judge's reply to each prompt, each cached as it arrives (an interrupted run keeps them); returns
-    (replies, how many were asked now)."""
+def ask(judge: Judge, prompts: Sequence[str], max_tokens: int, cache: Cache) -> tuple[list[dict[str, Any]], int]:
+    """The judge's reply to each prompt ({reply, finish_reason, refused}), each cached as it arrives (an
+    interrupted run keeps them); returns (replies, how many were asked now)."""
     identity = judge.identity()
     keys = [judge_key(identity, p, max_tokens) for p in prompts]
 
     def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
         with tqdm(total=len(missing), desc="judge", unit="verdict", leave=False) as bar:
             for j, reply in judge.replies([prompts[i] for i in missing], max_tokens):
-                yield missing[j], {"reply": reply}
+                yield missing[j], {"reply": reply.text, "finish_reason": reply.finish_reason,
+                                   "refused": reply.refused}
                 bar.update(1)
 
     values, n = memoized(cache, "judge", keys, compute)
-    return [str(v["reply"]) for v in values], n
+    return [{"reply": str(v["reply"]), "finish_reason": v.get("finish_reason"), "refused": v.get("refused")}
+            for v in values], n
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +309,21 @@ class JudgeSummary:
     unparseable_shown_first: dict[str, int] = dataclasses.field(default_factory=dict)
     """Unparseable replies by which answer was shown first ('tuned', 'base'): a judge that fails on one order
     only is reading positions."""
+    refused: int = 0
+    """Requests the server refused (HTTP 400, 413, 422: a prompt past its context, often); counted as unparseable."""
+    refused_example: str = ""
+    cut_unparseable: int = 0
+    """Unparseable replies that stopped at the reply budget: the verdict may have come later."""
+
+    def hints(self) -> str:
+        """What to do about unparseable replies, where the replies say."""
+        out = ""
+        if self.cut_unparseable:
+            out += (f"; {self.cut_unparseable} unparseable replies stopped at the reply budget: raise "
+                    f"--judge-max-tokens")
+        if self.refused:
+            out += f"; {self.refused} requests refused by the server, e.g. {self.refused_example[:200]}"
+        return out
 
     @property
     def scored(self) -> int:
@@ -427,5 +452,10 @@ def measure(judge: Judge, pairs: Sequence[PreferencePair], answers: Mapping[str,
     prompts = ([render(template[1], q, t, b) for q, t, b in zip(questions, tuned, base)]
                + [render(template[1], q, b, t) for q, t, b in zip(questions, tuned, base)])
     replies, n = ask(judge, prompts, max_tokens, cache)
-    return summarize(judge.name, template[0], judged, tuned, base, replies[:len(idx)], replies[len(idx):], ci_level,
-                     n_boot, rng), n
+    texts = [r["reply"] for r in replies]
+    refused = [r["refused"] for r in replies if r["refused"]]
+    cut = sum(r["finish_reason"] == "length" and parse_verdict(r["reply"]) is None for r in replies)
+    summary = summarize(judge.name, template[0], judged, tuned, base, texts[:len(idx)], texts[len(idx):], ci_level,
+                        n_boot, rng)
+    return dataclasses.replace(summary, refused=len(refused), refused_example=refused[0] if refused else "",
+                               cut_unparseable=cut), n

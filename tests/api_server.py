@@ -40,7 +40,7 @@ def prefers_longer(prompt: str) -> str:
 class Server:
     """A server on 127.0.0.1 that lists `cards` at /v1/models and answers POSTs with `respond`, after playing
     `script` from its start: one entry per POST, an HTTP status, 'slow' (sleep slow_s first), 'malformed'
-    (a body that is not JSON) or 'ok'. A POST for a model it does not list gets a 404, as vLLM answers."""
+    (a body that is not JSON), 'truncated' (the connection breaks mid-body) or 'ok'. A POST for a model it does not list gets a 404, as vLLM answers."""
 
     def __init__(self, respond: Respond, cards: list[dict]) -> None:
         self.respond, self.cards, self.script, self.requests = respond, cards, [], []
@@ -74,6 +74,14 @@ class Server:
                     return self.send(step, b'{"error": {"message": "scripted failure"}}')
                 if step == "malformed":
                     return self.send(200, b"<html>not the API</html>")
+                if step == "truncated":  # the connection breaks mid-body: the client sees IncompleteRead
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')
+                    self.close_connection = True
+                    return None
                 if body.get("model") not in {c["id"] for c in server.cards}:
                     return self.send(404, json.dumps({"error": f"model {body.get('model')!r} does not exist"}).encode())
                 self.send(200, json.dumps(server.respond(self.path.removeprefix("/v1"), body)).encode())

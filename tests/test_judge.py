@@ -21,7 +21,7 @@ from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.claims import judge as judge_claims
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.data import PreferencePair
-from dpo_eval_core.endpoint import ChatEndpoint, EndpointSettings, base_url
+from dpo_eval_core.endpoint import ChatEndpoint, EndpointSettings, Reply, base_url
 from dpo_eval_core.errors import ConfigError, EndpointError
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.judge import (
@@ -58,10 +58,10 @@ class FnJudge:
     def identity(self) -> dict:
         return {"fn": self.reply.__name__}
 
-    def replies(self, prompts, max_tokens) -> Iterator[tuple[int, str]]:
+    def replies(self, prompts, max_tokens) -> Iterator[tuple[int, Reply]]:
         for i, p in enumerate(prompts):
             self.asked += 1
-            yield i, self.reply(p)
+            yield i, Reply(self.reply(p), None, "stop")
 
 
 def judged(reply: Callable[[str], str], tuned: list[str], base: list[str], tmp_path: Path, **gate):
@@ -289,6 +289,38 @@ def test_an_unparseable_verdict_is_counted_and_its_pair_left_out_never_guessed(s
     assert sum(s.unparseable_shown_first.values()) == 2
 
 
+def test_a_request_the_server_refuses_is_counted_as_unparseable_and_the_run_goes_on(server, tmp_path):
+    pairs, answers = synthetic([f"good {i}" for i in range(4)], [f"poor {i}" for i in range(4)])
+    server.script = [400]  # one prompt past the judge's context, say
+    s, asked = measure(EndpointJudge(endpoint(server.url, concurrency=1)), pairs, answers, TEMPLATE, 16,
+                       Cache(tmp_path), 0.95, 500, np.random.default_rng(0))
+    assert asked == 8 and (s.unparseable, s.wins, s.refused) == (1, 3, 1)
+    win = judge_claims(s, GateConfig())[0]
+    assert "1 requests refused by the server, e.g. POST" in win.message and "HTTP 400" in win.message
+
+
+def test_unparseable_replies_cut_at_the_budget_say_to_raise_it(tmp_path):
+    def respond(route: str, body: dict) -> dict:
+        return {"choices": [{"index": 0, "finish_reason": "length",
+                             "message": {"role": "assistant", "content": "Let me compare the two answers ca"}}]}
+
+    s_ = Server(respond, [{"id": "judge-7b"}])
+    try:
+        pairs, answers = synthetic(["good 1", "good 2"], ["poor 1", "poor 2"])
+        s, _ = measure(EndpointJudge(endpoint(s_.url)), pairs, answers, TEMPLATE, 16, Cache(tmp_path), 0.95, 500,
+                       np.random.default_rng(0))
+    finally:
+        s_.close()
+    assert s.cut_unparseable == 4
+    assert "stopped at the reply budget: raise --judge-max-tokens" in judge_claims(s, GateConfig())[0].message
+
+
+def test_a_connection_broken_mid_body_is_retried_like_a_reset(server):
+    server.script = ["truncated"]
+    assert endpoint(server.url).chat((("user", "hi"),), 8) == "?"
+    assert len(server.requests) == 2
+
+
 def test_a_model_the_server_does_not_serve_is_refused_at_start_with_what_it_serves(server):
     with pytest.raises(EndpointError, match=r"does not serve the model 'gpt-5'; it serves 'judge-7b'. Fix --judge"):
         endpoint(server.url, model="gpt-5").check("--judge-model")
@@ -304,9 +336,9 @@ def test_a_server_that_is_down_is_an_error_after_the_retries(server):
 
 def test_an_interrupted_judge_run_keeps_the_replies_it_got_and_resumes(server, tmp_path):
     pairs, answers = synthetic([f"good {i}" for i in range(5)], [f"poor {i}" for i in range(5)])
-    server.script = ["ok"] * 4 + [400]  # a refusal that is not retried stops the run after four replies
+    server.script = ["ok"] * 4 + [401]  # a refusal of the key is not retried: it stops the run after four replies
     judge = EndpointJudge(endpoint(server.url, concurrency=1))
-    with pytest.raises(EndpointError, match="HTTP 400"):
+    with pytest.raises(EndpointError, match="HTTP 401"):
         measure(judge, pairs, answers, TEMPLATE, 16, Cache(tmp_path), 0.95, 500, np.random.default_rng(0))
     first = len(server.requests)  # four replies, the refusal, and any sent before it was seen (all kept)
     assert 5 <= first <= 10
@@ -335,7 +367,7 @@ def test_the_base_as_judge_is_the_gate_model_with_the_adapter_off(tiny_adapter, 
     replies = dict(judge.replies(prompts, 6))
     expected = backend.generate([(("user", p),) for p in prompts], adapter=False,
                                 settings=GenerationSettings(max_new_tokens=6, batch_size=4, batch_tokens=512))
-    assert [replies[0], replies[1]] == [g.text for g in expected]
+    assert [replies[0].text, replies[1].text] == [g.text for g in expected]
 
 
 def test_another_local_judge_loads_only_when_a_reply_is_missing_after_freeing_the_gate_model(
