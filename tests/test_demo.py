@@ -88,19 +88,21 @@ def test_demo_gate_end_to_end_on_a_small_sample_offline(demo_small):
     assert proc.returncode in (0, 1), proc.stdout[-3000:]
 
 
-def test_demo_gate_asks_its_mmlu_sample_and_reports_forgetting(demo_small):
-    """The demo brings 150 MMLU questions (--mcq-max-questions 12 here): tuned and base from the one model."""
+def test_demo_gate_asks_its_arc_sample_in_cloze_form_and_reports_forgetting(demo_small):
+    """The demo brings 200 ARC-Easy questions (--mcq-max-questions 12 here): tuned and base from the one model,
+    cloze prompts, gated on acc_norm; on 12 questions the claim cannot be decided and says so."""
     _, claims, results = demo_small
-    held, acc = claims["no-forgetting[mmlu_sample]"], claims["mcq-accuracy[mmlu_sample]"]
+    held, acc = claims["no-forgetting[arc_easy_sample]"], claims["mcq-accuracy[arc_easy_sample]"]
     assert held["gating"] and not acc["gating"] and held["n"] == acc["n"] == 12
-    assert "exact McNemar p=" in held["message"] and "acc_norm tuned" in acc["message"]
-    summary = json.loads(results.read_text())["forgetting"]["mmlu_sample"]
-    assert summary["n"] == 12 and summary["settings"] == {"format": "letters", "prompt": "chat", "shots": 0,
-                                                          "max_questions": 12}
+    assert "(Tango, paired)" in held["message"] and "acc_norm tuned" in acc["message"]
+    assert held["outcome"] in ("inconclusive", "fail") and held["outcome"] != "pass"  # 12 questions show no bound
+    summary = json.loads(results.read_text())["forgetting"]["arc_easy_sample"]
+    assert summary["n"] == 12 and summary["settings"] == {"format": "cloze", "prompt": "chat", "shots": 0,
+                                                          "max_questions": 12, "metric": "acc_norm"}
     assert summary["lost"] + summary["gained"] == sum(t != b for t, b in zip(summary["tuned_right"],
                                                                               summary["base_right"]))
     report = results.with_suffix(".html").read_text()
-    assert "Forgetting: multiple-choice accuracy" in report and "mmlu_sample" in report
+    assert "Forgetting: multiple-choice accuracy" in report and "arc_easy_sample" in report
 
 
 def test_junit_xml_carries_every_claims_value_threshold_interval_n_and_gating(demo_small):

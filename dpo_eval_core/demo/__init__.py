@@ -21,8 +21,9 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_ADAPTER_DIR = ASSETS / "adapter"
 DEMO_SWAPPED_DIR = ASSETS / "controls" / "swapped"
 """A control: the demo recipe trained on the demo pairs with chosen and rejected exchanged."""
-DEMO_MCQ = ASSETS / "mcq" / "mmlu_sample.jsonl"
-"""150 MMLU questions (6 subjects, their dev splits and 20 test questions each; MIT, README beside it)."""
+DEMO_MCQ = ASSETS / "mcq" / "arc_easy_sample.jsonl"
+"""200 ARC-Easy questions (CC BY-SA 4.0, README beside it): a set the demo base partly knows, asked in cloze
+form and gated on acc_norm, so a destroyed adapter has something to forget."""
 
 
 def demo_data_path(cache_dir: Path) -> Path:
@@ -44,7 +45,7 @@ def demo_pairs_sha256() -> str:
 
 def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
     """The config with the demo adapter and the demo pairs where --adapter and --data are left out, and
-    the demo's MMLU sample when the demo adapter is gated without --mcq."""
+    the demo's ARC-Easy sample when the demo adapter is gated without --mcq."""
     mcq = cfg.mcq or ((str(DEMO_MCQ),) if cfg.adapter is None else ())
     return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR,
                                data=cfg.data or str(demo_data_path(cfg.cache_dir)), mcq=mcq)
