@@ -3,13 +3,13 @@
 Two shapes of claim, one rule each:
 
 - *above a threshold* (reward accuracy above 0.5, a margin above 0, a win rate above 0.5): passes when
-  the interval's lower bound is above the threshold, fails when its upper bound is below it, and is
+  the interval's lower bound is above the threshold, fails when its upper bound is at or below it, and is
   inconclusive otherwise;
 - *not worse* (no forgetting, not worse than another adapter, not lower than the last release):
   non-inferiority with a margin in the metric's own units. The difference d = candidate - reference has
   a one-sided (1 - alpha) lower bound L and upper bound U (the two sides of a 1 - 2 alpha interval); the
   claim passes when L > -margin (the drop is shown to be smaller than the margin), fails when
-  U < -margin (the drop is shown to exceed it), and is inconclusive otherwise.
+  U <= -margin (the drop is shown to reach it), and is inconclusive otherwise.
 
 Intervals stay honest at small n: Clopper-Pearson for a proportion, Tango's score interval for a
 difference of paired proportions (each item right or wrong under both models), Newcombe's hybrid score
@@ -196,12 +196,13 @@ def items_to_decide(decided: Callable[[float, float], bool], bounds: Bounds, n: 
 
 def above(estimate: float, lo: float, hi: float, threshold: float, n: int, floor: int,
           bounds: Bounds | None = None) -> Decision:
-    """Passes when lo > threshold (with at least `floor` items), fails when hi < threshold, else
-    inconclusive with the items that would decide it."""
+    """Passes when lo > threshold (with at least `floor` items), fails when hi <= threshold (shown not above
+    it: a margin of exactly 0 with no spread is not above 0), else inconclusive with the items that would
+    decide it."""
     if n == 0 or math.isnan(lo) or math.isnan(hi):
         return Decision("inconclusive", estimate, lo, hi, n, None if bounds is None else
                         items_to_decide(lambda a, b: a > threshold or b < threshold, bounds, n, floor))
-    if hi < threshold:
+    if hi <= threshold:
         return Decision("fail", estimate, lo, hi, n)
     if lo > threshold and n >= floor:
         return Decision("pass", estimate, lo, hi, n)
@@ -212,7 +213,7 @@ def above(estimate: float, lo: float, hi: float, threshold: float, n: int, floor
 def not_worse(estimate: float, lo: float, hi: float, margin: float, n: int, floor: int,
               bounds: Bounds | None = None) -> Decision:
     """Non-inferiority of a difference (candidate - reference) with a margin: passes when lo > -margin
-    (with at least `floor` items), fails when hi < -margin, else inconclusive."""
+    (with at least `floor` items), fails when hi <= -margin, else inconclusive."""
     return above(estimate, lo, hi, -margin, n, floor, bounds)
 
 

@@ -132,7 +132,7 @@ def test_the_gate_writes_a_markdown_table_of_gating_claims_to_the_github_job_sum
 
 def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(demo_small, tmp_path):
     """CI gates a new adapter against the last release's results.json: an adapter trained on
-    reversed preferences fails the regression claims, naming them; the released adapter passes."""
+    reversed preferences fails the regression claims, naming them; the released adapter fails none."""
     _, _, baseline = demo_small
     proc, claims = run_gate(tmp_path / "swapped", *SMALL, "--baseline", str(baseline), "--adapter",
                             str(DEMO_SWAPPED_DIR), "-k", "regression")
@@ -142,9 +142,13 @@ def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(
         assert f"FAIL  {cid}" in proc.stdout
     assert claims["still-passes[adapter-loads]"]["passed"]
 
-    proc, claims = run_gate(tmp_path / "same", *SMALL, "--baseline", str(baseline), "-k", "regression")
+    # the released adapter again: nothing regresses; on 16 pairs "not lower by 2 points" cannot be shown, which
+    # fails the run by default and warns with inconclusive = warn
+    proc, claims = run_gate(tmp_path / "same", *SMALL, "--baseline", str(baseline), "-k", "regression", "--gate",
+                            "inconclusive=warn")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert all(c["passed"] for c in claims.values() if c["applicable"])
+    assert not any(c["outcome"] == "fail" for c in claims.values())
+    assert claims["not-lower[reward-accuracy]"]["outcome"] == "inconclusive"
 
 
 @pytest.mark.slow

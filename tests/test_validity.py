@@ -18,9 +18,17 @@ EXPECTED_FAILURES = {
 }
 
 
-def check(results: dict) -> None:
+SHOWN_ON_16_PAIRS = ("adapter-changes-model", "reward-accuracy", "reward-accuracy-per-token", "reward-margin",
+                     "data-signal")
+"""What 16 pairs show for the DPO adapter; its sign-agreement rate (26 of 42 features) is inconclusive there:
+an exact interval over 42 features cannot clear 0.5 below about two thirds agreeing."""
+
+
+def check(results: dict, full: bool) -> None:
     real = results["DPO adapter"]
-    assert all(c.passed for c in real.values() if c.applicable), {k: c.message for k, c in real.items()}
+    messages = {k: c.message for k, c in real.items()}
+    assert not any(c.outcome == "fail" for c in real.values()), messages
+    assert all(real[cid].passed for cid in (real if full else SHOWN_ON_16_PAIRS) if real[cid].applicable), messages
     for control, claims in EXPECTED_FAILURES.items():
         for cid in claims:
             c = results[control][cid]
@@ -33,7 +41,7 @@ def check(results: dict) -> None:
 ])
 def test_gate_passes_the_dpo_adapter_and_fails_every_control(size, tmp_path):
     results = validity.main([*size, "--out", str(tmp_path / "table.md")])
-    check(results)
+    check(results, full=not size)
     table = (tmp_path / "table.md").read_text()
     assert table.count("\n") == 2 + 4 and "| DPO adapter | pass" in table
 
