@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
 
 from . import claims as C
 from . import regression as R

@@ -344,7 +344,7 @@ def judge_win(cid: str, s: JudgeSummary, gate: GateConfig, threshold: float, who
 def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
     """judge-win-rate and judge-length-controlled-win-rate (interval above 0.5) and judge-consistency (the
     two answer orders agree on at least min_judge_consistency of the pairs)."""
-    lvl, ids = f"{gate.ci_level:.0%}", ("judge-win-rate", "judge-length-controlled-win-rate", "judge-consistency")
+    ids = ("judge-win-rate", "judge-length-controlled-win-rate", "judge-consistency")
     if s.n == 0:
         return [Claim(cid, False, None, "", "", 0, "no valid-split pair has both answers: nothing was judged")
                 for cid in ids]
@@ -354,24 +354,7 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
         controlled = Claim(ids[1], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
     else:
         win, raw = judge_win(ids[0], s, gate, 0.5, "tuned")
-        lc = s.length_control
-        lengths = (f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} "
-                   f"characters")
-        if lc.value is None or lc.ci is None:
-            controlled = Claim(ids[1], False, None, "CI low > 0.5", "", lc.n,
-                               f"inconclusive: not estimable: {lc.note}; raw win rate {_fmt(s.win_rate)}; {lengths}",
-                               inconclusive=True)
-        else:
-            outcome = ("fail" if lc.ci[1] < 0.5 else
-                       "pass" if lc.ci[0] > 0.5 and raw.passed else "inconclusive")
-            d = D.Decision(outcome, lc.value, lc.ci[0], lc.ci[1], lc.n)  # type: ignore[arg-type]
-            guard = ("" if raw.passed or outcome != "inconclusive" or not lc.ci[0] > 0.5 else
-                     "; the raw win rate is not shown above 0.5, and length control only removes evidence, it never "
-                     "adds any")
-            controlled = decided(ids[1], d, "CI low > 0.5", f"{lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}]",
-                                 f"length-controlled win rate {lc.value:.3f}, {lvl} CI [{lc.ci[0]:.3f}, {lc.ci[1]:.3f}] "
-                                 f"(logistic regression of the {lc.n} scored pairs on the length difference, slope "
-                                 f"{lc.slope:+.2f}), raw {_fmt(s.win_rate)}; {lengths}{guard}")
+        controlled = length_controlled_claim(ids[1], s, gate, raw)
     k = s.wins + s.losses + s.ties
     first = ("no reply was parseable" if math.isnan(s.first_position) else
              f"the first position won {s.first_position:.0%} of parseable replies")
@@ -383,6 +366,27 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
                        + ("" if s.consistency >= gate.min_judge_consistency else
                           ": the verdicts follow the order more than the answers; use a stronger judge"))
     return [win, controlled, consistent]
+
+
+def length_controlled_claim(cid: str, s: JudgeSummary, gate: GateConfig, raw: D.Decision) -> Claim:
+    """The win rate at zero length difference, on its bootstrap interval; it passes only when the raw win rate
+    passes too (length control removes evidence, it never adds any), and is inconclusive when too few pairs
+    lie on one side of the length difference to fit it."""
+    lc, lvl = s.length_control, f"{gate.ci_level:.0%}"
+    lengths = f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} characters"
+    if lc.value is None or lc.ci is None or lc.slope is None:
+        return Claim(cid, False, None, "CI low > 0.5", "", lc.n,
+                     f"inconclusive: not estimable: {lc.note}; raw win rate {_fmt(s.win_rate)}; {lengths}",
+                     inconclusive=True)
+    lo, hi = lc.ci
+    outcome = "fail" if hi <= 0.5 else "pass" if lo > 0.5 and raw.passed else "inconclusive"
+    guard = ("; the raw win rate is not shown above 0.5, and length control only removes evidence, it never "
+             "adds any" if outcome == "inconclusive" and lo > 0.5 else "")
+    return decided(cid, D.Decision(outcome, lc.value, lo, hi, lc.n), "CI low > 0.5",  # type: ignore[arg-type]
+                   f"{lvl} CI [{lo:.3f}, {hi:.3f}]",
+                   f"length-controlled win rate {lc.value:.3f}, {lvl} CI [{lo:.3f}, {hi:.3f}] (logistic regression "
+                   f"of the {lc.n} scored pairs on the length difference, slope {lc.slope:+.2f}), raw "
+                   f"{_fmt(s.win_rate)}; {lengths}{guard}")
 
 
 def _margin(c: PairedComparison, gate: GateConfig) -> tuple[float, str]:

@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from . import decide as D
-from .stats import adjust, round_noise, sign, wilcoxon_p
+from .stats import adjust, round_noise, wilcoxon_p
 
 COMPARE_ADAPTER = "compare"
 """The PEFT adapter name of --compare on the shared model (the gated adapter is PEFT's 'default')."""
@@ -109,7 +109,6 @@ class FeatureShift:
     """Sign of chosen - rejected on the train split: the way the data points."""
 
 
-
 def feature_shifts(candidate: np.ndarray, other: np.ndarray, names: Sequence[str], scale: Sequence[float],
                    data_sign: Sequence[int], correction: str) -> tuple[FeatureShift, ...]:
     """Candidate minus other answers per data-signal feature ([pairs, features] arrays, the features whose
@@ -123,6 +122,5 @@ def feature_shifts(candidate: np.ndarray, other: np.ndarray, names: Sequence[str
         s = scale[j]
         shifts.append((int(ok.sum()), float(d.mean()) / s if d.size and s and not math.isnan(s) else math.nan))
     adjusted = adjust(pvals, correction) if pvals else np.array([])
-    out = tuple(FeatureShift(names[j], n, shift, p, float(q), int(data_sign[j]))
-                for j, (n, shift), p, q in zip(keep, shifts, pvals, adjusted))
-    return out
+    return tuple(FeatureShift(names[j], n, shift, p, float(q), int(data_sign[j]))
+                 for j, (n, shift), p, q in zip(keep, shifts, pvals, adjusted))

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import decide as D
 from .claims import Claim, decided, not_worse_message
-from .compare import PairedComparison, compare_correct, match
+from .compare import compare_correct, match
 from .config import GateConfig
 from .errors import ConfigError
 from .results import load_results
