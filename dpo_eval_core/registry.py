@@ -121,7 +121,7 @@ FAMILIES: tuple[Family, ...] = (
     _f("mcq-accuracy", "mcq", False, "model mcq",
        "the tuned model answers this multiple-choice set above chance (tuned and base accuracy, with intervals)"),
     _f("no-forgetting", "mcq", True, "model mcq",
-       "tuned accuracy is not below base by more than max_forgetting with an exact McNemar p < alpha"),
+       "non-inferiority: the one-sided upper bound of tuned's accuracy drop against base is below max_forgetting"),
     _f("judge-win-rate", "one", False, "answers judge",
        "the judge prefers tuned answers to base answers, judged in both orders: win rate CI low above 0.5"),
     _f("judge-length-controlled-win-rate", "one", False, "answers judge",
@@ -130,9 +130,11 @@ FAMILIES: tuple[Family, ...] = (
     _f("judge-consistency", "one", False, "answers judge",
        "the judge gives the same verdict in both answer orders on at least min_judge_consistency of the pairs"),
     _f("not-worse", "compare", True, "model compare",
-       "the adapter is not significantly worse than the --compare adapter on the same items (paired test)"),
+       "non-inferiority: the adapter is shown not worse than the --compare adapter, within the comparison's "
+       "margin"),
     _f("still-passes", "baseline", True, "baseline", "a gating claim that passed in the baseline passes now"),
-    _f("not-lower", "rate", True, "baseline", "a headline rate did not drop beyond its uncertainty"),
+    _f("not-lower", "rate", True, "baseline",
+       "non-inferiority: a headline rate is shown not to have dropped below the baseline's by more than its margin"),
 )
 
 RATES: tuple[str, ...] = tuple(f.id for f in FAMILIES if f.rate)
