@@ -24,6 +24,7 @@ an intersection-union test, whose error is at most the largest single claim's.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -139,13 +140,18 @@ def newcombe_unpaired(k1: float, n1: float, k2: float, n2: float, level: float) 
             p1 - p2 + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
-def t_interval(mean: float, sd: float, n: float, level: float) -> tuple[float, float]:
-    """Student's t interval of a mean from n items with standard deviation sd; (nan, nan) below 2 items."""
+@functools.lru_cache(maxsize=4096)
+def _t_quantile(q: float, df: float) -> float:
     from scipy.stats import t
 
+    return float(t.ppf(q, df))
+
+
+def t_interval(mean: float, sd: float, n: float, level: float) -> tuple[float, float]:
+    """Student's t interval of a mean from n items with standard deviation sd; (nan, nan) below 2 items."""
     if n < 2 or not math.isfinite(sd):
         return (math.nan, math.nan)
-    half = float(t.ppf(1 - (1 - level) / 2, n - 1)) * sd / math.sqrt(n)
+    half = _t_quantile(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n)
     return (mean - half, mean + half)
 
 
