@@ -297,12 +297,14 @@ def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
     at_chance = tuned.ci_low <= s.chance and base.ci_low <= s.chance
     chance_note = (f"; both models answer at chance level ({s.chance:.3f}) on this set, so it cannot show "
                    f"forgetting: use a set the base model knows") if at_chance else ""
-    accuracy = Claim(
-        f"mcq-accuracy[{s.name}]", tuned.ci_low > s.chance, tuned.value, f"CI low > chance {s.chance:.3f}",
-        f"{lvl} Wilson CI [{tuned.ci_low:.3f}, {tuned.ci_high:.3f}]", s.n,
+    above_chance = D.above(tuned.value, tuned.ci_low, tuned.ci_high, s.chance, s.n, rate_floor(gate), lambda m: (
+        D.clopper_pearson(tuned.correct * m / s.n, m, gate.ci_level)))
+    accuracy = decided(
+        f"mcq-accuracy[{s.name}]", above_chance, f"CI low > chance {s.chance:.3f}",
+        f"{lvl} Clopper-Pearson CI [{tuned.ci_low:.3f}, {tuned.ci_high:.3f}]",
         f"acc tuned {_acc(s.tuned)}, base {_acc(s.base)}; acc_norm tuned {_acc(s.tuned_norm)}, base "
-        f"{_acc(s.base_norm)} ({lvl} Wilson); {s.metric} gates; chance {s.chance:.3f}; n={s.n} ({setting}){notes}",
-        ci=(tuned.ci_low, tuned.ci_high))
+        f"{_acc(s.base_norm)} ({lvl} Clopper-Pearson); {s.metric} gates; chance {s.chance:.3f}; n={s.n} "
+        f"({setting}){notes}", units="questions")
     d = PairedComparison(s.metric, "paired proportions", s.n, tuned.value, base.value, s.gained,
                          s.lost).decide(gate.alpha, gate.max_forgetting)
     verdict = {"pass": f"the drop is shown to be below max_forgetting {gate.max_forgetting}",

@@ -26,13 +26,12 @@ from .cache import Cache, memoized
 from .config import EvalConfig
 from .identity import ModelIdentity, mcq_key
 from .mcq import McqItem, McqSettings, QuestionSet, items
-from .decide import tango_interval
-from .stats import wilson_ci
+from .decide import clopper_pearson, tango_interval
 
 
 @dataclass(frozen=True, slots=True)
 class Accuracy:
-    """A share of questions answered right, with its Wilson interval."""
+    """A share of questions answered right, with its exact (Clopper-Pearson) interval."""
 
     value: float
     ci_low: float
@@ -43,7 +42,7 @@ class Accuracy:
     @staticmethod
     def of(right: np.ndarray, level: float) -> "Accuracy":
         k, n = int(right.sum()), int(right.size)
-        lo, hi = wilson_ci(k, n, level)
+        lo, hi = clopper_pearson(k, n, level)
         return Accuracy(k / n if n else math.nan, lo, hi, k, n)
 
 

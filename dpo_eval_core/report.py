@@ -218,7 +218,7 @@ def forgetting_rows(summary: Mapping[str, Any]) -> list[tuple[str, int, str, str
 
 
 def forgetting_html(results: Results) -> str:
-    """Per multiple-choice set: accuracy per subject, tuned vs base, with Wilson intervals, and the test."""
+    """Per multiple-choice set: accuracy per subject, tuned vs base, with exact intervals, and the paired counts."""
     parts = []
     for name, s in (results.get("forgetting") or {}).items():
         st = s["settings"]

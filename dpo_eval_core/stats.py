@@ -235,16 +235,3 @@ def bootstrap_mean_ci(x: np.ndarray, level: float, n_boot: int, rng: np.random.G
     means = x[idx].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return (float(lo), float(hi))
-
-
-def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n: stays inside [0, 1] and is sound at 0 and n."""
-    from scipy.stats import norm
-
-    if n == 0:
-        return (math.nan, math.nan)
-    z = float(norm.ppf(1 - (1 - level) / 2))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))

@@ -19,11 +19,11 @@ from dpo_eval_core.cache import Cache
 from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.claims import forgetting as forgetting_claims
 from dpo_eval_core.config import EvalConfig, GateConfig
+from dpo_eval_core.decide import clopper_pearson
 from dpo_eval_core.forgetting import measure, predictions, score_questions
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.mcq import McqSettings, Question, items, load_questions, prompt_text
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
-from dpo_eval_core.stats import wilson_ci
 
 ROWS = [{"question": f"What is {i} plus {i}?", "subject": "arithmetic", "answer": i % 4,
          "choices": [str(2 * i), f"{2 * i + 1} or so", "many", "x" * (i % 5 + 1)]} for i in range(10)]
@@ -282,16 +282,11 @@ def test_max_forgetting_is_a_gate_setting():
 
 
 @given(st.integers(0, 500), st.integers(1, 500))
-def test_wilson_interval_holds_the_estimate_inside_zero_one(k, n):
+def test_the_exact_interval_holds_the_estimate_inside_zero_one(k, n):
     k = min(k, n)
-    lo, hi = wilson_ci(k, n, 0.95)
+    lo, hi = clopper_pearson(k, n, 0.95)
     assert 0.0 <= lo <= k / n <= hi <= 1.0
-    wide = wilson_ci(k, n, 0.99)
+    wide = clopper_pearson(k, n, 0.99)
     assert wide[0] <= lo + 1e-12 and hi <= wide[1] + 1e-12
-
-
-def test_wilson_known_value():
-    lo, hi = wilson_ci(50, 100, 0.95)  # textbook: 0.4038, 0.5962
-    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
 
 
