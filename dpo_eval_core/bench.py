@@ -36,7 +36,7 @@ from .backend import GenerationSettings
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
 from .data import load_pairs
-from .demo import DEMO_ADAPTER_DIR, DEMO_MCQ, demo_base_dir, local_bases, with_demo_defaults
+from .demo import DEMO_ADAPTER_DIR, DEMO_DATA, DEMO_MCQ, demo_base_dir, local_bases, with_demo_defaults
 from .demo.controls import noise_adapter
 from .features import FeatureSettings, build_pipeline, doc_features, extract
 from .gate import GateRun
@@ -189,7 +189,7 @@ def bench_gate(cache_dir: Path, max_samples: int, new_adapter: Path) -> dict[str
         base = demo_base_dir(cache_dir)
         (fresh / base.parent.name).mkdir(parents=True)
         (fresh / base.parent.name / base.name).symlink_to(base, target_is_directory=True)
-        cfg = EvalConfig(cache_dir=fresh, max_samples=max_samples)
+        cfg = EvalConfig(cache_dir=fresh, max_samples=max_samples, data=DEMO_DATA)
         cold = timed_gate(cfg, fresh)
         warm = timed_gate(cfg, fresh)
         # the same claims as cold: the demo's MMLU sample is a default only for the demo adapter itself

@@ -134,7 +134,7 @@ def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(
     """CI gates a new adapter against the last release's results.json: an adapter trained on
     reversed preferences fails the regression claims, naming them; the released adapter fails none."""
     _, _, baseline = demo_small
-    proc, claims = run_gate(tmp_path / "swapped", *SMALL, "--baseline", str(baseline), "--adapter",
+    proc, claims = run_gate(tmp_path / "swapped", *SMALL, "--baseline", str(baseline), "--data", "demo", "--adapter",
                             str(DEMO_SWAPPED_DIR), "-k", "regression")
     assert proc.returncode == 1, proc.stdout[-3000:]
     for cid in ("still-passes[reward-accuracy]", "still-passes[reward-margin]", "not-lower[reward-accuracy]"):
@@ -162,7 +162,7 @@ def test_zero_adapter_on_the_demo_base_scores_zero_rewards_and_fails(tmp_path):
     from dpo_eval_core.demo.controls import zero_adapter
 
     zero = zero_adapter(DEMO_ADAPTER_DIR, tmp_path / "zero")
-    proc, claims = run_gate(tmp_path, "--adapter", str(zero), "--max-samples", "8", "-k",
+    proc, claims = run_gate(tmp_path, "--adapter", str(zero), "--data", "demo", "--max-samples", "8", "-k",
                             "rewards or changes_the_model")
     assert proc.returncode == 1
     acc, margin = claims["reward-accuracy"], claims["reward-margin"]

@@ -47,9 +47,18 @@ def test_invalid_options_stop_at_start_up_naming_option_and_allowed(pytester, ar
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
+def test_your_adapter_without_data_is_refused_rather_than_gated_on_the_demo_pairs(pytester, tiny_adapter):
+    pytester.makepyfile(test_gate=GATE_TEST)
+    result = run(pytester, "--adapter", str(tiny_adapter))
+    err = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--data=None is invalid: expected your preference data with --adapter" in err and "--data demo" in err
+    assert "Traceback" not in err + result.stdout.str()
+
+
 def test_adapter_directory_without_config_is_a_usage_error(pytester, tmp_path):
     (tmp_path / "ckpt").mkdir()
-    result = run(pytester, "--adapter", str(tmp_path / "ckpt"))
+    result = run(pytester, "--adapter", str(tmp_path / "ckpt"), "--data", "demo")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "adapter_config.json" in result.stderr.str() and "PeftModel.save_pretrained" in result.stderr.str()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import EvalConfig
+from ..errors import ConfigError
 
 from .base import DEMO_BASE_ID, demo_base_dir
 from .pairs import demo_pairs, write_demo_pairs
@@ -43,12 +44,24 @@ def demo_pairs_sha256() -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+DEMO_DATA = "demo"
+"""`--data demo`: the demo pairs, said explicitly (with your own --adapter, --data is required)."""
+
+
 def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
-    """The config with the demo adapter and the demo pairs where --adapter and --data are left out, and
-    the demo's ARC-Easy sample when the demo adapter is gated without --mcq."""
+    """The config with the demo adapter and the demo pairs when both --adapter and --data are left out (or
+    --data demo), and the demo's ARC-Easy sample when the demo adapter is gated without --mcq. Your own
+    --adapter without --data is refused (ConfigError): a gate must never judge your adapter on someone else's
+    pairs by default."""
+    if cfg.adapter is not None and cfg.data is None:
+        raise ConfigError("--data", None, "your preference data with --adapter: a .jsonl/.json/.csv/.parquet "
+                          "file or a hub dataset id",
+                          f"The gate judges your adapter on your data and never falls back to the demo's pairs. "
+                          f"Example: pytest evals --adapter {cfg.adapter} --data prefs.jsonl (or --data demo to "
+                          f"gate it on the demo pairs).")
+    data = str(demo_data_path(cfg.cache_dir)) if cfg.data in (None, DEMO_DATA) else cfg.data
     mcq = cfg.mcq or ((str(DEMO_MCQ),) if cfg.adapter is None else ())
-    return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR,
-                               data=cfg.data or str(demo_data_path(cfg.cache_dir)), mcq=mcq)
+    return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR, data=data, mcq=mcq)
 
 
 def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
@@ -56,5 +69,5 @@ def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
     return {DEMO_BASE_ID: lambda: demo_base_dir(cache_dir)}
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_MCQ", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
            "local_bases", "with_demo_defaults"]

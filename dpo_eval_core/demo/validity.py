@@ -22,7 +22,7 @@ from typing import Any
 from ..config import EvalConfig, default_cache_dir
 from ..gate import GateRun
 from ..registry import FAMILIES
-from . import DEMO_ADAPTER_DIR, DEMO_SWAPPED_DIR, local_bases, with_demo_defaults
+from . import DEMO_ADAPTER_DIR, DEMO_DATA, DEMO_SWAPPED_DIR, local_bases, with_demo_defaults
 from .controls import noise_adapter, zero_adapter
 
 CLAIMS = tuple(f.id for f in FAMILIES if f.validity)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     ns = parser.parse_args(argv)
     if ns.swapped is None and ns.data is not None:
         parser.error("--data needs --swapped: train one with python -m dpo_eval_core.demo.train --swap --data ...")
-    cfg = EvalConfig(data=ns.data, max_samples=ns.max_samples, max_new_tokens=ns.max_new_tokens,
+    cfg = EvalConfig(data=ns.data or DEMO_DATA, max_samples=ns.max_samples, max_new_tokens=ns.max_new_tokens,
                      cache_dir=ns.eval_cache_dir)
     with tempfile.TemporaryDirectory(prefix="dpo-eval-controls-") as tmp:
         adapters = {"DPO adapter": ns.adapter, "zero (B = 0)": zero_adapter(ns.adapter, Path(tmp) / "zero"),
