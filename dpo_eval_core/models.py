@@ -120,6 +120,45 @@ def quantization_config(quant: str, compute_dtype: str) -> Any:
                               bnb_4bit_compute_dtype=torch_dtype(compute_dtype), bnb_4bit_use_double_quant=False)
 
 
+def _causes(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return out
+
+
+def load_failure(base: str, what: str, e: BaseException) -> CheckpointError:
+    """Why `base` could not be loaded, named by its cause: a gated or private hub repo (accept the licence and
+    log in), no such repo or folder, a missing file, remote code that the gate refuses, no connection; else
+    the loader's own words."""
+    from huggingface_hub import errors as hub
+
+    chain = _causes(e)
+    text = " ".join(str(c) for c in chain)
+    status = next((getattr(getattr(c, "response", None), "status_code", None) for c in chain
+                   if isinstance(c, hub.HfHubHTTPError)), None)
+    if any(isinstance(c, hub.GatedRepoError) for c in chain) or "gated repo" in text or status in (401, 403):
+        fix = (f"it is a gated or private repository and this machine is not allowed in: accept its licence on "
+               f"https://huggingface.co/{base} with your account, then log in here (set HF_TOKEN, or run "
+               f"`huggingface-cli login`), or pass --base-model a local directory")
+    elif any(isinstance(c, hub.RepositoryNotFoundError) for c in chain) or "not a valid model identifier" in text:
+        fix = "no local directory and no hub repository has that name: check --base-model (or the adapter's " \
+              "base_model_name_or_path)"
+    elif any(isinstance(c, hub.LocalEntryNotFoundError) for c in chain) or "couldn't connect" in text:
+        fix = "the hub cannot be reached and the files are not in the local cache: download them where the " \
+              "network is, or pass --base-model a local directory"
+    elif "does not appear to have a file named" in text:
+        missing = text.split("does not appear to have a file named", 1)[1].split(".")[0].strip()
+        fix = f"a file is missing: {missing}; the gate needs config.json, the tokenizer files and safetensors weights"
+    elif "trust_remote_code" in text:
+        fix = "the model needs its own code (trust_remote_code), which the gate never runs: use a model that " \
+              "transformers supports natively"
+    else:
+        fix = f"{e}"
+    return CheckpointError(f"base model {base}: cannot load its {what}: {fix}.")
+
+
 def load_tokenizer(base: str) -> Any:
     """Tokenizer ready for batched generation: left padding and a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer
@@ -127,7 +166,7 @@ def load_tokenizer(base: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"base model {base}: cannot load its tokenizer ({e}).") from None
+        raise load_failure(base, "tokenizer", e) from None
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
@@ -156,8 +195,11 @@ def load_base(base: str, quant: str, dtype: str, device: str) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"base model {base}: cannot load it from safetensors ({e}). The gate loads only "
-                              f"safetensors weights and never runs remote code.") from None
+        if "safetensors" in str(e) and "no file named" in str(e).lower():
+            raise CheckpointError(f"base model {base}: it has no safetensors weights ({e}). The gate loads only "
+                                  f"safetensors (pickle files can run code): convert it with save_pretrained("
+                                  f"safe_serialization=True).") from None
+        raise load_failure(base, "weights", e) from None
     if qc is None:
         model.to(device)
     model.eval()

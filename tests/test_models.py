@@ -262,3 +262,56 @@ def test_growing_cache_layer_holds_what_transformers_dynamic_layer_holds(ops, re
             rows = len(keep)
         if ours.is_initialized:
             assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+# --------------------------------------------------------------------------- load errors name their cause
+
+
+def _hub_error(cls_name: str, status: int):
+    """The error huggingface_hub raises for a hub answer of this status, wrapped as transformers wraps it."""
+    import httpx
+    from huggingface_hub import errors as hub
+
+    url = "https://huggingface.co/mistralai/Mistral-7B-Instruct-v0.2/resolve/main/config.json"
+    response = httpx.Response(status, request=httpx.Request("GET", url), headers={"X-Error-Code": "GatedRepo"})
+    cause = getattr(hub, cls_name)(f"{status} Client Error. Cannot access gated repo for url {url}.",
+                                   response=response)
+    try:
+        raise cause
+    except hub.HfHubHTTPError:
+        try:
+            raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at "
+                          "https://huggingface.co/mistralai/Mistral-7B-Instruct-v0.2.") from cause
+        except OSError as e:
+            return e
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_gated_hub_repo_says_to_accept_the_licence_and_log_in(status, monkeypatch):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise _hub_error("GatedRepoError", status)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    for load in (lambda: load_tokenizer("mistralai/Mistral-7B-Instruct-v0.2"),
+                 lambda: load_base("mistralai/Mistral-7B-Instruct-v0.2", "none", "float32", "cpu")):
+        with pytest.raises(CheckpointError) as e:
+            load()
+        msg = str(e.value)
+        assert "gated or private repository" in msg and "HF_TOKEN" in msg and "huggingface-cli login" in msg
+        assert "remote code" not in msg
+
+
+def test_a_missing_file_is_named_and_remote_code_is_only_blamed_when_it_was_the_reason(monkeypatch):
+    import transformers
+
+    def missing(*args, **kwargs):
+        raise OSError("ckpt/base does not appear to have a file named config.json. Checkout "
+                      "'https://huggingface.co/ckpt/base/tree/main' for available files.")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", missing)
+    with pytest.raises(CheckpointError, match="a file is missing: config") as e:
+        load_base("ckpt/base", "none", "float32", "cpu")
+    assert "remote code" not in str(e.value) and "gated" not in str(e.value)
