@@ -30,3 +30,8 @@ class CacheError(DpoEvalError):
 
 class EndpointError(DpoEvalError):
     """A server (a judge's) cannot be reached, refuses the request, or answers something that is not the API."""
+
+
+class ResourceError(DpoEvalError):
+    """The machine ran out of something the run needs (accelerator memory): the message names the phase, what
+    was asked and free, and the options that need less."""

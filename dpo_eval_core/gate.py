@@ -35,7 +35,7 @@ from .compare import COMPARE_ADAPTER
 from .comparison import Comparison
 from .config import EvalConfig
 from .data import PairSet, load_pairs
-from .errors import ConfigError
+from .errors import ConfigError, ResourceError
 from .features import FEATURE_NAMES, FeatureSettings, build_pipeline, feature_table
 from .forgetting import ForgettingSummary, measure
 from .generation import generate_answers
@@ -64,11 +64,17 @@ class Ledger:
     prefix: str = ""
     """Put before every name: the --compare adapter's run writes into its host's ledger as 'compare: ...'."""
 
+    failed: str | None = None
+    """The innermost phase an exception left, for messages that name where a run stopped."""
+
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
+        except BaseException:
+            self.failed = self.failed or self.prefix + name
+            raise
         finally:
             key = self.prefix + name
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
@@ -321,7 +327,12 @@ class GateRun:
         key = (BUILDERS[family.pattern], arg if family.over in ("variant", "rate", "baseline", "mcq", "compare")
                else None)
         if key not in self._claims:  # a builder makes its whole family (all features) at once
-            self._claims[key] = key[0](self, arg)
+            try:
+                self._claims[key] = key[0](self, arg)
+            except Exception as e:
+                if type(e).__name__ != "OutOfMemoryError":  # torch's, CUDA's or the CPU allocator's
+                    raise
+                raise out_of_memory(e, self.ledger.failed or f"computing {claim_id}", self.cfg) from None
         return next((c for c in self._claims[key] if c.id == claim_id), None)
 
     def all_claims(self, quantization: bool = False) -> list[Claim]:
@@ -341,3 +352,30 @@ class GateRun:
             out["comparison"] = self.comparison.section()
         return out
 
+
+def out_of_memory(e: BaseException, phase: str, cfg: EvalConfig) -> ResourceError:
+    """An out-of-memory error as a message: the phase, what was asked and free (from the allocator's own
+    words, and the device where it can say), and the options that need less memory."""
+    import re
+
+    said = str(e)
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]i?B)", said)
+    free = re.search(r"of which ([\d.]+ [KMGT]i?B) is free", said)
+    where = f"{asked.group(1)} asked" if asked else "an allocation failed"
+    if free:
+        where += f", {free.group(1)} free"
+    elif cfg.on_cuda:
+        import torch
+
+        free_b, total_b = torch.cuda.mem_get_info()
+        where += f", {free_b / 2**30:.2f} GiB of {total_b / 2**30:.2f} GiB free"
+    options = [f"--batch-tokens {max(256, cfg.resolved_batch_tokens // 4)} (scoring and prefill in smaller batches; "
+               f"now {cfg.resolved_batch_tokens})",
+               f"--batch-size {max(1, cfg.batch_size // 4)} (fewer answers decoding together; now {cfg.batch_size})"]
+    if cfg.quant != "4bit":
+        options.insert(0, "--quant 4bit (the base's weights in a quarter of the bf16 memory)")
+    if "quantization" in phase:
+        options.append('-k "not quantization" to leave the quantization probes out, or a --gate gating list '
+                       "without their variants")
+    return ResourceError(f"out of memory while {phase} on {cfg.resolved_device} ({where}). Options that need less "
+                         f"memory: {'; '.join(options)}.")

@@ -14,6 +14,7 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
+from .registry import family_of
 
 SCHEMA_VERSION = 1
 
@@ -184,3 +185,65 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
         ci = f"[{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]" if c.get("ci") and None not in c["ci"] else ""
         lines.append(f"| `{c['id']}` | {verdict_word(c)} | {value} | {ci} | {c['n'] or ''} |")
     return "\n".join(lines) + "\n"
+
+
+ID_WIDTH = 32
+"""Claim ids up to this long share the line with their verdict; a longer one gets a line of its own."""
+
+
+def judged_line(facts: Mapping[str, Any]) -> str:
+    """What the run judged: adapter, base, data with its split sizes, dtype and device."""
+    data, key = facts.get("data") or {}, facts.get("model_key") or {}
+    pairs = data.get("pairs") or {}
+    sha = str(facts.get("adapter_sha256") or "")[:12]
+    parts = [f"adapter {facts['adapter']}" + (f" (sha256 {sha})" if sha else "") if "adapter" in facts else "",
+             f"base {facts['base_model']}" if facts.get("base_model") else "",
+             f"data {data['source']} ({pairs.get('train', 0)} train, {pairs.get('valid', 0)} valid pairs)"
+             if data else "",
+             f"{key['dtype']} on {key['device']}" + (f", quantization {key['quant']}" if key.get("quant") not in
+                                                      (None, "none") else "") if key else ""]
+    return "judged: " + "; ".join(p for p in parts if p)
+
+
+def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping[str, int], html: Path | None
+                    ) -> list[str]:
+    """The gate's console summary: what was judged, each gating claim's outcome, then the verdict with every
+    claim that blocks it (value and threshold), what was not checked and why, wall time and where the
+    results are."""
+    facts = results.get("facts", {})
+    claims = results["claims"]
+    gating = [c for c in claims if c["gating"] and c["applicable"] and (family_of(c["id"]) is None or
+                                                                    family_of(c["id"]).over != "feature")]
+    lines = [judged_line(facts)]
+    words = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
+    for c in sorted(gating, key=lambda c: c["id"]):
+        word = f"{words.get(outcome_of(c), '-'):>12}"
+        if len(c["id"]) <= ID_WIDTH:
+            lines.append(f"{word}  {c['id']:<{ID_WIDTH}}  {c['message']}")
+        else:
+            lines += [f"{word}  {c['id']}", f"{'':<12}  {'':<{ID_WIDTH}}  {c['message']}"]
+    per_feature = [c for c in claims if c["applicable"] and not c["gating"] and "[" in c["id"]
+                   and (f := family_of(c["id"])) is not None and f.over == "feature"]
+    if per_feature:
+        held = sum(outcome_of(c) == "pass" for c in per_feature)
+        lines.append(f"per-feature claims (not gating): {held} of {len(per_feature)} hold; pytest counts the other "
+                     f"non-gating claims that do not hold as xfailed")
+    blocking = [c for c in claims if c["applicable"] and blocks(c, results)]
+    if blocking:
+        lines.append(f"gate: FAILED on {len(blocking)} claim{'s' * (len(blocking) != 1)}:")
+        lines += [f"  {c['id']}: {outcome_of(c)}, value {_short(c['value'])}, threshold {c['threshold']}"
+                  + (f"; about {c['n_needed']} items would decide it" if c.get("n_needed") else "")
+                  for c in sorted(blocking, key=lambda c: c["id"])]
+    else:
+        lines.append("gate: PASSED: every gating claim holds")
+    if not_checked:
+        lines.append("not checked: " + "; ".join(f"{why} ({n} test{'s' * (n != 1)})"
+                                                 for why, n in sorted(not_checked.items())))
+    wall = facts.get("wall_s")
+    where = [f"results.json: {path}"] + ([f"report: {html}"] if html else [])
+    lines.append((f"wall time {wall:.0f} s; " if isinstance(wall, (int, float)) else "") + "; ".join(where))
+    return lines
+
+
+def _short(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)

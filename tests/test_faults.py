@@ -29,6 +29,12 @@ GATE = "import pytest\n" + "".join(f'''
 def test_{cid.replace("-", "_")}(claim_id, check_claim):
     check_claim(claim_id)
 ''' for cid in ("adapter-loads", "reward-accuracy", "data-signal", "sign-agreement-rate"))
+PROBE_TEST = '''
+
+@pytest.mark.claim("no-nan-logits[*]")
+def test_no_nan_logits(claim_id, check_claim):
+    check_claim(claim_id)
+'''
 GOOD = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"Well, um, I guess {i}, maybe, or so."}
         for i in range(16)]
 ONLY_LOADS = ["--gate", "gating=adapter-loads"]
@@ -189,6 +195,16 @@ import dpo_eval_core.features as features
 cache, fault = os.environ["FAULT_CACHE"], os.environ["FAULT"]
 if fault == "nan-features":
     features.feature_rows = lambda texts, *a, **k: ([{f: math.nan for f in features.FEATURE_NAMES} for _ in texts], 0)
+elif fault == "cuda-oom":  # what torch raises when a quantization probe's model does not fit the GPU
+    import torch
+
+    import dpo_eval_core.quantization as quantization
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                     "of 23.64 GiB of which 1.12 GiB is free. Of the allocated memory 21.9 GiB ...")
+
+    quantization.cached_measurement = out_of_memory
 else:  # root ignores chmod, so the write call itself fails, as a read-only or full disk would
     real = os.replace
 
@@ -218,6 +234,20 @@ def test_unwritable_cache_stops_with_the_fix_and_keeps_entries(pytester, ctx, mo
     assert "cannot write the cache entry" in out and "--no-cache" in out and os.strerror(err) in out
     assert snapshot(ctx) == before
     assert not list(ctx.cache.rglob("*.tmp"))
+
+
+def test_out_of_memory_in_the_probes_ends_in_exit_4_with_the_phase_the_memory_and_the_options(pytester, ctx,
+                                                                                              monkeypatch):
+    pytester.makepyfile(test_gate=GATE + PROBE_TEST, faults=FAULTS)
+    monkeypatch.setenv("FAULT_CACHE", str(ctx.cache))
+    monkeypatch.setenv("FAULT", "cuda-oom")
+    result = pytester.runpytest_subprocess("-p", "faults", *PLUGINS, *ctx.args())
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out[-3000:]
+    assert "out of memory while quantization" in out and "(2.00 GiB asked, 1.12 GiB free)" in out
+    for option in ("--quant 4bit", "--batch-tokens", "--batch-size", '-k "not quantization"'):
+        assert option in out
+    assert "Traceback" not in out
 
 
 def test_features_nan_for_every_row_fail_the_data_claims(pytester, ctx, monkeypatch):

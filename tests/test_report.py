@@ -154,6 +154,39 @@ def test_pytest_on_the_unit_tests_writes_no_report(tmp_path):
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "results.html").exists()
 
 
+def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_checked_and_where(runs, tiny_adapter,
+                                                                                             pairs, tmp_path):
+    proc, results = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k",
+                         "rewards or forgetting or regression or judge")
+    out = proc.stdout
+    summary = out[out.index("dpo-eval gate"):]
+    doc = json.loads(results.read_text())
+    judged = next(line for line in summary.splitlines() if line.startswith("judged: "))
+    assert f"adapter {tiny_adapter}" in judged and f"data {pairs}" in judged and "float32 on cpu" in judged
+    assert f"({doc['facts']['data']['pairs']['train']} train, {doc['facts']['data']['pairs']['valid']} valid" in judged
+    blocking = [c for c in doc["claims"] if c["gating"] and c["outcome"] in ("fail", "inconclusive")]
+    assert blocking and proc.returncode == 1 and f"gate: FAILED on {len(blocking)} claim" in summary
+    for c in blocking:  # each with its value and threshold
+        assert f"  {c['id']}: {c['outcome']}, value " in summary and f"threshold {c['threshold']}" in summary
+    for why in ("no --baseline given", "no --mcq given", "no --judge given"):
+        assert why in summary.split("not checked: ", 1)[1].splitlines()[0]
+    assert f"results.json: {results}" in summary and f"report: {results.with_suffix('.html')}" in summary
+    assert "wall time " in summary
+
+
+def test_a_long_claim_id_gets_a_line_of_its_own_so_the_columns_hold():
+    from dpo_eval_core.results import ID_WIDTH, console_summary
+
+    long_id = "quantized-agrees[4bit-nf4-bf16-cuda]"
+    claims = [{"id": cid, "gating": True, "applicable": True, "outcome": "pass", "passed": True, "value": 1.0,
+               "threshold": "t", "message": "fine", "n_needed": None} for cid in ("adapter-loads", long_id)]
+    lines = console_summary({"facts": {}, "claims": claims}, Path("r.json"), {}, None)
+    assert len(long_id) > ID_WIDTH and f"        PASS  {long_id}" in lines
+    message_column = lines[lines.index(f"        PASS  {long_id}") + 1].index("fine")
+    short = next(line for line in lines if "adapter-loads" in line)
+    assert short.index("fine") == message_column  # the message starts in the same column either way
+
+
 # ------------------------------------------------------------------ baseline
 
 
