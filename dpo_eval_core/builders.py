@@ -43,9 +43,9 @@ def tokenizer_ready(run: GateRun, _: str | None) -> list[Claim]:
 
 
 def quantization(run: GateRun, variant_id: str | None) -> list[Claim]:
-    """The three claims of one variant; none for a CUDA-only variant on a machine without CUDA."""
+    """The three claims of one variant; none for a variant this machine does not probe (Variant.skip_reason)."""
     variant = next(v for v in VARIANTS if v.id == variant_id)
-    if variant.cuda and not run.cfg.on_cuda:
+    if variant.skip_reason(run.cfg.on_cuda) is not None:
         return []
     m = run.quantization(variant)
     return C.quantization(variant.id, m.finite, m.first_nonfinite_module, m.top1, m.kl, m.merged_top1, m.merged_kl,

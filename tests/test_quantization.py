@@ -100,3 +100,19 @@ def test_cuda_variants_give_finite_logits(variant, tiny_adapter, pairs_file, tmp
     run = GateRun(EvalConfig(adapter=tiny_adapter, data=str(pairs_file), cache_dir=tmp_path, device="cuda"))
     claims = quantization_claims(run, variant)
     assert claims[f"no-nan-logits[{variant.id}]"].passed, claims[f"no-nan-logits[{variant.id}]"].message
+
+
+def test_each_machine_probes_the_variants_that_fit_it_one_model_at_a_time():
+    """CPU: the float32 variants, unchanged. CUDA: the bf16 reference and the -cuda variants only; a float32
+    copy of a 7B (7.24e9 parameters, 29 GB) would not fit a 24 GB card, the widest CUDA probe holds 14.5 GB."""
+    from dpo_eval_core.registry import VARIANTS, probe_peak_bytes, probed_variants
+
+    assert [v.id for v in probed_variants(on_cuda=False)] == ["none-fp32", "8bit", "4bit-nf4-fp32", "4bit-nf4-bf16"]
+    assert [v.id for v in probed_variants(on_cuda=True)] == ["bf16-cuda", "8bit-cuda", "4bit-nf4-bf16-cuda"]
+    assert all(v.dtype != "float32" for v in probed_variants(on_cuda=True))
+    assert {v.id for v in VARIANTS} == {v.id for c in (False, True) for v in probed_variants(c)}
+    seven_b = 7.24e9
+    assert probe_peak_bytes(seven_b, on_cuda=True) / 1e9 == pytest.approx(14.48)
+    assert probe_peak_bytes(seven_b, on_cuda=False) / 1e9 == pytest.approx(28.96)
+    none_fp32 = next(v for v in VARIANTS if v.id == "none-fp32")
+    assert "29 GB for a 7B" in none_fp32.skip_reason(on_cuda=True) and none_fp32.skip_reason(on_cuda=False) is None
