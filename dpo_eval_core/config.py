@@ -70,7 +70,8 @@ class GateConfig:
     """Confidence level of the intervals of the "above a threshold" claims (a lower bound above the threshold
     is a one-sided test at (1 - ci_level) / 2)."""
     n_bootstrap: int = 2000
-    """Bootstrap resamples for confidence intervals."""
+    """Resamples of the bootstraps over pairs: the sign-agreement rate's and the judge's length-controlled rate's
+    intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
     reward_tie_tolerance: float = 1e-6
     """Log-ratios within this share of |reference log-prob| (at least 1 nat) are ties, not preferences:
     batches of different shapes give log-probs equal only to float precision (~1e-7 relative in fp32)."""
