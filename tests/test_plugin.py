@@ -50,7 +50,7 @@ def test_invalid_options_stop_at_start_up_naming_option_and_allowed(pytester, ar
 def test_your_adapter_without_data_is_refused_rather_than_gated_on_the_demo_pairs(pytester, tiny_adapter):
     pytester.makepyfile(test_gate=GATE_TEST)
     result = run(pytester, "--adapter", str(tiny_adapter))
-    err = result.stdout.str() + result.stderr.str()
+    err = result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--data=None is invalid: expected your preference data with --adapter" in err and "--data demo" in err
     assert "Traceback" not in err + result.stdout.str()

@@ -48,17 +48,22 @@ DEMO_DATA = "demo"
 """`--data demo`: the demo pairs, said explicitly (with your own --adapter, --data is required)."""
 
 
-def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
-    """The config with the demo adapter and the demo pairs when both --adapter and --data are left out (or
-    --data demo), and the demo's ARC-Easy sample when the demo adapter is gated without --mcq. Your own
-    --adapter without --data is refused (ConfigError): a gate must never judge your adapter on someone else's
-    pairs by default."""
+def require_data(cfg: EvalConfig) -> None:
+    """ConfigError when your own --adapter comes without --data: the demo's pairs are for the demo adapter."""
     if cfg.adapter is not None and cfg.data is None:
         raise ConfigError("--data", None, "your preference data with --adapter: a .jsonl/.json/.csv/.parquet "
                           "file or a hub dataset id",
                           f"The gate judges your adapter on your data and never falls back to the demo's pairs. "
                           f"Example: pytest evals --adapter {cfg.adapter} --data prefs.jsonl (or --data demo to "
                           f"gate it on the demo pairs).")
+
+
+def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
+    """The config with the demo adapter and the demo pairs when both --adapter and --data are left out (or
+    --data demo), and the demo's ARC-Easy sample when the demo adapter is gated without --mcq. Your own
+    --adapter without --data is refused (ConfigError): a gate must never judge your adapter on someone else's
+    pairs by default."""
+    require_data(cfg)
     data = str(demo_data_path(cfg.cache_dir)) if cfg.data in (None, DEMO_DATA) else cfg.data
     mcq = cfg.mcq or ((str(DEMO_MCQ),) if cfg.adapter is None else ())
     return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR, data=data, mcq=mcq)
@@ -70,4 +75,4 @@ def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
 
 
 __all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
-           "local_bases", "with_demo_defaults"]
+           "local_bases", "require_data", "with_demo_defaults"]
