@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from . import decide as D
 from .config import GateConfig
 from .compare import PairedComparison
@@ -190,13 +192,11 @@ def rate_above(cid: str, k: int, n: int, threshold: float, gate: GateConfig, wha
     p, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level)
     d = D.above(p, lo, hi, threshold, n, rate_floor(gate), bounds)
     ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
-    return decided(cid, d, f"CI low > {threshold}", ci, f"{what} {_fmt(p)} ({k} of {n}), {ci}", units=units)
+    return decided(cid, d, f"CI low > {threshold:g}", ci, f"{what} {_fmt(p)} ({k} of {n}), {ci}", units=units)
 
 
 def mean_above(cid: str, x: Sequence[float], threshold: float, gate: GateConfig, what: str) -> Claim:
     """A mean of per-item values whose Student's t interval must lie above `threshold`."""
-    import numpy as np
-
     m, lo, hi, bounds = D.mean_bounds(np.asarray(x, dtype=float), gate.ci_level)
     d = D.above(m, lo, hi, threshold, len(x), rate_floor(gate), bounds)
     ci = f"{gate.ci_level:.0%} t CI [{lo:.4g}, {hi:.4g}]"
@@ -320,26 +320,25 @@ def forgetting(s: ForgettingSummary, gate: GateConfig) -> list[Claim]:
     return [accuracy, claim]
 
 
-def judge_win(cid: str, s: JudgeSummary, gate: GateConfig, threshold: float, who: str) -> tuple[Claim, D.Decision]:
-    """The win rate (ties and order-dependent verdicts as half) above `threshold`, on its score interval; a pass
-    at 0.5 also needs the exact sign test of wins against losses (the score interval alone is a little
-    liberal below about ten decisive pairs)."""
+def judge_win(cid: str, s: JudgeSummary, gate: GateConfig) -> tuple[Claim, D.Decision]:
+    """The win rate (ties and order-dependent verdicts as half) above 0.5, on its score interval; a pass also
+    needs the exact sign test of wins against losses (the score interval alone is a little liberal below about
+    ten decisive pairs)."""
     lo, hi = s.win_ci
     n = s.scored
     at = lambda m: win_interval(s.wins * m / n, s.losses * m / n, m, gate.ci_level)  # noqa: E731
-    d = D.above(s.win_rate, lo, hi, threshold, n, rate_floor(gate), at)
-    tail = (1 - gate.ci_level) / 2
-    if d.passed and threshold >= 0.5 and not s.sign_p < tail:
+    d = D.above(s.win_rate, lo, hi, 0.5, n, rate_floor(gate), at)
+    if d.passed and not s.sign_p < (1 - gate.ci_level) / 2:
         d = D.Decision("inconclusive", d.estimate, lo, hi, n, D.items_to_decide(
-            lambda a, b: a > threshold or b < threshold, at, n, rate_floor(gate)))
+            lambda a, b: a > 0.5 or b <= 0.5, at, n, rate_floor(gate)))
     parse = (f"; {s.unparseable} pairs left out: a reply named no verdict ({s.verdicts['unparseable']} of "
              f"{2 * s.n} replies; {s.unparseable_shown_first.get('tuned', 0)} with the tuned answer shown first, "
              f"{s.unparseable_shown_first.get('base', 0)} with the base answer first){s.hints()}" if s.unparseable
              else "")
-    tally = (f"{who} wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
+    tally = (f"tuned wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
              f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
     ci = f"{gate.ci_level:.0%} score CI [{lo:.3f}, {hi:.3f}], sign test p={_fmt(s.sign_p)}"
-    return decided(cid, d, f"CI low > {threshold:g}", ci, f"win rate {_fmt(s.win_rate)}, {ci}: {tally}{parse}",
+    return decided(cid, d, "CI low > 0.5", ci, f"win rate {_fmt(s.win_rate)}, {ci}: {tally}{parse}",
                    units="judged pairs"), d
 
 
@@ -355,7 +354,7 @@ def judge(s: JudgeSummary, gate: GateConfig) -> list[Claim]:
         win = Claim(ids[0], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
         controlled = Claim(ids[1], False, None, "CI low > 0.5", "", 0, why, inconclusive=True)
     else:
-        win, raw = judge_win(ids[0], s, gate, 0.5, "tuned")
+        win, raw = judge_win(ids[0], s, gate)
         controlled = length_controlled_claim(ids[1], s, gate, raw)
     k = s.wins + s.losses + s.ties
     first = ("no reply was parseable" if math.isnan(s.first_position) else

@@ -207,12 +207,12 @@ def above(estimate: float, lo: float, hi: float, threshold: float, n: int, floor
     decide it."""
     if n == 0 or math.isnan(lo) or math.isnan(hi):
         return Decision("inconclusive", estimate, lo, hi, n, None if bounds is None else
-                        items_to_decide(lambda a, b: a > threshold or b < threshold, bounds, n, floor))
+                        items_to_decide(lambda a, b: a > threshold or b <= threshold, bounds, n, floor))
     if hi <= threshold:
         return Decision("fail", estimate, lo, hi, n)
     if lo > threshold and n >= floor:
         return Decision("pass", estimate, lo, hi, n)
-    need = None if bounds is None else items_to_decide(lambda a, b: a > threshold or b < threshold, bounds, n, floor)
+    need = None if bounds is None else items_to_decide(lambda a, b: a > threshold or b <= threshold, bounds, n, floor)
     return Decision("inconclusive", estimate, lo, hi, n, need)
 
 
