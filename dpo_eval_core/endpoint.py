@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import http.client
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -35,6 +36,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 REFUSED_STATUS = frozenset({400, 413, 422})
+VALIDATION = re.compile(r"validation error|Input should be|Field required|Extra inputs are not permitted|"
+                        r"type_error|value_error", re.IGNORECASE)
+"""A body that says the request itself was invalid: some servers (llama-cpp-python's) answer that with a 500,
+which is then not a transient fault and not retried."""
 """Statuses that refuse one request for what it holds (too long a prompt, a field the server rejects)."""
 MAX_RETRY_AFTER_S = 60.0
 
@@ -195,6 +200,12 @@ class ChatEndpoint:
                 text = e.read().decode("utf-8", "replace")
                 if e.code == 404 and method == "GET":
                     raise _NotFound() from None
+                if e.code in RETRY_STATUS and VALIDATION.search(text):
+                    raise RequestRefused(f"{method} {url} answered HTTP {e.code} with a request validation error: "
+                                         f"{text[:300]!r}. The server rejected what was sent; that is not a "
+                                         f"transient fault, so it is not retried. A server that takes only text "
+                                         f"prompts (llama-cpp-python's) refuses token ids: pass --serve-prompt "
+                                         f"server.", e.code) from None
                 if e.code in REFUSED_STATUS:
                     raise RequestRefused(f"{method} {url} answered HTTP {e.code}: {text[:300]!r}. " + _fix(e.code),
                                          e.code) from None

@@ -40,7 +40,8 @@ def prefers_longer(prompt: str) -> str:
 class Server:
     """A server on 127.0.0.1 that lists `cards` at /v1/models and answers POSTs with `respond`, after playing
     `script` from its start: one entry per POST, an HTTP status, 'slow' (sleep slow_s first), 'malformed'
-    (a body that is not JSON), 'truncated' (the connection breaks mid-body) or 'ok'. A POST for a model it does not list gets a 404, as vLLM answers."""
+    (a body that is not JSON), 'truncated' (the connection breaks mid-body), 'invalid' (a 500 whose body is a
+    request validation error) or 'ok'. A POST for a model it does not list gets a 404, as vLLM answers."""
 
     def __init__(self, respond: Respond, cards: list[dict]) -> None:
         self.respond, self.cards, self.script, self.requests = respond, cards, [], []
@@ -72,6 +73,9 @@ class Server:
                     time.sleep(server.slow_s)
                 if isinstance(step, int):
                     return self.send(step, b'{"error": {"message": "scripted failure"}}')
+                if step == "invalid":  # llama-cpp-python's answer to a prompt of token ids: a 500, not a 4xx
+                    return self.send(500, b'{"detail": [{"type": "string_type", "loc": ["body", "prompt"], '
+                                          b'"msg": "Input should be a valid string"}]}')
                 if step == "malformed":
                     return self.send(200, b"<html>not the API</html>")
                 if step == "truncated":  # the connection breaks mid-body: the client sees IncompleteRead

@@ -315,6 +315,13 @@ def test_unparseable_replies_cut_at_the_budget_say_to_raise_it(tmp_path):
     assert "stopped at the reply budget: raise --judge-max-tokens" in judge_claims(s, GateConfig())[0].message
 
 
+def test_a_500_that_is_a_request_validation_error_is_not_retried_and_names_the_fix(server):
+    server.script = ["invalid"]
+    with pytest.raises(EndpointError, match=r"HTTP 500 with a request validation error.*not retried.*--serve-prompt"):
+        endpoint(server.url).generate([1, 2, 3], max_tokens=4)
+    assert len(server.requests) == 1
+
+
 def test_a_connection_broken_mid_body_is_retried_like_a_reset(server):
     server.script = ["truncated"]
     assert endpoint(server.url).chat((("user", "hi"),), 8) == "?"
