@@ -202,7 +202,7 @@ def judged_line(facts: Mapping[str, Any]) -> str:
              if data else "",
              f"{key['dtype']} on {key['device']}" + (f", quantization {key['quant']}" if key.get("quant") not in
                                                       (None, "none") else "") if key else ""]
-    return "judged: " + "; ".join(p for p in parts if p)
+    return "judged: " + ("; ".join(p for p in parts if p) or "nothing: no claim needed the adapter or the data")
 
 
 def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping[str, int], html: Path | None
