@@ -207,11 +207,12 @@ def rewards(summary: RewardSummary, gate: GateConfig) -> list[Claim]:
     """reward-accuracy and reward-accuracy-per-token (exact interval above min_reward_accuracy) and
     reward-margin (t interval above 0); inconclusive where the interval straddles the line or the pairs are
     too few for any test (at least 6 at the default 95%)."""
-    why = " Every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the " \
-          "adapter is not active)." if summary.all_zero else ""
+    notes = (["every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the "
+              "adapter is not active)"] if summary.all_zero else [])
     if summary.n_unscorable:
-        why += (f" {summary.n_unscorable} pairs left out: the prompt alone fills --max-length (TRL drops them "
-                f"too).")
+        notes.append(f"{summary.n_unscorable} pairs left out: the prompt alone fills --max-length (TRL drops them "
+                     f"too)")
+    why = "".join(f"; {n}" for n in notes)
     if summary.n == 0:
         empty = "no valid pairs to score" + why
         return [Claim(cid, False, None, "", "", 0, empty)

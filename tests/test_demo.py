@@ -167,7 +167,7 @@ def test_zero_adapter_on_the_demo_base_scores_zero_rewards_and_fails(tmp_path):
     assert proc.returncode == 1
     acc, margin = claims["reward-accuracy"], claims["reward-margin"]
     assert (acc["value"], margin["value"], acc["passed"], margin["passed"]) == (0.0, 0.0, False, False)
-    assert "Every reward is exactly 0" in acc["message"]
+    assert "every reward is exactly 0" in acc["message"]
     assert not claims["adapter-changes-model"]["passed"]
 
 
