@@ -168,8 +168,10 @@ def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_check
     assert blocking and proc.returncode == 1 and f"gate: FAILED on {len(blocking)} claim" in summary
     for c in blocking:  # each with its value and threshold
         assert f"  {c['id']}: {c['outcome']}, value " in summary and f"threshold {c['threshold']}" in summary
-    for why in ("no --baseline given", "no --mcq given", "no --judge given"):
-        assert why in summary.split("not checked: ", 1)[1].splitlines()[0]
+    # one test per skipped claim family: still-passes and the three not-lower rates, the three judge claims, the two
+    # forgetting families; xfailed claims are not "not checked"
+    assert ("not checked: no --baseline given (4 tests); no --judge given (3 tests); no --mcq given (2 tests)"
+            in summary), summary
     assert f"results.json: {results}" in summary and f"report: {results.with_suffix('.html')}" in summary
     assert "wall time " in summary
 
