@@ -391,28 +391,30 @@ def length_controlled_claim(cid: str, s: JudgeSummary, gate: GateConfig, raw: D.
                    f"{_fmt(s.win_rate)}; {lengths}{guard}")
 
 
-def _margin(c: PairedComparison, gate: GateConfig) -> tuple[float, str]:
-    """(the non-inferiority margin of this comparison, how the message states it), from the gate config."""
-    if c.what == "reward-margin":
-        m = gate.max_margin_drop * abs(c.other)
-        return m, f"max_margin_drop {gate.max_margin_drop} x |{c.other:.4g}| = {m:.4g}"
-    if c.what == "sign-agreement" or c.what == "sign-agreement-rate":
+def margin_for(what: str, other: float, gate: GateConfig) -> tuple[float, str]:
+    """(the non-inferiority margin of a compared metric, how the message states it), from the gate config;
+    `other` is the reference's mean (the reward margin's margin is relative to it)."""
+    if what == "reward-margin":
+        m = gate.max_margin_drop * abs(other)
+        return m, f"max_margin_drop {gate.max_margin_drop} x |{other:.4g}| = {m:.4g}"
+    if what in ("sign-agreement", "sign-agreement-rate"):
         return gate.max_agreement_drop, f"max_agreement_drop {gate.max_agreement_drop}"
-    if c.what.startswith("mcq-accuracy") or c.what in ("acc", "acc_norm"):
+    if what.startswith("mcq-accuracy") or what in ("acc", "acc_norm"):
         return gate.max_forgetting, f"max_forgetting {gate.max_forgetting}"
     return gate.max_reward_accuracy_drop, f"max_reward_accuracy_drop {gate.max_reward_accuracy_drop}"
 
 
 def not_worse_message(c: PairedComparison, d: D.Decision, gate: GateConfig, margin_text: str, this: str,
-                      other: str) -> str:
-    """What a non-inferiority comparison found, in one line."""
+                      other: str, worse: str = "WORSE") -> str:
+    """What a non-inferiority comparison found, in one line; `worse` names a failure (REGRESSED against a
+    baseline)."""
     bounds = f"{_one_sided(gate)} bounds [{d.low:+.4g}, {d.high:+.4g}]"
     how = ("Tango's paired score interval" if c.kind == "paired proportions" else
            "t interval of the mean per-item difference")
     if c.extra_ci is not None:
         how += f", joined with the bootstrap over pairs [{_fmt(c.extra_ci[0])}, {_fmt(c.extra_ci[1])}]"
     verdict = {"pass": f"not worse: the drop is shown to be within the margin ({margin_text})",
-               "fail": f"WORSE: the drop is shown to exceed the margin ({margin_text})",
+               "fail": f"{worse}: the drop is shown to exceed the margin ({margin_text})",
                "inconclusive": f"the data cannot tell whether the drop is within the margin ({margin_text})"}[d.outcome]
     unit = "data-signal features" if c.what.startswith("sign-agreement") else "shared items"
     return (f"{this} {_fmt(c.candidate)} vs {other} {_fmt(c.other)} on {c.n} {unit}: difference "
@@ -426,7 +428,7 @@ def not_worse(c: PairedComparison, gate: GateConfig, other: str) -> Claim:
         why = ("the data has no data-signal feature (train split), so there is no direction to compare the answers "
                "in" if c.what == "sign-agreement" else "no item was scored for both adapters")
         return Claim(cid, False, None, "", "", 0, f"{why}: nothing to compare with {other}", applicable=False)
-    margin, text = _margin(c, gate)
+    margin, text = margin_for(c.what, c.other, gate)
     d = c.decide(gate.alpha, margin)
     return decided(cid, d, f"lower bound > -{margin:.4g}", f"{_one_sided(gate)} [{d.low:+.4g}, {d.high:+.4g}]",
                    not_worse_message(c, d, gate, text, "this adapter", other),

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import decide as D
-from .claims import Claim, decided, not_worse_message
+from .claims import Claim, decided, margin_for, not_worse_message
 from .compare import compare_correct, match
 from .config import GateConfig
 from .errors import ConfigError
@@ -83,13 +83,6 @@ PER_FEATURE = "sign-agreement-rate"
 """The rate over data-signal features: results.json records each one's sign agreement (its claims)."""
 
 
-def margin_of(claim_id: str, gate: GateConfig) -> tuple[float, str]:
-    """The non-inferiority margin of a headline rate and how a message states it."""
-    if claim_id == PER_FEATURE:
-        return gate.max_agreement_drop, f"max_agreement_drop {gate.max_agreement_drop}"
-    return gate.max_reward_accuracy_drop, f"max_reward_accuracy_drop {gate.max_reward_accuracy_drop}"
-
-
 def agreement_by_feature(claims: Any) -> dict[str, bool]:
     """{feature: agrees} over the data-signal features, from claim records or Claims (sign-agreement[F])."""
     out = {}
@@ -128,11 +121,11 @@ def not_lower_paired(claim_id: str, this: np.ndarray, old: np.ndarray, gate: Gat
     c = compare_correct(claim_id, this, old)
     if c.n == 0:
         return Claim(cid, False, None, "", "", 0, "no item was scored by both runs", applicable=False)
-    margin, text = margin_of(claim_id, gate)
+    margin, text = margin_for(claim_id, c.other, gate)
     d = c.decide(gate.alpha, margin)
     return decided(cid, d, f"lower bound > -{margin:.4g}", f"paired [{d.low:+.4g}, {d.high:+.4g}]",
-                   not_worse_message(c, d, gate, text, f"{claim_id} now", "the baseline's").replace(
-                       "WORSE", "REGRESSED"), units="features" if claim_id == PER_FEATURE else "pairs")
+                   not_worse_message(c, d, gate, text, f"{claim_id} now", "the baseline's", worse="REGRESSED"),
+                   units="features" if claim_id == PER_FEATURE else "pairs")
 
 
 def not_lower(claim_id: str, baseline_claim: Mapping[str, Any] | None, current: Claim, gate: GateConfig,
@@ -147,7 +140,7 @@ def not_lower(claim_id: str, baseline_claim: Mapping[str, Any] | None, current: 
     if current.value is None or not current.n or math.isnan(current.value):
         return Claim(cid, False, current.value, threshold, "", current.n,
                      f"{claim_id} has no value in this run ({current.message})", inconclusive=True)
-    margin, text = margin_of(claim_id, gate)
+    margin, text = margin_for(claim_id, float(baseline_claim["value"]), gate)
     n1, n2 = int(current.n), int(baseline_claim["n"])
     k1, k2 = round(current.value * n1), round(float(baseline_claim["value"]) * n2)
     level = 1 - 2 * gate.alpha
