@@ -12,6 +12,7 @@ import tomllib
 
 from .backend import GenerationSettings
 from .errors import ConfigError
+from .hardware import DtypeChoice, choose_dtype
 from .mcq import McqFormat, McqMetric, McqPrompt, McqSettings
 from .registry import check_claim_ids, default_gating
 
@@ -388,11 +389,14 @@ class EvalConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
+    def dtype_choice(self) -> DtypeChoice:
+        """The dtype models run in, and why (auto: bfloat16 where the hardware multiplies it natively)."""
+        return choose_dtype(self.compute_dtype, self.resolved_device)
+
+    @property
     def resolved_dtype(self) -> str:
-        """float32 on CPU, bfloat16 on CUDA, unless set."""
-        if self.compute_dtype != "auto":
-            return self.compute_dtype
-        return "bfloat16" if self.on_cuda else "float32"
+        """The dtype models run in."""
+        return self.dtype_choice.dtype
 
     @property
     def resolved_batch_tokens(self) -> int:

@@ -185,7 +185,9 @@ def facts(results: Results) -> list[tuple[str, str]]:
                     f"{f.get('answered', {}).get('train', '-')} train prompts (--train-answers "
                     f"{cfg.get('train_answers') if cfg.get('train_answers') is not None else 'all'}); the train-side "
                     f"tuned - base averages use the answered ones, every claim the valid split"),
-        ("quantization", f"{cfg.get('quant')} ({cfg.get('compute_dtype')} compute, device {cfg.get('device')})"),
+        ("compute", f"{f['compute']['dtype']} on {f['compute']['device']} ({f['compute']['reason']}); quantization "
+                    f"{cfg.get('quant')}" if f.get("compute") else
+         f"quantization {cfg.get('quant')}, --compute-dtype {cfg.get('compute_dtype')}, device {cfg.get('device')}"),
         ("generation", f"max_new_tokens {cfg.get('max_new_tokens')}, do_sample {cfg.get('do_sample')}, temperature "
                        f"{cfg.get('temperature')}, top_p {cfg.get('top_p')}, batch {cfg.get('batch_size')}, seed "
                        f"{cfg.get('seed')}; answers cut at the limit: "

@@ -54,6 +54,8 @@ def run_facts(run: Any) -> dict[str, Any]:
                          "truncated_by_max_samples": dict(ps.truncated_by_max_samples)}
     if "identity" in sec:
         facts["model_key"] = sec["identity"].fields()
+        choice = run.cfg.dtype_choice
+        facts["compute"] = {"dtype": choice.dtype, "reason": choice.reason, "device": run.cfg.resolved_device}
     if "answers" in sec:
         facts["answers_from"] = ({"server": run.cfg.serve_url, "tuned": run.cfg.serve_model,
                                   "base": run.cfg.serve_base_model,

@@ -6,13 +6,14 @@ import pytest
 
 from dpo_eval_core.config import EvalConfig, GateConfig, load_gate_file, parse_columns
 from dpo_eval_core.errors import ConfigError
+from dpo_eval_core.hardware import choose_dtype
 
 
 def test_defaults_are_valid_and_frozen():
     cfg = EvalConfig()
     with pytest.raises(AttributeError):
         cfg.quant = "4bit"  # type: ignore[misc]
-    assert cfg.resolved_dtype == "float32" and not cfg.on_cuda
+    assert cfg.resolved_dtype == choose_dtype("auto", "cpu").dtype and not cfg.on_cuda
 
 
 def test_gate_file_then_command_line_override(tmp_path):

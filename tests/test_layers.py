@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "locate", "stats"),
+    ("errors", "locate", "stats", "hardware"),
     ("cache", "chat", "data", "decide"),
     ("mcq",),
     ("endpoint",),

@@ -158,9 +158,10 @@ def test_refilled_decoding_gives_every_prompt_its_one_by_one_answer(kind, batch_
                                                          key=lambda t: len({r.index(t) for r in rows if t in r}))]
     single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
     assert len({g.n_tokens for g in single}) >= 4, "rows must finish at different steps for this test to bite"
-    widths: list[tuple[int, int]] = []  # (rows, tokens) of each forward
-    forward = backend.model.forward
-    backend.model.forward = lambda **kw: (widths.append(tuple(kw["input_ids"].shape)), forward(**kw))[1]
+    widths: list[tuple[int, int]] = []  # (rows, tokens) of each forward of the decoder body
+    body = backend.model.get_base_model().get_decoder()
+    forward = body.forward
+    body.forward = lambda **kw: (widths.append(tuple(kw["input_ids"].shape)), forward(**kw))[1]
     batched = backend.generate(prompts, adapter=True, settings=settings)
     assert batched == single
     prefills = [i for i, (_, n) in enumerate(widths) if n > 1]
@@ -181,8 +182,9 @@ def test_a_sliding_window_cache_decodes_batch_by_batch_with_the_same_answers(tmp
     settings = GenerationSettings(max_new_tokens=6, batch_size=4, batch_tokens=30)
     single = [backend.generate([p], adapter=True, settings=settings)[0] for p in prompts]
     calls: list[int] = []
-    forward = backend.model.forward
-    backend.model.forward = lambda **kw: (calls.append(kw["input_ids"].shape[1]), forward(**kw))[1]
+    body = backend.model.get_base_model().get_decoder()
+    forward = body.forward
+    body.forward = lambda **kw: (calls.append(kw["input_ids"].shape[1]), forward(**kw))[1]
     assert backend.generate(prompts, adapter=True, settings=settings) == single
     assert sum(n > 1 for n in calls) == 3  # 4 + 4 + 2 prompts, each batch prefilled once, after the last drained
 

@@ -17,6 +17,7 @@ from api_server import judge_server as serve_judge
 from evals_cli import run_evals
 from tiny import make_adapter, write_pairs
 
+from dpo_eval_core.hardware import choose_dtype
 from dpo_eval_core.registry import RATES
 from dpo_eval_core.results import load_results, write_json
 
@@ -84,6 +85,9 @@ def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
         assert facts[key], key
     assert len(facts["data"]["fingerprint"]) == 64 and facts["data"]["pairs"]["train"] > 0
     assert len(data["rewards"]["margins"]) == data["rewards"]["n"] > 0
+    expected = choose_dtype(data["config"]["compute_dtype"], "cpu")  # the dtype that ran, and why, not "auto"
+    assert facts["compute"] == {"dtype": expected.dtype, "reason": expected.reason, "device": "cpu"}
+    assert facts["model_key"]["dtype"] == expected.dtype
 
 
 def test_the_judge_claims_come_from_the_server_with_every_verdict_in_the_results(runs, judge_server):
@@ -132,7 +136,7 @@ def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, n
         assert f'data-column-type="{column.lower()}"' in html
     # the rows live in the report's embedded JSON; each carries its claim cells
     assert "col-claim" in html and "reward-accuracy" in html and "sign-agreement-rate" in html
-    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed",
+    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed", "auto: this CPU",
                  "Judge: tuned vs base answers", "length-controlled win rate", "reply, base shown first"):
         assert fact in html, fact
 
@@ -162,7 +166,7 @@ def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_check
     summary = out[out.index("dpo-eval gate"):]
     doc = json.loads(results.read_text())
     judged = next(line for line in summary.splitlines() if line.startswith("judged: "))
-    assert f"adapter {tiny_adapter}" in judged and f"data {pairs}" in judged and "float32 on cpu" in judged
+    assert f"adapter {tiny_adapter}" in judged and f"data {pairs}" in judged and f"{choose_dtype('auto', 'cpu').dtype} on cpu" in judged
     assert f"({doc['facts']['data']['pairs']['train']} train, {doc['facts']['data']['pairs']['valid']} valid" in judged
     blocking = [c for c in doc["claims"] if c["gating"] and c["outcome"] in ("fail", "inconclusive")]
     assert blocking and proc.returncode == 1 and f"gate: FAILED on {len(blocking)} claim" in summary

@@ -52,8 +52,9 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_of(tiny_adapter: Path, pairs: Path, cache: Path, server: Server | None = None, **kw) -> GateRun:
     serve = dict(serve_url=server.url, serve_model="tiny-lora", serve_base_model="tiny-base") if server else {}
+    # float32: the test server answers from the tiny model in float32, and equality needs the same dtype
     return GateRun(EvalConfig(adapter=tiny_adapter, data=str(pairs), cache_dir=cache, max_new_tokens=12,
-                              train_answers=4, **{**serve, **kw}))
+                              train_answers=4, compute_dtype="float32", **{**serve, **kw}))
 
 
 @pytest.fixture(scope="module")
