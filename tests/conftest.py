@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,7 +9,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_adapter, make_base  # noqa: E402
 
+from dpo_eval_core.hardware import threads_per_process  # noqa: E402
+
 pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker gets its share of the cores for torch's threads, and so do the gate runs it
+    starts (OMP_NUM_THREADS is inherited): see hardware.threads_per_process."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = threads_per_process(workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
