@@ -70,3 +70,23 @@ def test_refilled_decoding_on_cuda_gives_finite_answers_equal_to_one_by_one_in_f
     assert len(batched) == len(PROMPTS) and all(g.n_tokens <= 10 for g in batched)
     if dtype == "float32":
         assert batched == [backend.generate([p], adapter=True, settings=settings)[0] for p in PROMPTS]
+
+
+def test_auto_picks_bfloat16_on_this_gpu_and_its_next_token_logits_match_the_models_own(tiny_adapter):
+    """auto on a GPU of compute capability 8.0+ (the H200, A100, L4...) runs bfloat16 and says why; decoding's
+    LM head on the contiguous last hidden state gives the model's own last-position logits."""
+    from dpo_eval_core.backend import left_pad, next_token_logits
+    from dpo_eval_core.hardware import choose_dtype
+
+    choice = choose_dtype("auto", "cuda")
+    major, _ = torch.cuda.get_device_capability()
+    assert choice.dtype == ("bfloat16" if major >= 8 else "float32")
+    assert torch.cuda.get_device_name() in choice.reason
+    backend = cuda_backend(tiny_adapter, dtype=choice.dtype)
+    ids, mask = left_pad([backend.prompt_ids(p) for p in PROMPTS], backend.tokenizer.pad_token_id, "cuda")
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        ours = next_token_logits(backend.model, ids, mask, positions, None)
+        theirs = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, theirs, atol=1e-2 if choice.dtype == "bfloat16" else 1e-5, rtol=0)
