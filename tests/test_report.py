@@ -136,7 +136,7 @@ def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, n
         assert f'data-column-type="{column.lower()}"' in html
     # the rows live in the report's embedded JSON; each carries its claim cells
     assert "col-claim" in html and "reward-accuracy" in html and "sign-agreement-rate" in html
-    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed", "auto: this CPU",
+    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed", "auto: float32 on CPU",
                  "Judge: tuned vs base answers", "length-controlled win rate", "reply, base shown first"):
         assert fact in html, fact
 
