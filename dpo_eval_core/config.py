@@ -390,7 +390,7 @@ class EvalConfig:
 
     @property
     def dtype_choice(self) -> DtypeChoice:
-        """The dtype models run in, and why (auto: bfloat16 where the hardware multiplies it natively)."""
+        """The dtype models run in, and why (auto: bfloat16 on CUDA of compute capability 8+, float32 on CPU)."""
         return choose_dtype(self.compute_dtype, self.resolved_device)
 
     @property
