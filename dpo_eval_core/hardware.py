@@ -26,7 +26,8 @@ class DtypeChoice:
 
 
 def choose_dtype(requested: str, device: str) -> DtypeChoice:
-    """`requested` itself unless it is "auto"; then what `device` computes fastest without NaN traps."""
+    """`requested` itself unless it is "auto"; then bfloat16 on CUDA of compute capability 8+, float32 on older
+    GPUs and on every CPU (the reason says what the CPU could run and at what cost)."""
     if requested != "auto":
         return DtypeChoice(requested, f"--compute-dtype {requested}")
     import torch
