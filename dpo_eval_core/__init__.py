@@ -7,25 +7,54 @@ Start reading here, top down:
     claim = run.claim("reward-accuracy")        # computes only what this claim needs
     print(claim.outcome, claim.value, claim.ci, claim.message)   # pass, fail or inconclusive
 
-- `registry`: every claim family (id, what it ranges over, whether it gates, what it needs);
-- `gate.GateRun`: the stages of one run, each computed on first use by the module that owns it;
-- `builders`: one builder per family, from the run's stages to claims (`claims`, `regression`);
-- below them: `config`, `data`, `mcq` (multiple-choice sets and prompts), `models`,
-  `backend`/`generation`, `rewards`, `forgetting` (tuned vs base accuracy, paired), `judge`
-  (pairwise verdicts in both orders, length-controlled win rate) over `endpoint` (an OpenAI-compatible
-  client), `compare` (paired comparisons of two adapters or of a run and its baseline) and `comparison` (the
-  --compare stage), `features`, `stats`, `decide` (pass, fail or inconclusive: the intervals and the
-  non-inferiority rule), `quantization`, `identity` (every cache key), `cache`.
+- `run.GateRun`: the stages every family shares (pairs, tokenizer, the loaded model, answers, text
+  features), each computed once; a claim id goes to the family that makes it;
+- `families/`: one module per claim family (checkpoint, quantization, rewards, data-signal, alignment,
+  forgetting, judge, comparison, regression), each declaring its claims, settings, options and how it
+  measures (`family.Family`); `registry` finds them, and a user's package adds its own through the
+  `dpo_eval.families` entry point;
+- below them: `config`, `data`, `mcq`, `models`, `backend`/`generation`, `rewards`, `forgetting`, `judge`
+  over `endpoint`, `compare` (paired comparisons), `features`, `stats`, `decide` (pass, fail or
+  inconclusive: the intervals and the non-inferiority rule), `claims` (the shared claim constructors),
+  `quantization`, `identity` (every cache key), `cache`.
 The demo (`dpo_eval_core.demo`) and the scripts sit above this API; the core never imports them.
+
+Imports are lazy: `import dpo_eval_core` (or `dpo_eval_core.stats`) loads neither torch nor transformers;
+a name below is imported on first use.
 """
 
-from .claims import Claim
-from .config import EvalConfig, GateConfig
-from .errors import CacheError, CheckpointError, ConfigError, DataError, DpoEvalError, EndpointError, ResourceError
-from .gate import GateRun
-from .registry import FAMILIES, RATES, Family, family_of
-from .results import build_results, load_results, write_json
+from __future__ import annotations
 
-__all__ = ["FAMILIES", "RATES", "CacheError", "CheckpointError", "Claim", "ConfigError", "DataError", "DpoEvalError",
-           "EndpointError", "EvalConfig", "Family", "GateConfig", "GateRun", "ResourceError", "build_results", "family_of",
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .claims import Claim
+    from .config import EvalConfig, GateConfig
+    from .errors import (
+        CacheError,
+        CheckpointError,
+        ConfigError,
+        DataError,
+        DpoEvalError,
+        EndpointError,
+        ResourceError,
+    )
+    from .family import Family, Kind, Option
+    from .results import build_results, load_results, write_json
+    from .run import GateRun
+
+WHERE = {"Claim": "claims", "EvalConfig": "config", "GateConfig": "config", "Family": "family", "Kind": "family",
+         "Option": "family", "GateRun": "run", "build_results": "results", "load_results": "results",
+         "write_json": "results", **{e: "errors" for e in ("CacheError", "CheckpointError", "ConfigError", "DataError",
+                                                           "DpoEvalError", "EndpointError", "ResourceError")}}
+__all__ = ["CacheError", "CheckpointError", "Claim", "ConfigError", "DataError", "DpoEvalError", "EndpointError",
+           "EvalConfig", "Family", "GateConfig", "GateRun", "Kind", "Option", "ResourceError", "build_results",
            "load_results", "write_json"]
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, each imported from its module on first use (PEP 562)."""
+    if name not in WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{WHERE[name]}", __name__), name)

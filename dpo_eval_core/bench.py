@@ -36,17 +36,11 @@ from .backend import GenerationSettings
 from .cache import Cache
 from .config import EvalConfig, default_cache_dir
 from .data import load_pairs
-from .demo import (
-    DEMO_ADAPTER_DIR,
-    DEMO_DATA,
-    DEMO_MCQ,
-    demo_base_dir,
-    local_bases,
-    with_demo_defaults,
-)
+from .demo import DEMO_ADAPTER_DIR, DEMO_DATA, DEMO_MCQ, demo_base_dir, local_bases, with_demo_defaults
 from .demo.controls import noise_adapter
+from .families.checkpoint import probe_inputs
 from .features import FeatureSettings, build_pipeline, doc_features, extract
-from .gate import GateRun
+from .run import GateRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +304,7 @@ def peak_of(what: str, cache_dir: Path, max_samples: int) -> float:
     else:
         import torch
 
-        ids, mask = run.probe_inputs
+        ids, mask = probe_inputs(run)
         with torch.inference_mode():
             run.model.backend.model(input_ids=ids, attention_mask=mask)
     return rss_mb()

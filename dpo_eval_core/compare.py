@@ -21,8 +21,6 @@ import numpy as np
 from . import decide as D
 from .stats import adjust, round_noise, wilcoxon_p
 
-COMPARE_ADAPTER = "compare"
-"""The PEFT adapter name of --compare on the shared model (the gated adapter is PEFT's 'default')."""
 Kind = Literal["paired proportions", "paired values"]
 
 

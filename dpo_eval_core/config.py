@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any, Literal, Mapping, get_args
 import tomllib
 
 from .backend import GenerationSettings
+from .data import parse_columns as parse_columns  # noqa: PLC0414 (the options' parser, re-exported)
 from .errors import ConfigError
+from .family import Family
 from .hardware import DtypeChoice, choose_dtype
-from .mcq import McqFormat, McqMetric, McqPrompt, McqSettings
-from .registry import check_claim_ids, default_gating
+from .registry import check_claim_ids, default_gating, discover
 
 Quant = Literal["none", "8bit", "4bit"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -57,62 +59,18 @@ class GateConfig:
     the data shows the claim) or warn and let the run pass."""
     correction: Correction = "bh"
     """Multiple-comparison correction within a claim family: none, bh (Benjamini-Hochberg), bonferroni."""
-    min_signal_features: int = 5
-    """K: the data carries signal when at least K features differ chosen vs rejected."""
-    min_agreement: float = 0.5
-    """sign-agreement-rate passes when the lower bound of its interval is above this share of data-signal
-    features: 0.5 is what an adapter that moves answers in no particular direction scores, so a pass shows
-    that more features move the data's way than chance would."""
-    min_reward_accuracy: float = 0.5
-    """Lower CI bound of implicit-reward accuracy (summed and per token) on the valid split must exceed this."""
-    beta: float = 0.1
-    """DPO beta used to turn log-ratios into rewards (TRL's default)."""
     ci_level: float = 0.95
     """Confidence level of the intervals of the "above a threshold" claims (a lower bound above the threshold
     is a one-sided test at (1 - ci_level) / 2)."""
     n_bootstrap: int = 2000
     """Resamples of the bootstraps over pairs: the sign-agreement rate's and the judge's length-controlled rate's
     intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
-    reward_tie_tolerance: float = 1e-6
-    """Log-ratios within this share of |reference log-prob| (at least 1 nat) are ties, not preferences:
-    batches of different shapes give log-probs equal only to float precision (~1e-7 relative in fp32)."""
-    max_kl: float = 1.0
-    """Quantized vs full-precision mean KL (nats) per next-token distribution must stay below this. The
-    default catches a broken quantization on a small model (NF4 moves the 135M demo base by up to ~1.1
-    nats on its own); tighten it for larger models."""
-    min_top1_agreement: float = 0.6
-    """Quantized vs full-precision share of positions with the same top-1 token (see max_kl)."""
-    min_judge_consistency: float = 0.5
-    """judge-consistency fails when fewer of the judged pairs get the same verdict in both answer orders (MT-Bench
-    measured 65% for GPT-4 and 46% for GPT-3.5 on its pairs; a judge below half is mostly reading positions)."""
-    max_forgetting: float = 0.02
-    """Non-inferiority margin of no-forgetting[SET], in accuracy: the tuned model may answer at most this share
-    of questions fewer right than the base (two points, what a release team would trade for an alignment
-    gain; the leaderboard differences teams act on are a point or two). It passes when the one-sided
-    (1 - alpha) upper bound of the drop is below it."""
-    max_reward_accuracy_drop: float = 0.02
-    """Margin of not-worse[reward-accuracy*] and not-lower[reward-accuracy*], in accuracy: two points of
-    held-out preference pairs, the same trade as max_forgetting."""
-    max_margin_drop: float = 0.1
-    """Margin of not-worse[reward-margin], as a share of the other adapter's |mean margin|: rewards are in
-    beta-scaled nats whose size depends on beta and the data, so the margin is relative; a tenth of the
-    margin is a change no reviewer reads as a different adapter."""
-    max_agreement_drop: float = 0.1
-    """Margin of not-worse[sign-agreement] and not-lower[sign-agreement-rate], in share of data-signal features:
-    real data has 15 to 60 signal features (16 on UltraFeedback, 58 on the demo), so one feature is 0.02 to
-    0.07 of the rate; a tenth is the smallest drop a run can resolve."""
-    max_win_rate_drop: float = 0.05
-    """Margin of not-worse[judge-win-rate]: the judge's win rate of this adapter against the other may be
-    shown no lower than 0.5 minus this (five points: judges disagree with themselves across orders more
-    than that)."""
-    gating: tuple[str, ...] = field(default_factory=default_gating)
+    gating: tuple[str, ...] = field(default_factory=lambda: default_gating(installed()))
     """Claim ids that fail the run ('family[*]' for every per-item claim of a family); every other
-    claim is reported as a non-strict xfail with its measured value. Default: the registry's."""
+    claim is reported as a non-strict xfail with its measured value. Default: each kind's own `gates`."""
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "min_agreement", "min_reward_accuracy", "ci_level", "min_top1_agreement",
-                     "max_forgetting", "min_judge_consistency", "max_reward_accuracy_drop", "max_margin_drop",
-                     "max_agreement_drop", "max_win_rate_drop"):
+        for name in ("alpha", "ci_level"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
@@ -120,33 +78,110 @@ class GateConfig:
         _choice("gate.inconclusive", self.inconclusive, Inconclusive)
         if not 0 < self.alpha < 0.5:
             raise ConfigError("gate.alpha", self.alpha, "a number in (0, 0.5)")
-        if not isinstance(self.min_signal_features, int) or self.min_signal_features < 0:
-            raise ConfigError("gate.min_signal_features", self.min_signal_features, "an integer >= 0")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:
             raise ConfigError("gate.n_bootstrap", self.n_bootstrap, "an integer >= 100")
-        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
-            raise ConfigError("gate.beta", self.beta, "a number > 0")
-        if not (isinstance(self.reward_tie_tolerance, (int, float)) and 0 <= self.reward_tie_tolerance < 1e-2):
-            raise ConfigError("gate.reward_tie_tolerance", self.reward_tie_tolerance, "a number in [0, 0.01)")
-        if not (isinstance(self.max_kl, (int, float)) and self.max_kl >= 0):
-            raise ConfigError("gate.max_kl", self.max_kl, "a number >= 0")
-        check_claim_ids(self.gating, "gate.gating")
+        check_claim_ids(installed(), self.gating, "gate.gating")
 
     def gates(self, claim_id: str) -> bool:
         """True when a failure of this claim fails the run."""
         family, bracket, _ = claim_id.partition("[")
         return claim_id in self.gating or (bool(bracket) and f"{family}[*]" in self.gating)
 
-    def merged(self, overrides: Mapping[str, Any], source: str) -> "GateConfig":
-        """A copy with overrides (a TOML table or KEY=VALUE pairs) applied; unknown keys name the source."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        values = {name: getattr(self, name) for name in known}
-        for key, raw in overrides.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"{source}: {key}", raw, "one of " + ", ".join(sorted(known)))
-            values[name] = _coerce(f"{source}: {key}", raw, values[name])
-        return GateConfig(**values)
+
+@functools.cache
+def installed() -> tuple[Family, ...]:
+    """The claim families of this installation (registry.discover), looked up once per process."""
+    return discover()
+
+
+FamilySettings = tuple[tuple[str, Any], ...]
+"""(family name, its settings) for every installed family, in the registry's order."""
+
+
+def family_settings(given: Mapping[str, Any] | FamilySettings = ()) -> FamilySettings:
+    """Every installed family's settings: those given (a settings object or a mapping of its fields), the rest
+    at their defaults; an unknown family name is refused with the known ones."""
+    given = dict(given)
+    out = []
+    for family in installed():
+        value = given.pop(family.name, None)
+        if value is None:
+            value = family.settings()
+        elif isinstance(value, Mapping):
+            value = _replace(family, family.settings(), value, f"families.{family.name}")
+        out.append((family.name, value))
+    if given:
+        raise ConfigError("families", sorted(given), "names of installed claim families: "
+                          + ", ".join(f.name for f in installed()))
+    return tuple(out)
+
+
+def _replace(family: Family, settings: Any, changes: Mapping[str, Any], source: str) -> Any:
+    fields = family.fields()
+    values = {}
+    for key, raw in changes.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"{source}.{key}", raw, f"a setting of the {family.name} family: "
+                              + (", ".join(fields) or "it has none"))
+        values[name] = _coerce_field(f"{source}.{key}", raw, fields[name], getattr(settings, name))
+    return dataclasses.replace(settings, **values)
+
+
+def _coerce_field(option: str, raw: Any, f: dataclasses.Field, current: Any) -> Any:
+    """A TOML value or command-line string as the field's type (read from its default, or its annotation
+    when the default is None)."""
+    if current is not None:
+        return _coerce(option, raw, current)
+    hint = str(f.type)
+    try:
+        if raw is None or not isinstance(raw, str):
+            return raw
+        if "Path" in hint:
+            return Path(raw).expanduser()
+        if "int" in hint:
+            return int(raw)
+        if "float" in hint:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(option, raw, f"a value of type {hint}") from None
+
+
+def merge_tables(gate: GateConfig, families: FamilySettings, table: Mapping[str, Any], source: str
+                 ) -> tuple[GateConfig, FamilySettings, list[str]]:
+    """Apply a gate table (TOML `[tool.dpo_eval]` with a sub-table per family, or --gate KEY=VALUE pairs where
+    KEY may be `family.setting`) to the shared gate settings and the families' settings. A flat key that names
+    a family's setting (the layout before families had tables) still works, with a deprecation note among the
+    returned messages."""
+    shared = {f.name: f for f in dataclasses.fields(GateConfig)}
+    by_name = {f.name: f for f in installed()}
+    gate_values: dict[str, Any] = {}
+    changes: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for key, raw in table.items():
+        name = key.replace("-", "_")
+        head, dot, rest = key.partition(".")
+        if key in by_name and isinstance(raw, Mapping):
+            changes.setdefault(key, {}).update(raw)
+        elif dot and head in by_name:
+            changes.setdefault(head, {})[rest] = raw
+        elif name in shared:
+            gate_values[name] = _coerce(f"{source}: {key}", raw, getattr(gate, name))
+        elif owners := [f for f in installed() if name in f.fields()]:
+            owner = owners[0].name
+            changes.setdefault(owner, {})[name] = raw
+            notes.append(f"{source}: {key} is a setting of the {owner} family now: write it as [tool.dpo_eval.{owner}] "
+                         f"{name} = ... (or --gate {owner}.{name}=...); the flat key is still read, and will not be "
+                         f"in a later version")
+        else:
+            raise ConfigError(f"{source}: {key}", raw, "a gate setting (" + ", ".join(sorted(shared)) + ") or a "
+                              "family's table or FAMILY.SETTING (families: " + ", ".join(by_name) + ")")
+    values = {f: getattr(gate, f) for f in shared} | gate_values
+    current = dict(families)
+    for name, ch in changes.items():
+        current[name] = _replace(by_name[name], current[name], ch, f"{source}: {name}")
+    return GateConfig(**values), tuple(current.items()), notes
 
 
 def _coerce(option: str, raw: Any, default: Any) -> Any:
@@ -226,27 +261,8 @@ class EvalConfig:
     """Content-addressed cache of converted models, generations, features and rewards."""
     results: Path = Path("results.json")
     """Where the machine-readable results are written."""
-    baseline: Path | None = None
-    """results.json of a previous release to compare against."""
-    compare: Path | None = None
-    """Another PEFT adapter of the same base to compare this one with, pair by pair (not-worse claims)."""
     seed: int = 0
     """Seeds the hash split, sampling and bootstrap."""
-    mcq: tuple[str, ...] = ()
-    """Multiple-choice sets (files or hub ids) for the forgetting claims; none: they are skipped."""
-    mcq_columns: tuple[tuple[str, str], ...] = ()
-    """Renames from a set's column names to question/choices/answer/subject/... (mcq.py lists layouts)."""
-    mcq_format: McqFormat = "auto"
-    """letters: MMLU style, 'A. ..' options and letter continuations; cloze: the choice texts; auto: cloze for
-    ARC and PubMedQA layouts, letters for the others (as lm-evaluation-harness's tasks)."""
-    mcq_metric: McqMetric = "auto"
-    """What no-forgetting gates on: acc, acc_norm, or auto (acc_norm for cloze, acc for letters)."""
-    mcq_prompt: McqPrompt = "chat"
-    """chat: the question is the user turn of the chat template; raw: plain text, as lm-evaluation-harness."""
-    mcq_shots: int = 0
-    """Answered examples from the set's dev split before each question (zero-shot by default)."""
-    mcq_max_questions: int | None = None
-    """At most this many questions per set (the first by seeded hash)."""
     serve_url: str | None = None
     """Answers come from this OpenAI-compatible server (vLLM, llama.cpp, TGI) instead of the loaded model; the
     log-probs of the reward claims stay local. None: local generation."""
@@ -263,25 +279,14 @@ class EvalConfig:
     """Seconds the answer server may take per answer before the request is retried."""
     serve_key_env: str = "DPO_EVAL_SERVE_API_KEY"
     """Environment variable holding the answer server's API key (sent only to it; none sent if unset)."""
-    judge: str | None = None
-    """Judges tuned vs base answers: a local model (directory or hub id; 'base' for the gated adapter's base, adapter
-    off) or the base URL of an OpenAI-compatible chat-completions server. None: the judge claims are skipped."""
-    judge_model: str | None = None
-    """The served model name, with a URL --judge."""
-    judge_template: Path | None = None
-    """A pairwise prompt with {question}, {answer_a} and {answer_b}; None: MT-Bench's, verdict first."""
-    judge_max_tokens: int = 16
-    """Reply budget of the judge (the default template asks for the verdict first)."""
-    judge_concurrency: int = 8
-    """Requests in flight at once to a judge server."""
-    judge_timeout: float = 60.0
-    """Seconds a judge server may take per reply before it is retried."""
-    judge_key_env: str = "DPO_EVAL_JUDGE_API_KEY"
-    """Environment variable holding the judge server's API key (sent only to that server; none sent if unset)."""
     gate: GateConfig = field(default_factory=GateConfig)
-    """Thresholds and which claims gate."""
+    """The decision settings every family shares, and which claims gate."""
+    families: Any = ()
+    """Each claim family's settings (its options and thresholds): a mapping of family name to a settings object
+    or a mapping of its fields; stored as (name, settings) for every installed family, defaults filled in."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "families", family_settings(self.families))
         _choice("--quant", self.quant, Quant)
         _choice("--compute-dtype", self.compute_dtype, ComputeDtype)
         _choice("--split", self.split, SplitMode)
@@ -311,26 +316,25 @@ class EvalConfig:
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError("--adapter", str(self.adapter), "a PEFT adapter directory containing adapter_config.json",
                               "Point --adapter at the folder written by PeftModel.save_pretrained().")
-        if self.compare is not None and not (Path(self.compare) / "adapter_config.json").is_file():
-            raise ConfigError("--compare", str(self.compare), "a PEFT adapter directory containing "
-                              "adapter_config.json", "Point --compare at the other adapter's save_pretrained() folder.")
-        if self.baseline is not None and not Path(self.baseline).is_file():
-            raise ConfigError("--baseline", str(self.baseline), "an existing results.json of an earlier run")
         names = {src for src, _ in self.columns}
         if len(names) != len(self.columns):
             raise ConfigError("--columns", dict(self.columns), "each source column named once")
-        _choice("--mcq-format", self.mcq_format, McqFormat)
-        _choice("--mcq-prompt", self.mcq_prompt, McqPrompt)
-        _choice("--mcq-metric", self.mcq_metric, McqMetric)
-        if self.mcq_shots < 0:
-            raise ConfigError("--mcq-shots", self.mcq_shots, "an integer >= 0")
-        if self.mcq_max_questions is not None and self.mcq_max_questions < 1:
-            raise ConfigError("--mcq-max-questions", self.mcq_max_questions, "a positive integer",
-                              "Leave it out to ask every question.")
-        if len(set(self.mcq)) != len(self.mcq):
-            raise ConfigError("--mcq", list(self.mcq), "each set given once")
-        self._check_judge()
         self._check_serve()
+
+    def settings_of(self, family: Family | str) -> Any:
+        """A family's settings (its frozen dataclass)."""
+        name = family if isinstance(family, str) else family.name
+        return next(s for n, s in self.families if n == name)
+
+    def with_settings(self, family: str, **changes: Any) -> "EvalConfig":
+        """A copy with some of one family's settings changed."""
+        return dataclasses.replace(self, families={**dict(self.families), family: dataclasses.replace(
+            self.settings_of(family), **changes)})
+
+    def without(self, *families: str) -> "EvalConfig":
+        """A copy with these families' settings back at their defaults (the --compare adapter's own run makes
+        no comparison and reads no baseline)."""
+        return dataclasses.replace(self, families={n: s for n, s in self.families if n not in families})
 
     def _check_serve(self) -> None:
         _choice("--serve-prompt", self.serve_prompt, ServePrompt)
@@ -345,10 +349,6 @@ class EvalConfig:
             if not name:
                 raise ConfigError(option, name, "the served model name, with --serve-url",
                                   f"List what the server serves: curl {self.serve_url.rstrip('/')}/models")
-        if self.compare is not None:
-            raise ConfigError("--compare", str(self.compare), "no value with --serve-url",
-                              "The other adapter has no served name to ask: compare the two with local generation "
-                              "(leave out --serve-url), or gate each against the server on its own.")
         if self.serve_model == self.serve_base_model:
             raise ConfigError("--serve-model", self.serve_model, "the adapter's served name, not the base's",
                               "With vLLM: --lora-modules NAME=ckpt/ and --serve-model NAME.")
@@ -356,23 +356,6 @@ class EvalConfig:
             raise ConfigError("--serve-concurrency", self.serve_concurrency, "a positive integer")
         if not self.serve_timeout > 0:
             raise ConfigError("--serve-timeout", self.serve_timeout, "a number of seconds > 0")
-
-    def _check_judge(self) -> None:
-        url = self.judge is not None and self.judge.startswith(("http://", "https://"))
-        if url and not self.judge_model:
-            raise ConfigError("--judge-model", self.judge_model, "the served model name, with a judge URL",
-                              f"List what {self.judge} serves with: curl {self.judge.rstrip('/')}/models")
-        if self.judge_model and not url:
-            raise ConfigError("--judge-model", self.judge_model, "no value unless --judge is a server URL",
-                              "A local judge is named by --judge alone.")
-        if self.judge_template is not None and not Path(self.judge_template).is_file():
-            raise ConfigError("--judge-template", str(self.judge_template), "an existing text file")
-        for option, value in (("--judge-max-tokens", self.judge_max_tokens),
-                              ("--judge-concurrency", self.judge_concurrency)):
-            if value < 1:
-                raise ConfigError(option, value, "a positive integer")
-        if not self.judge_timeout > 0:
-            raise ConfigError("--judge-timeout", self.judge_timeout, "a number of seconds > 0")
 
     @property
     def on_cuda(self) -> bool:
@@ -412,12 +395,6 @@ class EvalConfig:
                                   temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                   batch_size=self.batch_size, batch_tokens=self.resolved_batch_tokens)
 
-    @property
-    def mcq_settings(self) -> McqSettings:
-        """How multiple-choice questions become prompts."""
-        return McqSettings(self.mcq_format, self.mcq_prompt, self.mcq_shots, self.mcq_max_questions,
-                           self.mcq_metric)
-
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""
         out = []
@@ -432,22 +409,3 @@ class EvalConfig:
 def _is_cuda_index(device: str) -> bool:
     head, _, idx = device.partition(":")
     return head == "cuda" and idx.isdigit()
-
-
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "system", "question")
-MCQ_COLUMNS = ("question", "choices", "answer", "subject", "answerKey", "options", "answer_idx", "contexts",
-               "final_decision")
-
-
-def parse_columns(spec: str, option: str = "--columns", targets: tuple[str, ...] = PAIR_COLUMNS
-                  ) -> tuple[tuple[str, str], ...]:
-    """'q=prompt,good=chosen,bad=rejected' -> (('q','prompt'), ...); targets are checked."""
-    example = "q=prompt,good=chosen,bad=rejected" if targets == PAIR_COLUMNS else "stem=question,label=answer"
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        src, eq, dst = part.partition("=")
-        if not eq or not src or dst not in targets:
-            raise ConfigError(option, spec, "comma-separated SOURCE=TARGET with TARGET one of "
-                              + ", ".join(sorted(targets)), f"Example: {option} {example}")
-        out.append((src.strip(), dst.strip()))
-    return tuple(out)

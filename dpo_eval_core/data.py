@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .locate import looks_local
 
 Message = tuple[str, str]  # (role, content)
@@ -363,3 +363,20 @@ def _own_splits(named: Mapping[str, list]) -> dict[str, str]:
     if train is None or valid is None:
         return {}
     return {train: "train", valid: "valid"} | {n: "ignored" for n in named if n not in (train, valid)}
+
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "system", "question")
+
+
+def parse_columns(spec: str, option: str = "--columns", targets: tuple[str, ...] = PAIR_COLUMNS
+                  ) -> tuple[tuple[str, str], ...]:
+    """'q=prompt,good=chosen,bad=rejected' -> (('q','prompt'), ...); targets are checked."""
+    example = "q=prompt,good=chosen,bad=rejected" if targets == PAIR_COLUMNS else "stem=question,label=answer"
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        src, eq, dst = part.partition("=")
+        if not eq or not src or dst not in targets:
+            raise ConfigError(option, spec, "comma-separated SOURCE=TARGET with TARGET one of "
+                              + ", ".join(sorted(targets)), f"Example: {option} {example}")
+        out.append((src.strip(), dst.strip()))
+    return tuple(out)

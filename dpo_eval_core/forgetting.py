@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .backend import Backend
 from .cache import Cache, memoized
-from .config import EvalConfig
+from .decide import clopper_pearson, tango_interval
 from .identity import ModelIdentity, mcq_key
 from .mcq import McqItem, McqSettings, QuestionSet, items
-from .decide import clopper_pearson, tango_interval
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +167,11 @@ def summarize(qset: QuestionSet, qitems: Sequence[McqItem], scores: Sequence[dic
         tuple(map(bool, base)))
 
 
-def measure(backend: Backend, qset: QuestionSet, cfg: EvalConfig, *, model: ModelIdentity,
+def measure(backend: Backend, qset: QuestionSet, mcq: McqSettings, cfg: EvalConfig, *, model: ModelIdentity,
             cache: Cache) -> tuple[ForgettingSummary, int]:
-    """Score one set for tuned and base (cached) under the run's settings and summarize it; returns
-    (summary, question-and-state scores computed)."""
-    settings = cfg.mcq_settings.resolved(qset.layout)
+    """Score one set for tuned and base (cached) with these prompt settings and the run's batching, and summarize
+    it; returns (summary, question-and-state scores computed)."""
+    settings = mcq.resolved(qset.layout)
     qitems = items(qset, settings)
     scores, computed = score_questions(backend, qitems, settings, model=model, cache=cache, batch_size=cfg.batch_size,
                                        max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)

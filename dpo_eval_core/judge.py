@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,13 +30,15 @@ from tqdm.auto import tqdm
 from .backend import Backend, Generation, GenerationSettings, HFBackend
 from .cache import Cache, memoized
 from .chat import Message, accepts_system
-from .config import EvalConfig
 from .data import PreferencePair
+from .decide import tango_interval
 from .endpoint import ChatEndpoint, EndpointSettings, Reply, RequestRefused, is_url
 from .errors import ConfigError
 from .identity import ModelIdentity, base_fingerprint, judge_key
 from .models import CheckpointSpec, LocalBases, load_base, load_chat_tokenizer
-from .decide import tango_interval
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "loss", "tie", "inconsistent", "unparseable"]
@@ -142,6 +144,16 @@ def _verdict(token: str) -> Verdict:
     return "tie" if token.upper() in ("C", "TIE") else token.upper()  # type: ignore[return-value]
 
 
+class JudgeSource(Protocol):
+    """Where the judge comes from (the judge family's settings)."""
+
+    source: str | None
+    model: str | None
+    key_env: str
+    timeout: float
+    concurrency: int
+
+
 class Judge(Protocol):
     """Something that answers judge prompts: a local model or a served one."""
 
@@ -197,18 +209,17 @@ class EndpointJudge:
         return self.endpoint.many(one, prompts)
 
 
-def make_judge(cfg: EvalConfig, spec: CheckpointSpec, gate_backend: Callable[[], Backend], gate: ModelIdentity,
-               cache: Cache, local_bases: LocalBases | None, free: Callable[[], None]) -> Judge:
+def make_judge(js: JudgeSource, cfg: EvalConfig, spec: CheckpointSpec, gate_backend: Callable[[], Backend],
+               gate: ModelIdentity, cache: Cache, local_bases: LocalBases | None, free: Callable[[], None]) -> Judge:
     """The --judge as a Judge, checked before any model loads: a server must serve --judge-model; 'base' or the
     gated adapter's base is the gate's own model with the adapter off; any other local model is loaded only
     when a reply is missing from the cache, after the gate's model is freed (one model in memory at a time)."""
-    source = cfg.judge
+    source = js.source
     if source is None:
         raise ConfigError("--judge", None, "a judge model or server URL", "The judge claims need one.")
     if is_url(source):
-        assert cfg.judge_model is not None  # EvalConfig refuses a URL without it
-        endpoint = ChatEndpoint(EndpointSettings(source, cfg.judge_model, cfg.judge_key_env, cfg.judge_timeout,
-                                                 concurrency=cfg.judge_concurrency))
+        assert js.model is not None  # the judge settings refuse a URL without it
+        endpoint = ChatEndpoint(EndpointSettings(source, js.model, js.key_env, js.timeout, concurrency=js.concurrency))
         endpoint.check("--judge-model")
         return EndpointJudge(endpoint)
     dtype, device, settings = cfg.resolved_dtype, cfg.resolved_device, cfg.generation

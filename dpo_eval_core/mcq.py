@@ -33,6 +33,9 @@ from .errors import DataError
 McqFormat = Literal["auto", "letters", "cloze"]
 McqPrompt = Literal["chat", "raw"]
 McqMetric = Literal["auto", "acc", "acc_norm"]
+MCQ_COLUMNS = ("question", "choices", "answer", "subject", "answerKey", "options", "answer_idx", "contexts",
+               "final_decision")
+"""What --mcq-columns may rename a column to."""
 CLOZE_LAYOUTS = ("arc", "pubmedqa")
 """Layouts whose lm-evaluation-harness tasks score the choice texts (cloze); MMLU-style sets score letters."""
 LETTERS = string.ascii_uppercase

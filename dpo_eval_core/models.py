@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .backend import HFBackend
 from .chat import require_chat_template
-from .config import EvalConfig
 from .errors import CheckpointError, ConfigError
 from .locate import looks_local
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -291,3 +294,27 @@ def logit_effect(model: Any, input_ids: Any, mask: Any) -> tuple[float, float]:
         with model.disable_adapter():
             base = model(input_ids=input_ids, attention_mask=mask).logits[mask.bool()].float()
     return float((tuned - base).abs().max()), float((tuned.argmax(-1) != base.argmax(-1)).float().mean())
+
+
+COMPARE_ADAPTER = "compare"
+"""The PEFT adapter name of --compare on the shared model (the gated adapter is PEFT's 'default')."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """The one loaded model of a run: a backend over it, and what attaching the adapter found."""
+
+    backend: HFBackend
+    report: AdapterReport
+
+
+def load_gate_model(spec: CheckpointSpec, cfg: EvalConfig, tokenizer: Any, system_ok: bool) -> LoadedModel:
+    """The base with the adapter, quantized and in the dtype and on the device the run asks for."""
+    model, report = load_adapted(spec, cfg.quant, cfg.resolved_dtype, cfg.resolved_device)
+    return LoadedModel(HFBackend(model, tokenizer, system_ok=system_ok, device=cfg.resolved_device), report)
+
+
+def join(host: LoadedModel, spec: CheckpointSpec) -> LoadedModel:
+    """Another adapter of the same base beside the host's (PEFT multi-adapter): one base in memory for both."""
+    report = add_adapter(host.backend.model, spec, COMPARE_ADAPTER)
+    return LoadedModel(host.backend.with_adapter(COMPARE_ADAPTER), report)

@@ -16,12 +16,59 @@ from .cache import Cache, memoized
 from .chat import Message, prompt_ids
 from .identity import ModelIdentity, library_versions, quantization_key
 from .models import CheckpointSpec, load_adapted
-from .registry import Variant
 
 PROBE_VERSION = 3
 """Joins the cache key of quantization measurements: raise it when how a probe is built changes, so
 measurements made by older code are not trusted (version 1 reused an unloaded, dequantized model for
 the merged probe and got wrong weights; version 3 stores a QuantMeasurement record instead of a list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A quantization the quantization claims are made for."""
+
+    id: str
+    quant: str
+    dtype: str
+    cuda: bool
+    """True: probed on CUDA only; False: probed on CPU only. On a GPU the CPU variants would hold float32
+    copies of the whole model (29 GB for a 7B, more than a 24 GB card), so the GPU probes its own variants
+    against a bfloat16 reference instead: each loads one model in at most bfloat16 (14.5 GB for a 7B) and
+    frees it before the next."""
+
+    def skip_reason(self, on_cuda: bool) -> str | None:
+        """Why this machine does not probe the variant, or None when it does."""
+        if self.cuda and not on_cuda:
+            return "it needs CUDA"
+        if not self.cuda and on_cuda:
+            return ("a CPU variant: on CUDA the gate probes bf16-cuda, 8bit-cuda and 4bit-nf4-bf16-cuda against a "
+                    "bfloat16 reference, since float32 copies of the whole model would not fit the GPU (29 GB for a "
+                    "7B); run with --device cpu to probe this one")
+        return None
+
+
+def probed_variants(on_cuda: bool) -> tuple[Variant, ...]:
+    """The quantization variants a machine probes by default: the CPU ones on CPU, the CUDA ones on CUDA."""
+    return tuple(v for v in VARIANTS if v.skip_reason(on_cuda) is None)
+
+
+def probe_peak_bytes(n_params: float, on_cuda: bool) -> float:
+    """The most memory one probe holds, weights only: every variant loads, probes, dequantizes for the merge in
+    its own dtype and frees, one model at a time, so the peak is the widest dtype among the probed variants
+    and the reference (float32 on CPU, bfloat16 on CUDA)."""
+    widest = max([4 if not on_cuda else 2] + [4 if v.dtype == "float32" else 2 for v in probed_variants(on_cuda)])
+    return widest * n_params
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("none-fp32", "none", "float32", False),
+    Variant("8bit", "8bit", "float32", False),
+    Variant("4bit-nf4-fp32", "4bit", "float32", False),
+    Variant("4bit-nf4-bf16", "4bit", "bfloat16", False),
+    Variant("bf16-cuda", "none", "bfloat16", True),
+    Variant("8bit-cuda", "8bit", "bfloat16", True),
+    Variant("4bit-nf4-bf16-cuda", "4bit", "bfloat16", True),
+)
 
 
 @dataclass(frozen=True, slots=True)

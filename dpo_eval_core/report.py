@@ -18,7 +18,7 @@ CHOSEN_REJECTED, TUNED_BASE = "#1f77b4", "#ff7f0e"
 AGREE, DISAGREE = "#2ca02c", "#d62728"
 
 
-def _num(x: Any) -> float:
+def num(x: Any) -> float:
     """JSON null (a NaN when written) back to NaN."""
     return math.nan if x is None else float(x)
 
@@ -30,8 +30,8 @@ def _ordered(features: Sequence[Mapping[str, Any]], key: str) -> list[tuple[str,
     groups: dict[str, list[Mapping[str, Any]]] = {f: [] for f in families}
     for f in features:
         groups.setdefault(FEATURE_FAMILIES.get(f["feature"], "other"), []).append(f)
-    return [(fam, sorted(rows, key=lambda r: (math.isnan(_num(r[key])), -_num(r[key]) if not math.isnan(
-        _num(r[key])) else 0.0))) for fam, rows in groups.items() if rows]
+    return [(fam, sorted(rows, key=lambda r: (math.isnan(num(r[key])), -num(r[key]) if not math.isnan(
+        num(r[key])) else 0.0))) for fam, rows in groups.items() if rows]
 
 
 def _layout(groups: list[tuple[str, list[Mapping[str, Any]]]]) -> tuple[list[float], list[str], list[tuple[float,
@@ -87,8 +87,8 @@ def feature_effects_plot(features: Sequence[Mapping[str, Any]]) -> str:
     rows = [r for _, rs in groups for r in rs]
     fig, axes = _figure(ys[-1] + 2, ncols=2, width=11)
     for ax, split in zip(axes[0], ("train", "valid")):
-        cr = [_num(r[f"cr_{split}"]) for r in rows]
-        tb = [_num(r[f"tb_{split}"]) for r in rows]
+        cr = [num(r[f"cr_{split}"]) for r in rows]
+        tb = [num(r[f"tb_{split}"]) for r in rows]
         ax.barh([y - 0.2 for y in ys], cr, height=0.4, color=CHOSEN_REJECTED, label="chosen - rejected")
         ax.barh([y + 0.2 for y in ys], tb, height=0.4, color=TUNED_BASE, label="tuned - base")
         _label_rows(ax, ys, labels, headers, names=split == "train")
@@ -110,15 +110,15 @@ def sign_agreement_plot(features: Sequence[Mapping[str, Any]], signal: set[str])
     rows = [r for _, rs in groups for r in rs]
     fig, axes = _figure(ys[-1] + 2, width=9)
     ax = axes[0][0]
-    tb = [_num(r["tb_valid"]) for r in rows]
-    lo = [_num((r.get("tb_valid_ci") or [None, None])[0]) for r in rows]
-    hi = [_num((r.get("tb_valid_ci") or [None, None])[1]) for r in rows]
+    tb = [num(r["tb_valid"]) for r in rows]
+    lo = [num((r.get("tb_valid_ci") or [None, None])[0]) for r in rows]
+    hi = [num((r.get("tb_valid_ci") or [None, None])[1]) for r in rows]
     colors = [AGREE if r["sign_agreement"] > 0 else DISAGREE for r in rows]
     ax.barh(ys, tb, height=0.6, color=colors)
     err = [[max(t - a, 0) if not math.isnan(a) else 0 for t, a in zip(tb, lo)],
            [max(b - t, 0) if not math.isnan(b) else 0 for t, b in zip(tb, hi)]]
     ax.errorbar(tb, ys, xerr=err, fmt="none", ecolor="0.2", elinewidth=0.7, capsize=1.5)
-    ax.scatter([_num(r["cr_valid"]) for r in rows], ys, marker="D", s=14, color="black", zorder=3,
+    ax.scatter([num(r["cr_valid"]) for r in rows], ys, marker="D", s=14, color="black", zorder=3,
                label="chosen - rejected (the data's direction)")
     _label_rows(ax, ys, labels, headers)
     agree = sum(r["sign_agreement"] > 0 for r in rows)
@@ -148,21 +148,6 @@ def reward_margin_plot(rewards: Mapping[str, Any]) -> str | None:
     ax.set_ylabel("pairs", fontsize=8)
     ax.legend(fontsize=8)
     return _png(fig)
-
-
-def plots(results: Results) -> dict[str, str]:
-    """Title -> base64 PNG for every plot the results support (none for a run that stopped early)."""
-    out: dict[str, str] = {}
-    features = results.get("features") or []
-    if features:
-        out["Per-feature effects"] = feature_effects_plot(features)
-        signal = {c["id"][len("sign-agreement["):-1] for c in results.get("claims", [])
-                  if c["id"].startswith("sign-agreement[") and c["applicable"]}
-        if (png := sign_agreement_plot(features, signal)) is not None:
-            out["Sign agreement per feature"] = png
-    if results.get("rewards") and (png := reward_margin_plot(results["rewards"])) is not None:
-        out["Reward margin distribution"] = png
-    return out
 
 
 def _short(digest: Any) -> str:
@@ -202,120 +187,31 @@ def facts(results: Results) -> list[tuple[str, str]]:
     return rows
 
 
-def _acc(a: Mapping[str, Any]) -> str:
-    return f"{_num(a['value']):.3f} [{_num(a['ci_low']):.3f}, {_num(a['ci_high']):.3f}]"
+def accuracy(a: Mapping[str, Any]) -> str:
+    """An accuracy record as 'value [low, high]'."""
+    return f"{num(a['value']):.3f} [{num(a['ci_low']):.3f}, {num(a['ci_high']):.3f}]"
 
 
-def _cells(row: Sequence[Any], tag: str = "td") -> str:
+def cells(row: Sequence[Any], tag: str = "td") -> str:
+    """One table row, escaped."""
     return "<tr>" + "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in row) + "</tr>"
 
 
-def forgetting_rows(summary: Mapping[str, Any]) -> list[tuple[str, int, str, str, str]]:
-    """(subject, questions, tuned acc [CI], base acc [CI], tuned - base) per subject, then 'all'."""
-    rows = [(s["subject"], s["tuned"]["n"], _acc(s["tuned"]), _acc(s["base"]),
-             f"{_num(s['tuned']['value']) - _num(s['base']['value']):+.3f}") for s in summary["subjects"]]
-    d = summary["difference"]
-    return rows + [("all", summary["n"], _acc(summary["tuned"]), _acc(summary["base"]),
-                    f"{_num(d[0]):+.3f} [{_num(d[1]):+.3f}, {_num(d[2]):+.3f}]")]
+def table(rows: Sequence[tuple[str, Any]], cls: str) -> str:
+    """A two-column table of (name, value) rows, names as row headers."""
+    return (f"<table class='{cls}'>" + "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}"
+                                               f"</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+            + "</table>")
 
 
-def forgetting_html(results: Results) -> str:
-    """Per multiple-choice set: accuracy per subject, tuned vs base, with exact intervals, and the paired counts."""
-    parts = []
-    for name, s in (results.get("forgetting") or {}).items():
-        st = s["settings"]
-        parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(s['source'])} ({html.escape(s['layout'])}; "
-                     f"{html.escape(st['format'])}, {st['shots']}-shot, {html.escape(st['prompt'])} prompt); chance "
-                     f"{_num(s['chance']):.3f}; no-forgetting gates on {html.escape(st.get('metric', 'acc'))}: "
-                     f"{s['lost']} questions lost and {s['gained']} gained</p><table class='dpo-eval-forgetting'>"
-                     f"<tr><th>subject</th><th>questions</th><th>tuned acc</th><th>base acc</th>"
-                     f"<th>tuned - base</th></tr>")
-        parts += [_cells(row) for row in forgetting_rows(s)]
-        parts.append("</table>")
-    return "<h2>Forgetting: multiple-choice accuracy</h2>" + "".join(parts) if parts else ""
-
-
-def judge_html(results: Results) -> str:
-    """Win, tie and loss shares, consistency and position bias, raw vs length-controlled win rate, and a few
-    judged pairs with the judge's replies in both orders."""
-    j = results.get("judge")
-    if not j:
+def section(title: str, png: str | None) -> str:
+    """A titled plot, embedded as a data URI (nothing when there is no plot)."""
+    if png is None:
         return ""
-    n, lc, v = j["n"], j["length_control"], j["verdicts"]
-    share = (lambda k: f"{k} ({k / n:.0%})") if n else str
-    parsed = v["A"] + v["B"] + v["tie"]
-    lc_text = (f"{_num(lc['value']):.3f} [{_num(lc['ci'][0]):.3f}, {_num(lc['ci'][1]):.3f}]" if lc["value"] is not None
-               else f"not estimable: {lc['note']}")
-    rows = [("judge", j["judge"]), ("template", j["template"]), ("pairs judged in both orders", n),
-            ("tuned wins", share(j["wins"])), ("ties (both orders)", share(j["ties"])),
-            ("tuned loses", share(j["losses"])), ("order-dependent (counted as ties)", share(j["inconsistent"])),
-            ("unparseable (left out)", share(j["unparseable"])),
-            ("consistency", f"{(j['wins'] + j['ties'] + j['losses']) / n:.1%}" if n else "-"),
-            ("first position chosen", f"{v['A'] / parsed:.1%} of {parsed} parseable replies" if parsed else "-"),
-            ("win rate (ties as half)", f"{_num(j['win_rate']):.3f} [{_num(j['win_ci'][0]):.3f}, "
-                                        f"{_num(j['win_ci'][1]):.3f}]"),
-            ("length-controlled win rate", lc_text),
-            ("mean answer length (characters)", f"tuned {_num(j['mean_chars']['tuned']):.0f}, base "
-                                                f"{_num(j['mean_chars']['base']):.0f}")]
-    parts = ["<h2>Judge: tuned vs base answers</h2><table class='dpo-eval-judge'>"]
-    parts += [f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th><td>{html.escape(str(x))}"
-              f"</td></tr>" for k, x in rows]
-    parts.append("</table><h3>Examples</h3><table class='dpo-eval-judge-examples' "
-                 "style='white-space:pre-wrap;vertical-align:top'>"
-                 + _cells(("outcome", "question", "tuned answer", "base answer", "reply, tuned shown first",
-                           "reply, base shown first"), "th"))
-    parts += [_cells((e["outcome"], e["question"], e["tuned"], e["base"], e["reply_tuned_first"],
-                      e["reply_base_first"])) for e in j["examples"]]
-    return "".join(parts) + "</table>"
+    return (f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
+            f"src='data:image/png;base64,{png}'/>")
 
 
-def comparison_html(results: Results) -> str:
-    """This adapter beside the --compare adapter: each paired comparison, the shifted features, the judge."""
-    cmp = results.get("comparison")
-    if not cmp:
-        return ""
-    alpha = results.get("config", {}).get("gate", {}).get("alpha", 0.05)
-    verdicts = {c["id"]: c for c in results.get("claims", []) if c["id"].startswith("not-worse[")}
-    head = ("comparison", "kind", "n", "this adapter", "other", "this - other", "better / worse", "verdict")
-    rows = []
-    for what, c in sorted(cmp["items"].items()):
-        claim = verdicts.get(f"not-worse[{what}]", {})
-        rows.append((what, c["kind"], c["n"], f"{_num(c['candidate']):.4g}", f"{_num(c['other']):.4g}",
-                     f"{_num(c['candidate']) - _num(c['other']):+.4g} {claim.get('uncertainty', '')}",
-                     f"{c['better']} / {c['worse']}", claim.get("outcome", "-")))
-    j = cmp.get("judge")
-    if j:
-        lo, hi = j["win_ci"]
-        verdict = "this adapter" if _num(lo) > 0.5 else "other" if _num(hi) < 0.5 else "neither"
-        rows.append(("judge-win-rate", "judge, both orders", j["n"] - j["unparseable"], "-", "-",
-                     f"win rate {_num(j['win_rate']):.3f} [{_num(lo):.3f}, {_num(hi):.3f}]",
-                     f"{j['wins']} / {j['losses']}", verdicts.get("not-worse[judge-win-rate]", {}).get("outcome",
-                                                                                                    verdict)))
-    moved = sorted((f for f in cmp["features"] if _num(f["p_adj"]) < alpha), key=lambda f: _num(f["p_adj"]))
-    parts = [f"<h2>Compared with {html.escape(cmp['other'])}</h2><p>Paired on the same valid pairs and questions; "
-             f"differences are this adapter minus the other.</p><table class='dpo-eval-comparison'>",
-             _cells(head, "th"), *(_cells(r) for r in rows), "</table>"]
-    if moved:
-        parts += [f"<h3>Data-signal features the two adapters' answers differ in ({len(moved)} of "
-                  f"{len(cmp['features'])})</h3><table class='dpo-eval-comparison-features'>",
-                  _cells(("feature", "shift / S_j", "adjusted p", "the data's way"), "th"),
-                  *(_cells((f["feature"], f"{_num(f['shift']):+.3f}", f"{_num(f['p_adj']):.3g}",
-                            "yes" if (_num(f["shift"]) > 0) == (f["data_sign"] > 0) else "no")) for f in moved),
-                  "</table>"]
-    return "".join(parts)
-
-
-def summary_html(results: Results) -> str:
-    """The facts table, the forgetting tables and every plot, as one HTML fragment with images inline."""
-    parts = ['<h2>Run facts</h2><table class="dpo-eval-facts">']
-    for k, v in facts(results):
-        parts.append(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-                     f"<td>{html.escape(v)}</td></tr>")
-    parts.append("</table>")
-    parts.append(forgetting_html(results))
-    parts.append(judge_html(results))
-    parts.append(comparison_html(results))
-    for title, png in plots(results).items():
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' style='max-width:100%' "
-                     f"src='data:image/png;base64,{png}'/>")
-    return "".join(parts)
+def summary_html(results: Results, fragments: Sequence[str] = ()) -> str:
+    """The facts table, then each family's fragment (tables, plots with images inline), as one HTML fragment."""
+    return "<h2>Run facts</h2>" + table(facts(results), "dpo-eval-facts") + "".join(fragments)

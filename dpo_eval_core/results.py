@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -14,9 +14,12 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
-from .registry import family_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the configuration holds each claim family's settings under `families` (1 held them as flat fields); the
+claims, facts and measurement sections are as in 1."""
+READABLE = (1, 2)
+"""Versions a baseline may have: what a baseline is compared on (claims, facts, per-item values) is the same."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -36,7 +39,7 @@ def _jsonable(obj: Any) -> Any:
 def run_facts(run: Any) -> dict[str, Any]:
     """What was gated, on what, how: the header of the report and the identity of a baseline. Only what
     the run computed is reported (a data-only run has no model facts)."""
-    sec = run.sections()
+    sec = run.shared()
     facts: dict[str, Any] = {"libraries": library_versions(), "timings_s": {k: round(v, 2) for k, v in
                                                                              run.timings.items()},
                              "cache": run.cache.stats(), "computed": dict(run.computed)}
@@ -77,21 +80,10 @@ def claim_record(claim: Claim, gating: bool) -> dict[str, Any]:
 
 
 def run_sections(run: Any) -> dict[str, Any]:
-    """What one process (the session, or one xdist worker) measured: config, facts, features, rewards."""
-    out = {"config": _jsonable(run.cfg), "facts": run_facts(run)}
-    sec = run.sections()
-    stats = sec.get("feature_stats", sec.get("data_stats"))
-    if stats is not None:
-        out["features"] = _jsonable(stats)
-    if "reward_summary" in sec:
-        out["rewards"] = _jsonable(sec["reward_summary"])
-    if sec.get("forgetting"):
-        out["forgetting"] = _jsonable(sec["forgetting"])
-    if "judge_summary" in sec:
-        out["judge"] = _jsonable(sec["judge_summary"])
-    if "comparison" in sec:
-        out["comparison"] = _jsonable(sec["comparison"])
-    return out
+    """What one process (the session, or one xdist worker) measured: config, facts, and each family's sections
+    (features, rewards, forgetting, judge, comparison...)."""
+    config = _jsonable(run.cfg) | {"families": {name: _jsonable(s) for name, s in run.cfg.families}}
+    return {"config": config, "facts": run_facts(run), **_jsonable(run.sections())}
 
 
 _SUMMED = ("timings_s", "cache", "computed")
@@ -130,7 +122,7 @@ def build_results(sections: Mapping[str, Any], claims: Iterable[Mapping[str, Any
 
 
 def load_results(path: Path, option: str = "--baseline") -> dict[str, Any]:
-    """Read a results.json written by this version's schema; anything else is refused, naming `option`."""
+    """Read a results.json of a schema this version reads (READABLE); anything else is refused, naming `option`."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -138,9 +130,9 @@ def load_results(path: Path, option: str = "--baseline") -> dict[str, Any]:
         raise ConfigError(option, str(path), "an existing results.json", "Pass the results.json of an earlier run.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(option, str(path), "a results.json (valid JSON)", f"It does not parse: {e}.") from None
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(data, dict) or data.get("schema_version") not in READABLE:
         found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
-        raise ConfigError(option, str(path), f"results.json schema_version {SCHEMA_VERSION}",
+        raise ConfigError(option, str(path), f"results.json schema_version {' or '.join(map(str, READABLE))}",
                         f"Found {found!r}; re-run the baseline with this version of dpo-eval.")
     for key in ("config", "facts", "claims"):
         if key not in data:
@@ -207,15 +199,15 @@ def judged_line(facts: Mapping[str, Any]) -> str:
     return "judged: " + ("; ".join(p for p in parts if p) or "nothing: no claim needed the adapter or the data")
 
 
-def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping[str, int], html: Path | None
-                    ) -> list[str]:
+def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping[str, int], html: Path | None,
+                    per_item: Callable[[str], bool] = lambda cid: False) -> list[str]:
     """The gate's console summary: what was judged, each gating claim's outcome, then the verdict with every
     claim that blocks it (value and threshold), what was not checked and why, wall time and where the
-    results are."""
+    results are. `per_item(id)`: a claim of a per-item kind that does not gate by default (per feature), counted
+    rather than listed."""
     facts = results.get("facts", {})
     claims = results["claims"]
-    gating = [c for c in claims if c["gating"] and c["applicable"] and (family_of(c["id"]) is None or
-                                                                    family_of(c["id"]).over != "feature")]
+    gating = [c for c in claims if c["gating"] and c["applicable"] and not per_item(c["id"])]
     lines = [judged_line(facts)]
     words = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for c in sorted(gating, key=lambda c: c["id"]):
@@ -224,8 +216,7 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
             lines.append(f"{word}  {c['id']:<{ID_WIDTH}}  {c['message']}")
         else:
             lines += [f"{word}  {c['id']}", f"{'':<12}  {'':<{ID_WIDTH}}  {c['message']}"]
-    per_feature = [c for c in claims if c["applicable"] and not c["gating"] and "[" in c["id"]
-                   and (f := family_of(c["id"])) is not None and f.over == "feature"]
+    per_feature = [c for c in claims if c["applicable"] and not c["gating"] and per_item(c["id"])]
     if per_feature:
         held = sum(outcome_of(c) == "pass" for c in per_feature)
         lines.append(f"per-feature claims (not gating): {held} of {len(per_feature)} hold")

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from .backend import Backend
 from .cache import Cache, memoized
 from .data import PreferencePair
-from .identity import ModelIdentity, logp_key
 from .decide import clopper_pearson, mean_bounds
+from .identity import ModelIdentity, logp_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,17 +15,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from .backend import Generation, GenerationSettings
 from .cache import Cache, memoized
 from .chat import Message
-from .config import EvalConfig
 from .endpoint import ChatEndpoint, EndpointSettings
 from .errors import EndpointError
 from .identity import served_generation_key
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 
 @dataclass(frozen=True, slots=True)

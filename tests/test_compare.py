@@ -13,15 +13,24 @@ from tiny import make_adapter, write_pairs
 
 from dpo_eval_core.backend import GenerationSettings, HFBackend
 from dpo_eval_core.chat import accepts_system
-from dpo_eval_core.claims import Claim, not_worse
-from dpo_eval_core.compare import compare_correct, compare_values, feature_shifts, match
+from dpo_eval_core.claims import not_worse
+from dpo_eval_core.compare import PairedComparison, compare_correct, compare_values, feature_shifts, match
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import ConfigError
-from dpo_eval_core.gate import GateRun
+from dpo_eval_core.families import alignment as AL
+from dpo_eval_core.families import comparison as CO
+from dpo_eval_core.families import rewards as RW
 from dpo_eval_core.models import add_adapter, attach_adapter, load_base, load_tokenizer, resolve
-from dpo_eval_core.regression import not_lower, not_lower_paired, paired_values
+from dpo_eval_core.rewards import PairLogps, RewardSummary, summarize
+from dpo_eval_core.run import GateRun
 
 RNG = np.random.default_rng
+
+
+def judged(c: PairedComparison):
+    """The not-worse claim of a comparison, with the margin its family gives it."""
+    m = (RW.margin(c.what, c.other, RW.Settings())[0] if c.what in RW.FIELDS else AL.Settings().max_agreement_drop)
+    return not_worse(f"not-worse[{c.what}]", c, m, "", GateConfig(), "this adapter", "other")
 
 
 # --------------------------------------------------------------------------- the paired comparisons
@@ -52,7 +61,7 @@ def test_an_adapter_against_itself_differs_nowhere_and_is_never_worse():
     a = np.array([0.5, -1.0, 2.0, 3.0, 1.0, 2.0])
     c = compare_values("reward-margin", a, a.copy())
     assert (c.better, c.worse, c.estimate, c.sd) == (0, 0, 0.0, 0.0)
-    assert not_worse(c, GateConfig(), "other").passed  # zero spread: the bound is exactly 0, inside any margin
+    assert judged(c).passed  # zero spread: the bound is exactly 0, inside any margin
 
 
 def test_values_are_matched_by_id_whatever_the_order():
@@ -75,7 +84,7 @@ def test_sign_agreement_is_decided_on_the_union_with_the_bootstrap_over_pairs():
     c = compare_correct("sign-agreement", same, same, extra_ci=(-0.3, 0.2))  # features agree; pairs are noisy
     _, lo, hi, _ = c.bounds(0.05)
     assert (lo, hi) == (-0.3, pytest.approx(0.2))
-    assert not_worse(c, GateConfig(), "other").inconclusive  # -0.3 < -max_agreement_drop 0.1
+    assert judged(c).inconclusive  # -0.3 < -max_agreement_drop 0.1
 
 
 # --------------------------------------------------------------------------- two adapters, one model
@@ -105,7 +114,7 @@ def test_the_second_adapter_on_the_same_model_answers_as_if_loaded_alone(tiny_ll
 
 def run_of(adapter: Path, pairs: Path, cache: Path, **kw) -> GateRun:
     return GateRun(EvalConfig(adapter=adapter, data=str(pairs), cache_dir=cache, max_new_tokens=8, batch_tokens=256,
-                              **kw))
+                              families={"comparison": {"compare": kw["compare"]}} if "compare" in kw else {}))
 
 
 def not_worse_claims(run: GateRun) -> dict:
@@ -121,23 +130,24 @@ def test_comparing_a_second_adapter_after_a_gate_run_computes_only_its_own_side(
     claims = not_worse_claims(run)
     assert set(claims) == {f"not-worse[{w}]" for w in ("reward-accuracy", "reward-accuracy-per-token",
                                                        "reward-margin", "sign-agreement")}
-    answered = sum(g is not None for g in run.other.answers["tuned"])
-    valid = run.reward_summary.n
+    other = CO.other(run)
+    answered = sum(g is not None for g in other.answers["tuned"])
+    valid = RW.reward_summary(run).n
     assert run.computed == {"logps": 0, "feature_rows": 0, "generations_tuned": 0, "generations_base": 0,
                             "compare: logps": 2 * valid,  # the other's policy log-probs; references reused
                             "compare: generations_tuned": answered, "compare: generations_base": 0,
                             "compare: feature_rows": run.computed["compare: feature_rows"]}
-    new_texts = {g.text for g in run.other.answers["tuned"] if g} - {g.text for r in ("tuned", "base")
-                                                                    for g in first.answers[r] if g}
+    new_texts = {g.text for g in other.answers["tuned"] if g} - {g.text for r in ("tuned", "base")
+                                                                for g in first.answers[r] if g}
     assert run.computed["compare: feature_rows"] == len(new_texts)  # only the other's new answers
-    assert run.other.model.backend.model is run.model.backend.model  # one loaded base for both adapters
+    assert other.model.backend.model is run.model.backend.model  # one loaded base for both adapters
 
 
 def test_an_adapter_compared_with_itself_has_zero_differences_and_never_fails(tiny_adapter, pairs, tmp_path):
     run = run_of(tiny_adapter, pairs, tmp_path / "cache", compare=tiny_adapter)
     claims = not_worse_claims(run)
     assert claims and not any(c.outcome == "fail" for c in claims.values())
-    for what, c in run.comparison.items.items():
+    for what, c in run.stages["comparison records"]["items"].items():
         assert (c.better, c.worse, c.estimate) == (0, 0, 0.0), what
     # the few valid pairs of this set cannot show a 2-point bound: the claim says how many would
     acc = claims["not-worse[reward-accuracy]"]
@@ -148,48 +158,71 @@ def test_an_adapter_of_another_base_is_refused_as_the_other(tiny_adapter, tiny_m
     stranger = make_adapter(tiny_mistral, tmp_path / "stranger")
     run = run_of(tiny_adapter, pairs, tmp_path / "cache", compare=stranger)
     with pytest.raises(ConfigError, match="--compare.*an adapter of this run's base"):
-        _ = run.other
+        CO.other(run)
 
 
 # --------------------------------------------------------------------------- the paired baseline
 
 
+def rewards_of(ids: list[str], correct: list[bool]) -> RewardSummary:
+    """A reward summary whose pairs are right or wrong as given (policy up on chosen, or on rejected)."""
+    logps = [PairLogps(1.0, 0.0, 0.0, 0.0, 5, 5) if ok else PairLogps(0.0, 1.0, 0.0, 0.0, 5, 5) for ok in correct]
+    return summarize(logps, 0.1, 0.95, 100, RNG(0), tie_tolerance=1e-6, pair_ids=ids)
+
+
+def regressed(baseline: dict, now: RewardSummary):
+    return RW.regressed(RW.ACCURACY, now, baseline, RW.Settings(), GateConfig(), "not-lower[reward-accuracy]")
+
+
 def test_the_baseline_check_is_paired_when_the_baseline_has_per_pair_values():
     ids = [f"p{i}" for i in range(30)]
     baseline = {"rewards": {"pair_ids": ids, "correct": [True] * 30}}
-    now = {"pair_ids": ids[::-1], "correct": [i % 3 != 0 for i in range(30)]}  # 10 of 30 pairs lost
-    claim = not_lower_paired("reward-accuracy", *paired_values(baseline, now, "reward-accuracy"), GateConfig())
+    claim = regressed(baseline, rewards_of(ids[::-1], [i % 3 != 0 for i in range(30)]))  # 10 of 30 pairs lost
     assert claim.outcome == "fail" and "better on 0, worse on 10" in claim.message and "REGRESSED" in claim.message
 
 
-@pytest.mark.parametrize("baseline, rate, why", [
-    ({"rewards": {"margins": [1.0]}}, "reward-accuracy", "no per-pair values"),
-    ({"claims": []}, "sign-agreement-rate", "no per-feature sign agreement"),
-])
-def test_without_per_item_values_the_check_is_unpaired_and_says_why(baseline, rate, why):
-    assert why in paired_values(baseline, {"pair_ids": ["p"], "correct": [True], "agreement": {}}, rate)
+def test_without_per_pair_values_the_check_is_unpaired_and_says_why():
+    claim = regressed({"rewards": {"margins": [1.0]}, "claims": [{"id": "reward-accuracy", "value": 1.0, "n": 1}]},
+                      rewards_of(["p"], [True]))
+    assert "unpaired: the baseline records no per-pair values" in claim.message
+
+
+def test_without_per_feature_values_the_agreement_check_says_why():
+    claim = AL.regressed({"f": True}, {"claims": []}, AL.Settings(), GateConfig(), "not-lower[sign-agreement-rate]")
+    assert not claim.applicable and "no per-feature sign agreement" in claim.message
 
 
 def test_the_sign_agreement_rate_is_paired_by_feature_against_the_baseline():
     old = [{"id": f"sign-agreement[f{i}]", "applicable": True, "value": 1.0} for i in range(40)]
-    now = {"agreement": {f"f{i}": i >= 10 for i in range(40)}}  # 10 of 40 features no longer agree
-    claim = not_lower_paired("sign-agreement-rate", *paired_values({"claims": old}, now, "sign-agreement-rate"),
-                             GateConfig())
+    now = {f"f{i}": i >= 10 for i in range(40)}  # 10 of 40 features no longer agree
+    claim = AL.regressed(now, {"claims": old}, AL.Settings(), GateConfig(), "not-lower[sign-agreement-rate]")
     assert claim.outcome == "fail" and "on 40 data-signal features" in claim.message
 
 
 def test_the_paired_check_catches_a_drop_the_unpaired_one_cannot_show():
     ids = [f"p{i}" for i in range(100)]
     old, new = [i < 80 for i in range(100)], [i < 72 for i in range(100)]  # the 8 pairs that changed all got worse
-    paired = not_lower_paired("reward-accuracy", *paired_values({"rewards": {"pair_ids": ids, "correct": old}},
-                                                                {"pair_ids": ids, "correct": new}, "reward-accuracy"),
-                              GateConfig())
-    unpaired = not_lower("reward-accuracy", {"id": "reward-accuracy", "value": 0.8, "n": 100},
-                         Claim("reward-accuracy", True, 0.72, "", "", 100, ""), GateConfig(), "old baseline")
+    paired = regressed({"rewards": {"pair_ids": ids, "correct": old}}, rewards_of(ids, new))
+    unpaired = regressed({"claims": [{"id": "reward-accuracy", "value": 0.8, "n": 100}]}, rewards_of(ids, new))
     assert paired.outcome == "fail" and unpaired.outcome == "inconclusive"
-    assert "unpaired: old baseline" in unpaired.message
+    assert "unpaired: the baseline records no per-pair values" in unpaired.message
 
 
 def test_five_pairs_from_all_right_to_all_wrong_is_a_regression():
-    claim = not_lower_paired("reward-accuracy", np.zeros(5), np.ones(5), GateConfig())
+    ids = [f"p{i}" for i in range(5)]
+    claim = regressed({"rewards": {"pair_ids": ids, "correct": [True] * 5}}, rewards_of(ids, [False] * 5))
     assert claim.outcome == "fail", claim.message
+
+
+@pytest.mark.parametrize("version, readable", [(1, True), (2, True), (3, False)])
+def test_a_baseline_of_the_previous_schema_is_still_read(tmp_path, version, readable):
+    """Schema 2 moved the families' settings under config.families; what a baseline is compared on is as in 1."""
+    from dpo_eval_core.results import load_results, write_json
+
+    path = tmp_path / "results.json"
+    write_json(path, {"schema_version": version, "config": {"mcq": [], "judge": None}, "facts": {}, "claims": []})
+    if readable:
+        assert load_results(path)["schema_version"] == version
+    else:
+        with pytest.raises(ConfigError, match="schema_version 1 or 2"):
+            load_results(path)

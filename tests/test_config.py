@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_eval_core.config import EvalConfig, GateConfig, load_gate_file, parse_columns
+from dpo_eval_core.config import EvalConfig, GateConfig, family_settings, load_gate_file, merge_tables, parse_columns
 from dpo_eval_core.errors import ConfigError
 from dpo_eval_core.hardware import choose_dtype
 
@@ -16,12 +16,46 @@ def test_defaults_are_valid_and_frozen():
     assert cfg.resolved_dtype == choose_dtype("auto", "cpu").dtype and not cfg.on_cuda
 
 
+def merged(*tables: tuple[dict, str]) -> tuple[GateConfig, dict, list[str]]:
+    gate, families, notes = GateConfig(), family_settings(), []
+    for table, source in tables:
+        gate, families, more = merge_tables(gate, families, table, source)
+        notes += more
+    return gate, dict(families), notes
+
+
 def test_gate_file_then_command_line_override(tmp_path):
     path = tmp_path / "gate.toml"
-    path.write_text("alpha = 0.01\nmin_agreement = 0.7\ngating = ['reward-accuracy']\n")
-    gate = GateConfig().merged(load_gate_file(path), str(path)).merged({"alpha": "0.02"}, "--gate")
-    assert (gate.alpha, gate.min_agreement, gate.gating) == (0.02, 0.7, ("reward-accuracy",))
-    assert gate.gates("reward-accuracy") and not gate.gates("data-signal[n_tokens]")
+    path.write_text("alpha = 0.01\ngating = ['reward-accuracy']\n[alignment]\nmin_agreement = 0.7\n")
+    gate, families, notes = merged((load_gate_file(path), str(path)), ({"alpha": "0.02"}, "--gate"))
+    assert (gate.alpha, families["alignment"].min_agreement, gate.gating) == (0.02, 0.7, ("reward-accuracy",))
+    assert gate.gates("reward-accuracy") and not gate.gates("data-signal[n_tokens]") and not notes
+
+
+def test_a_family_setting_is_set_by_its_table_or_by_family_dot_key():
+    _, families, _ = merged(({"forgetting": {"max_forgetting": 0.05}}, "gate.toml"),
+                            ({"judge.min_judge_consistency": "0.6"}, "--gate"))
+    assert families["forgetting"].max_forgetting == 0.05 and families["judge"].min_judge_consistency == 0.6
+
+
+def test_a_flat_key_of_a_family_setting_is_still_read_with_a_deprecation_note():
+    _, families, notes = merged(({"max_forgetting": 0.05, "min_signal_features": 9}, "pyproject.toml"))
+    assert families["forgetting"].max_forgetting == 0.05 and families["data-signal"].min_signal_features == 9
+    assert len(notes) == 2 and "[tool.dpo_eval.forgetting] max_forgetting" in notes[0]
+
+
+def test_an_unknown_family_setting_names_the_family_and_its_settings():
+    with pytest.raises(ConfigError, match="a setting of the forgetting family: sets, columns"):
+        merged(({"forgetting.max_forgeting": "0.1"}, "--gate"))
+    with pytest.raises(ConfigError, match="families: checkpoint, quantization"):
+        merged(({"max_forgeting": "0.1"}, "--gate"))
+
+
+def test_family_settings_validate_their_values():
+    with pytest.raises(ConfigError, match="--mcq-shots=-1 is invalid"):
+        EvalConfig(families={"forgetting": {"shots": -1}})
+    with pytest.raises(ConfigError, match="names of installed claim families"):
+        EvalConfig(families={"forgeting": {}})
 
 
 def test_per_feature_claims_gate_only_when_their_family_is_named_with_a_star():
@@ -37,12 +71,12 @@ def test_pyproject_table_is_read(tmp_path):
 @pytest.mark.parametrize("overrides,fragment", [
     ({"alpha": "2"}, "gate.alpha=2.0 is invalid"),
     ({"n_bootstrap": "10"}, "gate.n_bootstrap=10 is invalid"),
-    ({"min_signal_features": "1.5"}, "a value of type int"),
+    ({"data-signal.min_signal_features": "1.5"}, "a value of type int"),
     ({"correction": "holm"}, "expected one of none, bh, bonferroni"),
 ], ids=["alpha-range", "bootstrap-too-few", "int-expected", "unknown-correction"])
 def test_bad_gate_values_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        GateConfig().merged(overrides, "--gate")
+        merged((overrides, "--gate"))
 
 
 def test_columns_parse_and_reject_unknown_targets():

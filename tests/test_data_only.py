@@ -13,7 +13,7 @@ import pytest
 
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig
-from dpo_eval_core.gate import GateRun
+from dpo_eval_core.run import GateRun
 
 ROOT = Path(__file__).resolve().parents[1]
 

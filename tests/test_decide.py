@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from dpo_eval_core import decide as D
-from dpo_eval_core.claims import forgetting, judge, not_worse, rewards
+from dpo_eval_core.claims import not_worse
 from dpo_eval_core.compare import compare_correct, compare_values
 from dpo_eval_core.config import GateConfig
+from dpo_eval_core.families.forgetting import forgetting
+from dpo_eval_core.families.judge import judge_claims
+from dpo_eval_core.families.rewards import Settings as RewardSettings
+from dpo_eval_core.families.rewards import rewards
 from dpo_eval_core.judge import LengthControl, length_controlled, summarize
 from dpo_eval_core.rewards import PairLogps
 from dpo_eval_core.rewards import summarize as reward_summary
@@ -99,21 +103,21 @@ def test_a_skewed_difference_is_judged_by_its_mean_not_its_median():
     a = np.array([0.1] * 40 + [-3.0] * 5)
     c = compare_values("reward-margin", a, np.zeros(45))
     assert c.estimate == pytest.approx(-0.24444, abs=1e-4)
-    claim = not_worse(c, GateConfig(max_margin_drop=1.0), "other")  # margin 1.0 x |0| = 0: not worse than 0
+    claim = not_worse("not-worse[reward-margin]", c, 0.0, "margin 0", GateConfig(), "this adapter", "other")
     assert not claim.passed and "prefers this adapter" not in claim.message and "-0.2444" in claim.message
 
 
 def test_one_won_judge_pair_does_not_pass():
     s = summarize("j", "t", [_pair(0)], ["long tuned"], ["base"], ["[[A]]"], ["[[B]]"], 0.95, 200,
                   np.random.default_rng(0))
-    win = judge(s, GateConfig())[0]
+    win = judge_claims(s, GateConfig(), 0.5)[0]
     assert (s.wins, s.win_rate) == (1, 1.0) and not win.passed and win.inconclusive
 
 
 def test_no_reward_claim_passes_on_three_pairs_however_clean():
     lp = [PairLogps(-1.0, -9.0, -5.0, -5.0, 3, 3)] * 3
     s = reward_summary(lp, 0.1, 0.95, 200, np.random.default_rng(0), tie_tolerance=1e-6, pair_ids=["a", "b", "c"])
-    claims = rewards(s, GateConfig())
+    claims = rewards(s, RewardSettings(), GateConfig())
     assert s.accuracy.value == 1.0 and s.accuracy.ci_low < 0.5  # exact: 0.025 ** (1/3) = 0.29
     assert all(c.inconclusive and not c.passed for c in claims), [c.message for c in claims]
 
@@ -131,16 +135,18 @@ def test_the_length_controlled_rate_agrees_with_the_raw_rate_when_the_judge_igno
 def test_six_all_win_pairs_leave_the_length_controlled_rate_inconclusive():
     s = summarize("j", "t", [_pair(i) for i in range(6)], [f"tuned answer {i}" * (1 + i % 2) for i in range(6)],
                   ["base"] * 6, ["[[A]]"] * 6, ["[[B]]"] * 6, 0.95, 500, np.random.default_rng(0))
-    lc = judge(s, GateConfig())[1]
+    lc = judge_claims(s, GateConfig(), 0.5)[1]
     assert not lc.passed and lc.inconclusive
 
 
 def test_forgetting_passes_only_when_the_upper_bound_of_the_drop_is_inside_the_margin():
-    from test_forgetting import summary_with  # the one helper that builds a ForgettingSummary from counts
+    from test_forgetting import (
+        summary_with,  # the one helper that builds a ForgettingSummary from counts
+    )
 
-    assert forgetting(summary_with(0, 0, 570), GateConfig())[1].passed  # identical: bound 2.7/572.7 = 0.0047
-    assert forgetting(summary_with(0, 0, 100), GateConfig())[1].inconclusive  # 2.7/102.7 = 0.026 > 0.02
-    assert not forgetting(summary_with(60, 10, 570), GateConfig())[1].inconclusive  # drop 0.088: shown
+    assert forgetting(summary_with(0, 0, 570), 0.02, GateConfig())[1].passed  # identical: bound 2.7/572.7 = 0.0047
+    assert forgetting(summary_with(0, 0, 100), 0.02, GateConfig())[1].inconclusive  # 2.7/102.7 = 0.026 > 0.02
+    assert not forgetting(summary_with(60, 10, 570), 0.02, GateConfig())[1].inconclusive  # drop 0.088: shown
 
 
 def _pair(i: int):

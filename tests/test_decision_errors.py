@@ -16,9 +16,10 @@ from scipy.special import gammaln
 from scipy.stats import binom, norm
 
 from dpo_eval_core import decide as D
-from dpo_eval_core.claims import agreement_rate
 from dpo_eval_core.compare import PairedComparison, compare_correct, compare_values
 from dpo_eval_core.config import GateConfig
+from dpo_eval_core.families.alignment import Settings as AlignmentSettings
+from dpo_eval_core.families.alignment import agreement_rate
 from dpo_eval_core.judge import sign_test_p, win_interval
 
 ALPHA = 0.05
@@ -168,6 +169,6 @@ def test_nothing_passes_on_three_items_or_fewer(n):
         assert not compare_values("x", a * 10.0 + np.arange(n), b * 0.0).decide(ALPHA, 0.5).passed
         k = int(a.sum())
         assert not D.above(k / n, *D.clopper_pearson(k, n, gate.ci_level), 0.0 if k else 0.5, n, 6).passed
-        assert not agreement_rate(k, n, (1.0, 1.0), gate).passed
+        assert not agreement_rate(k, n, (1.0, 1.0), AlignmentSettings(), gate).passed
         lo, _ = win_interval(k, n - k, n, gate.ci_level)
         assert not (lo > 0.5 and sign_test_p(k, n - k) < TAIL)

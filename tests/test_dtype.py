@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from dpo_eval_core.config import EvalConfig
-from dpo_eval_core.gate import GateRun
 from dpo_eval_core.hardware import choose_dtype, cpu_bf16_features
+from dpo_eval_core.run import GateRun
 
 
 @pytest.mark.parametrize("features", [
@@ -112,5 +112,7 @@ def test_quantization_probes_compare_against_a_float32_reference_whatever_the_ga
     run = GateRun(EvalConfig(adapter=tiny_adapter, data=str(write_pairs(tmp_path / "p.jsonl", 12)), device="cpu",
                              compute_dtype=dtype, cache_dir=tmp_path / "cache"))
     assert next(run.model.backend.model.parameters()).dtype == getattr(torch, dtype)
-    probe = run.reference_probe
+    from dpo_eval_core.families.quantization import reference_probe
+
+    probe = reference_probe(run)
     assert loaded == loads and probe.finite

@@ -3,7 +3,6 @@ question equal to scoring each choice alone, the paired test, the claims, and th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from tiny import make_adapter
 from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.chat import accepts_system
-from dpo_eval_core.claims import forgetting as forgetting_claims
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.decide import clopper_pearson
+from dpo_eval_core.families.forgetting import forgetting
 from dpo_eval_core.forgetting import measure, predictions, score_questions
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.mcq import McqSettings, Question, items, load_questions, prompt_text
@@ -52,6 +51,10 @@ def model_id(name: str, adapter: str = "adapter") -> ModelIdentity:
 
 def cfg(**kw) -> EvalConfig:
     return EvalConfig(batch_tokens=kw.pop("batch_tokens", 96), batch_size=kw.pop("batch_size", 8), **kw)
+
+
+def forgetting_claims(s, gate: GateConfig, max_forgetting: float = 0.02):
+    return forgetting(s, max_forgetting, gate)
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
@@ -170,12 +173,12 @@ def test_a_warm_run_scores_nothing_and_a_new_adapter_reuses_the_base_side(backen
     source = write(tmp_path / "q.jsonl", ROWS)
     cache = Cache(tmp_path / "c")
     qset = load_questions(source, "q")
-    first, n1 = measure(backend, qset, cfg(), model=model_id("warm"), cache=cache)
-    again, n2 = measure(backend, qset, cfg(), model=model_id("warm"), cache=cache)
-    other, n3 = measure(backend, qset, cfg(), model=model_id("warm", "another adapter"), cache=cache)
+    first, n1 = measure(backend, qset, McqSettings(), cfg(), model=model_id("warm"), cache=cache)
+    again, n2 = measure(backend, qset, McqSettings(), cfg(), model=model_id("warm"), cache=cache)
+    other, n3 = measure(backend, qset, McqSettings(), cfg(), model=model_id("warm", "another adapter"), cache=cache)
     assert (n1, n2, n3) == (2 * len(ROWS), 0, len(ROWS))
     assert again == first and other.base == first.base
-    shots, n4 = measure(backend, qset, cfg(mcq_format="cloze"), model=model_id("warm"), cache=cache)
+    shots, n4 = measure(backend, qset, McqSettings(format="cloze"), cfg(), model=model_id("warm"), cache=cache)
     assert n4 == 2 * len(ROWS)  # another format is another prompt: nothing reused
 
 
@@ -202,7 +205,7 @@ def test_a_destroyed_adapter_fails_no_forgetting_and_a_zero_adapter_passes_with_
     source = questions_the_base_knows(zero, tmp_path)
     qset = load_questions(source, "known")
     gate = GateConfig()
-    same, _ = measure(zero, qset, cfg(), model=model_id("zero"), cache=Cache(tmp_path / "z"))
+    same, _ = measure(zero, qset, McqSettings(), cfg(), model=model_id("zero"), cache=Cache(tmp_path / "z"))
     assert same.base.value == 1.0 and same.difference[0] == 0.0 and (same.lost, same.gained) == (0, 0)
     held = forgetting_claims(same, gate)[1]
     # exactly no drop never fails; it passes once the set is large enough for the bound to clear the margin
@@ -210,7 +213,7 @@ def test_a_destroyed_adapter_fails_no_forgetting_and_a_zero_adapter_passes_with_
         "pass" if same.n > 133 else "inconclusive"), held.message
     wrecked = load(make_adapter(tiny_llama, tmp_path / "wrecked", scale=40.0, target_modules=("q_proj", "v_proj",
                                                                                                "o_proj", "up_proj")))
-    lost, _ = measure(wrecked, qset, cfg(), model=model_id("wrecked"), cache=Cache(tmp_path / "w"))
+    lost, _ = measure(wrecked, qset, McqSettings(), cfg(), model=model_id("wrecked"), cache=Cache(tmp_path / "w"))
     claim = forgetting_claims(lost, gate)[1]
     assert lost.base.value == 1.0 and lost.tuned.value < 0.7
     assert claim.outcome == "fail" and "the adapter forgot" in claim.message, claim.message
@@ -275,7 +278,7 @@ def test_accuracy_claim_reports_both_models_and_says_when_a_set_sits_at_chance()
 def test_max_forgetting_is_a_gate_setting():
     s = summary(40, 5, 500)
     assert not forgetting_claims(s, GateConfig())[1].passed
-    assert forgetting_claims(s, dataclasses.replace(GateConfig(), max_forgetting=0.1))[1].passed
+    assert forgetting_claims(s, GateConfig(), max_forgetting=0.1)[1].passed
 
 
 # --------------------------------------------------------------------------- statistics

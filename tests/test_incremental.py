@@ -10,8 +10,9 @@ from tiny import make_adapter
 
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig
-from dpo_eval_core.gate import GateRun
-from dpo_eval_core.registry import VARIANTS
+from dpo_eval_core.families.alignment import feature_stats
+from dpo_eval_core.quantization import VARIANTS
+from dpo_eval_core.run import GateRun
 
 
 def whole_gate(cfg: EvalConfig) -> GateRun:
@@ -59,7 +60,7 @@ def test_train_answers_bound_the_generations_and_change_no_claim(tmp_path: Path,
     n_valid, n_train = len(few.pairs.split("valid")), len(few.pairs.split("train"))
     assert n_train > 3 and few.computed["generations_tuned"] == few.computed["generations_base"] == n_valid + 3
     assert sum(g is not None for g in few.answers["tuned"]) == n_valid + 3
-    assert max(s.n_train_answered for s in few.feature_stats) <= 3
+    assert max(s.n_train_answered for s in feature_stats(few)) <= 3
     every = GateRun(dataclasses.replace(cfg, train_answers=None))
     assert {c.id: (c.passed, c.value) for c in every.all_claims()} == claims_few
     assert every.computed["generations_tuned"] == n_train - 3  # the valid and the 3 train answers were cached

@@ -11,18 +11,19 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from api_server import MARK_A, Server, answers_in, judge_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from api_server import MARK_A, Server, answers_in, judge_server
 
 from dpo_eval_core.backend import Generation, GenerationSettings, HFBackend
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.chat import accepts_system
-from dpo_eval_core.claims import judge as judge_claims
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.endpoint import ChatEndpoint, EndpointSettings, Reply, base_url
 from dpo_eval_core.errors import ConfigError, EndpointError
+from dpo_eval_core.families.judge import Settings as JudgeSettings
+from dpo_eval_core.families.judge import judge_claims as family_claims
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.judge import (
     DEFAULT_TEMPLATE,
@@ -64,11 +65,15 @@ class FnJudge:
             yield i, Reply(self.reply(p), None, "stop")
 
 
+def judge_claims(s, gate: GateConfig, min_judge_consistency: float = 0.5):
+    return family_claims(s, gate, min_judge_consistency)
+
+
 def judged(reply: Callable[[str], str], tuned: list[str], base: list[str], tmp_path: Path, **gate):
     pairs, answers = synthetic(tuned, base)
     s, _ = measure(FnJudge(reply), pairs, answers, TEMPLATE, 16, Cache(tmp_path / "cache"), 0.95, 1000,
                    np.random.default_rng(0))
-    return s, {c.id: c for c in judge_claims(s, GateConfig(**gate))}
+    return s, {c.id: c for c in judge_claims(s, GateConfig(), **gate)}
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -124,7 +129,7 @@ def test_a_template_missing_a_placeholder_is_refused_with_the_missing_name(tmp_p
     (tmp_path / "t.txt").write_text("Q {question}\nA {answer_a}\nB {answer_b}\n")
     assert load_template(tmp_path / "t.txt") == (str(tmp_path / "t.txt"), "Q {question}\nA {answer_a}\nB {answer_b}\n")
     with pytest.raises(ConfigError, match="--judge-template"):
-        EvalConfig(judge="base", judge_template=tmp_path / "missing.txt")
+        JudgeSettings(source="base", template=tmp_path / "missing.txt")
 
 
 # --------------------------------------------------------------------------- the statistics
@@ -209,13 +214,13 @@ def test_the_length_controlled_rate_lies_in_zero_one_inside_its_interval(y, d):
 
 def test_the_judge_settings_are_validated_before_anything_runs():
     with pytest.raises(ConfigError, match="--judge-model"):
-        EvalConfig(judge="http://127.0.0.1:8000/v1")
+        EvalConfig(families={"judge": {"source": "http://127.0.0.1:8000/v1"}})
     with pytest.raises(ConfigError, match="--judge-model"):
-        EvalConfig(judge="base", judge_model="gpt")
+        EvalConfig(families={"judge": {"source": "base", "model": "gpt"}})
     with pytest.raises(ConfigError, match="--judge-concurrency"):
-        EvalConfig(judge="base", judge_concurrency=0)
+        EvalConfig(families={"judge": {"source": "base", "concurrency": 0}})
     with pytest.raises(ConfigError, match="min_judge_consistency"):
-        GateConfig(min_judge_consistency=1.5)
+        EvalConfig(families={"judge": {"min_judge_consistency": 1.5}})
 
 
 # --------------------------------------------------------------------------- a real server
@@ -367,8 +372,8 @@ def test_the_base_as_judge_is_the_gate_model_with_the_adapter_off(tiny_adapter, 
     model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
     backend = HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
     gate = ModelIdentity("b", "adapter-digest", "none", "float32", "cpu", "t")
-    cfg = EvalConfig(adapter=tiny_adapter, judge="base", batch_size=4, max_new_tokens=8)
-    judge = make_judge(cfg, spec, lambda: backend, gate, Cache(tmp_path), None, lambda: None)
+    cfg = EvalConfig(adapter=tiny_adapter, batch_size=4, max_new_tokens=8)
+    judge = make_judge(JudgeSettings(source="base"), cfg, spec, lambda: backend, gate, Cache(tmp_path), None, lambda: None)
     assert judge.identity()["local"]["adapter"] is None
     prompts = ["Which is better? [[A]] or [[B]]", "Say [[B]]"]
     replies = dict(judge.replies(prompts, 6))
@@ -381,7 +386,8 @@ def test_another_local_judge_loads_only_when_a_reply_is_missing_after_freeing_th
         tiny_adapter, tiny_mistral, tmp_path):
     spec = resolve(EvalConfig(adapter=tiny_adapter))
     freed = []
-    cfg = EvalConfig(adapter=tiny_adapter, judge=str(tiny_mistral), batch_size=4)
+    cfg = EvalConfig(adapter=tiny_adapter, batch_size=4)
+    js = JudgeSettings(source=str(tiny_mistral))
     gate = ModelIdentity("b", "a", "none", "float32", "cpu", "t")
 
     def gate_backend():
@@ -389,7 +395,7 @@ def test_another_local_judge_loads_only_when_a_reply_is_missing_after_freeing_th
 
     pairs, answers = synthetic(["one", "two"], ["uno", "dos"])
     for run in range(2):
-        judge = make_judge(cfg, spec, gate_backend, gate, Cache(tmp_path), None, lambda: freed.append(run))
+        judge = make_judge(js, cfg, spec, gate_backend, gate, Cache(tmp_path), None, lambda: freed.append(run))
         s, asked = measure(judge, pairs, answers, TEMPLATE, 4, Cache(tmp_path), 0.95, 200, np.random.default_rng(0))
         assert (asked, s.n) == ((4, 2) if run == 0 else (0, 2))
     assert freed == [0, 0]  # freed before the judge loaded and after it finished; the warm run loaded nothing

@@ -1,9 +1,10 @@
 """Layers only import downward: a lower module never imports a higher one, so each can be read alone.
 
 The order, bottom to top (README "Layout"): foundations (errors, cache, chat, statistics, data) ->
-model identity and text features -> the claims registry and configuration -> models, generation,
-rewards, quantization -> claims and builders -> the gate (GateRun) -> the public API -> apps above the
-gate (the demo, its scripts, the bench) -> the pytest plugin (fixtures/) -> the claims (evals/).
+model identity and text features -> models, generation, rewards, quantization, the judge -> the shared
+claim constructors and the family API -> the claim families (one module each) -> the registry and the
+configuration -> the run (GateRun) -> the public API -> apps above the run (the demo, its scripts, the
+bench) -> the pytest plugin (fixtures/) -> the claims (evals/).
 A module not listed here fails the test: place it in a layer.
 """
 
@@ -22,18 +23,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("endpoint",),
     ("backend",),
     ("identity",),
-    ("features",),
-    ("registry",),
-    ("config",),
+    ("features", "ledger"),
     ("models",),
     ("quantization", "generation", "rewards", "judge", "serving"),
-    ("forgetting", "compare"),
+    ("forgetting", "compare", "texts"),
     ("claims", "report"),
     ("results",),
-    ("regression",),
-    ("comparison",),
-    ("builders",),
-    ("gate",),
+    ("family",),
+    ("families.__init__",),
+    ("families.checkpoint", "families.rewards", "families.data_signal", "families.forgetting", "families.judge",
+     "families.regression"),
+    ("families.quantization", "families.alignment", "families.comparison"),
+    ("registry",),
+    ("config",),
+    ("run",),
     ("__init__",),
     ("demo.base", "demo.pairs"),
     ("demo.__init__",),
@@ -113,7 +116,7 @@ def test_evals_import_nothing_of_the_project() -> None:
 
 
 @pytest.mark.parametrize("line", ["from .gate import GateRun", "from . import gate",
-                                  "def f():\n    from .registry import FAMILIES", "import dpo_eval_core.models"])
+                                  "def f():\n    from .registry import discover", "import dpo_eval_core.models"])
 def test_the_check_finds_an_upward_import_wherever_it_is(tmp_path: Path, line: str) -> None:
     source = tmp_path / "stats.py"
     source.write_text(f"import math\n{line}\n")

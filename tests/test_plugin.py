@@ -35,9 +35,9 @@ def pairs_file(tmp_path: Path) -> Path:
     (["--device", "tpu"], "--device='tpu' is invalid: expected auto, cpu, cuda or cuda:N"),
     (["--batch-size", "many"], "--batch-size='many': expected an integer"),
     (["--columns", "q:prompt"], "--columns='q:prompt' is invalid"),
-    (["--gate", "alhpa=0.1"], "--gate: alhpa='0.1' is invalid: expected one of alpha"),
+    (["--gate", "alhpa=0.1"], "--gate: alhpa='0.1' is invalid: expected a gate setting (alpha"),
     (["--gate", "gating=reward-acuracy,data-signal"], "gate.gating='reward-acuracy' is invalid: expected a claim id "
-     "or family[*] from the claims registry. Did you mean 'reward-accuracy'"),
+     "or family[*] of the installed claim families. Did you mean 'reward-accuracy'"),
 ], ids=["max-samples-0", "unknown-quant", "max-new-tokens-0", "valid-fraction", "device", "batch-size",
         "columns", "unknown-gate-key", "misspelt-gating-claim"])
 def test_invalid_options_stop_at_start_up_naming_option_and_allowed(pytester, args, fragment):

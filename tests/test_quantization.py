@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpo_eval_core import claims as C
+from dpo_eval_core import quantization as Q
 from dpo_eval_core.config import EvalConfig
-from dpo_eval_core.gate import GateRun
+from dpo_eval_core.families import quantization as QF
+from dpo_eval_core.families.checkpoint import tokenizer_ready
 from dpo_eval_core.models import load_base, load_tokenizer
-from dpo_eval_core.quantization import agreement, probe_batch, run_probe
-from dpo_eval_core.registry import VARIANTS
+from dpo_eval_core.quantization import VARIANTS, agreement, probe_batch, run_probe
+from dpo_eval_core.run import GateRun
 
 CPU_VARIANTS = [pytest.param(v, id=v.id) for v in VARIANTS if not v.cuda]
 CUDA_VARIANTS = [pytest.param(v, id=v.id, marks=pytest.mark.gpu) for v in VARIANTS if v.cuda]
@@ -37,8 +38,7 @@ def checkpoint_claims(run: GateRun) -> dict:
 
 
 def quantization_claims(run: GateRun, variant) -> dict:
-    return {cid: run.claim(cid) for cid in (f"{f}[{variant.id}]" for f in ("no-nan-logits", "quantized-agrees",
-                                                                            "merged-agrees"))}
+    return {cid: run.claim(cid) for cid in (k.id(variant.id) for k in QF.FAMILY.kinds)}
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -50,8 +50,8 @@ def test_nan_in_layer_k_fails_the_claim_and_names_layer_k(tiny_llama, layer):
     probe = run_probe(model, ids, mask, "none-fp32")
     assert not probe.finite
     assert probe.first_nonfinite_module.startswith(f"model.layers.{layer}.mlp")
-    (nan_claim, *_) = C.quantization("none-fp32", probe.finite, probe.first_nonfinite_module, 1.0, 0.0, 1.0, 0.0,
-                                     EvalConfig().gate)
+    measured = Q.QuantMeasurement(probe.finite, probe.first_nonfinite_module, 1.0, 0.0, 1.0, 0.0)
+    (nan_claim, *_) = QF.quantization("none-fp32", measured, QF.Settings())
     assert not nan_claim.passed and f"model.layers.{layer}.mlp" in nan_claim.message
 
 
@@ -80,7 +80,7 @@ def test_random_adapter_changes_the_model_and_mistral_tokenizer_is_ready(tiny_mi
 
 
 def test_double_bos_fails_tokenizer_ready():
-    c = C.tokenizer_ready(1, 1, 2, "left", leading_bos=2, template_has_bos=True)
+    c = tokenizer_ready(1, 1, 2, "left", leading_bos=2, template_has_bos=True)
     assert not c.passed and "double BOS" in c.message
 
 
@@ -105,7 +105,7 @@ def test_cuda_variants_give_finite_logits(variant, tiny_adapter, pairs_file, tmp
 def test_each_machine_probes_the_variants_that_fit_it_one_model_at_a_time():
     """CPU: the float32 variants, unchanged. CUDA: the bf16 reference and the -cuda variants only; a float32
     copy of a 7B (7.24e9 parameters, 29 GB) would not fit a 24 GB card, the widest CUDA probe holds 14.5 GB."""
-    from dpo_eval_core.registry import VARIANTS, probe_peak_bytes, probed_variants
+    from dpo_eval_core.quantization import VARIANTS, probe_peak_bytes, probed_variants
 
     assert [v.id for v in probed_variants(on_cuda=False)] == ["none-fp32", "8bit", "4bit-nf4-fp32", "4bit-nf4-bf16"]
     assert [v.id for v in probed_variants(on_cuda=True)] == ["bf16-cuda", "8bit-cuda", "4bit-nf4-bf16-cuda"]

@@ -18,7 +18,6 @@ from evals_cli import run_evals
 from tiny import make_adapter, write_pairs
 
 from dpo_eval_core.hardware import choose_dtype
-from dpo_eval_core.registry import RATES
 from dpo_eval_core.results import load_results, write_json
 
 
@@ -79,7 +78,8 @@ def test_results_json_round_trips_byte_for_byte(runs, tmp_path):
 
 def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     data = json.loads(runs["serial"].read_text())
-    assert data["schema_version"] == 1 and len(data["features"]) == 69
+    assert data["schema_version"] == 2 and len(data["features"]) == 69
+    assert data["config"]["families"]["forgetting"]["max_forgetting"] == 0.02  # each family's settings
     facts = data["facts"]
     for key in ("base_fingerprint", "adapter_sha256", "libraries", "timings_s", "cache", "wall_s"):
         assert facts[key], key
@@ -174,7 +174,7 @@ def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_check
         assert f"  {c['id']}: {c['outcome']}, value " in summary and f"threshold {c['threshold']}" in summary
     # one test per skipped claim family: still-passes and the three not-lower rates, the three judge claims, the two
     # forgetting families; xfailed claims are not "not checked"
-    assert ("not checked: no --baseline given (4 tests); no --judge given (3 tests); no --mcq given (2 tests)"
+    assert ("not checked: no --baseline given (2 tests); no --judge given (3 tests); no --mcq given (2 tests)"
             in summary), summary
     assert f"results.json: {results}" in summary and f"report: {results.with_suffix('.html')}" in summary
     assert "wall time " in summary
@@ -247,7 +247,7 @@ def test_a_baseline_of_other_data_or_base_is_refused_with_the_reason(runs, tiny_
 def test_without_baseline_the_regression_tests_skip_with_the_reason(runs, tiny_adapter, pairs, tmp_path):
     proc, _ = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k", "regression", "-rs")
     assert proc.returncode == 0
-    n_regression_tests = 1 + len(RATES)  # still-passes (one test, parametrized by the baseline) + not-lower
+    n_regression_tests = 2  # still-passes and not-lower, each one test that names what is missing
     assert "no --baseline given" in proc.stdout and f"{n_regression_tests} skipped" in proc.stdout
 
 

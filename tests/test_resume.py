@@ -13,7 +13,7 @@ SCRIPT = """
 import sys, time
 from pathlib import Path
 from dpo_eval_core.config import EvalConfig
-from dpo_eval_core.gate import GateRun
+from dpo_eval_core.run import GateRun
 import dpo_eval_core.backend as backend
 
 real = backend.HFBackend.generate_stream

@@ -17,13 +17,12 @@ from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.data import PreferencePair
 from dpo_eval_core.demo.train import as_trl_rows
-from dpo_eval_core.config import GateConfig
+from dpo_eval_core.families.rewards import Settings as RewardSettings
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.rewards import PairLogps, log_ratio, score_logps, summarize
 
-
-TIE = GateConfig().reward_tie_tolerance
+TIE = RewardSettings().reward_tie_tolerance
 
 
 def model_id(n: int) -> ModelIdentity:

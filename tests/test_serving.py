@@ -16,8 +16,9 @@ from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.errors import ConfigError, EndpointError
-from dpo_eval_core.gate import GateRun
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
+from dpo_eval_core.run import GateRun
+from dpo_eval_core.texts import served
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def local_answers(tiny_adapter: Path, pairs: Path, tmp_path_factory: pytest.Temp
 def test_served_answers_equal_local_greedy_generation_and_a_second_run_is_all_cache(
         prompt, server, local_answers, tiny_adapter, pairs, tmp_path):
     run = run_of(tiny_adapter, pairs, tmp_path, server, serve_prompt=prompt)
-    assert run.answers == local_answers and run._model is None  # no model loaded here for the answers
+    assert run.answers == local_answers and run.loaded is None  # no model loaded here for the answers
     asked = sum(g is not None for r in ("tuned", "base") for g in run.answers[r])
     assert len(server.requests) == asked and run.computed == {"generations_tuned": asked // 2,
                                                               "generations_base": asked // 2}
@@ -114,7 +115,7 @@ def test_an_interrupted_run_keeps_the_answers_it_received_and_resumes(server, lo
 def test_wrong_served_names_are_refused_at_start_naming_what_the_server_serves(kw, message, server, tiny_adapter,
                                                                               pairs, tmp_path):
     with pytest.raises(EndpointError, match=message):
-        _ = run_of(tiny_adapter, pairs, tmp_path, server, **kw).served
+        served(run_of(tiny_adapter, pairs, tmp_path, server, **kw))
     assert server.requests == []  # nothing was generated
 
 
@@ -123,7 +124,7 @@ def test_an_adapter_of_another_base_is_refused(backend, tiny_adapter, pairs, tmp
                      {"tiny-lora": {"parent": "other-base"}})
     try:
         with pytest.raises(EndpointError, match="is an adapter of 'other-base', not of --serve-base-model"):
-            _ = run_of(tiny_adapter, pairs, tmp_path, s).served
+            served(run_of(tiny_adapter, pairs, tmp_path, s))
     finally:
         s.close()
 
@@ -134,7 +135,7 @@ def test_a_server_that_is_down_at_start_is_a_clear_error(server, tiny_adapter, p
     cfg = dataclasses.replace(run_of(tiny_adapter, pairs, tmp_path).cfg, serve_url=url, serve_model="tiny-lora",
                               serve_base_model="tiny-base")
     with pytest.raises(EndpointError, match=r"GET http://127.0.0.1:\d+/v1/models failed 5 times.*Start the server"):
-        _ = GateRun(cfg).served
+        served(GateRun(cfg))
 
 
 def test_serving_options_are_checked_together():
@@ -144,6 +145,9 @@ def test_serving_options_are_checked_together():
         EvalConfig(serve_url="http://127.0.0.1:8000/v1", serve_model="m", serve_base_model="m")
     with pytest.raises(ConfigError, match="--serve-model"):
         EvalConfig(serve_model="m")
+    from dpo_eval_core.families.comparison import other
+
+    served = EvalConfig(serve_url="http://127.0.0.1:8000/v1", serve_model="m", serve_base_model="b", families={
+        "comparison": {"compare": Path(__file__).parents[1] / "dpo_eval_core" / "demo" / "assets" / "adapter"}})
     with pytest.raises(ConfigError, match="--compare.*no value with --serve-url"):
-        EvalConfig(serve_url="http://127.0.0.1:8000/v1", serve_model="m", serve_base_model="b",
-                   compare=Path(__file__).parents[1] / "dpo_eval_core" / "demo" / "assets" / "adapter")
+        other(GateRun(served))  # refused before any model loads (the plugin asks at collection)

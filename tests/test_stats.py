@@ -141,14 +141,15 @@ def test_bootstrap_interval_contains_the_mean(x, level):
 
 
 def test_a_claim_that_can_never_reach_alpha_fails_and_says_how_many_pairs_it_needs():
-    from dpo_eval_core import claims as C
     from dpo_eval_core.config import GateConfig
+    from dpo_eval_core.families import alignment as AL
+    from dpo_eval_core.families import data_signal as DS
 
     # 5 train pairs, all chosen > rejected: exact p = 2/2**5 = 0.0625 > 0.05, so no n=5 test can pass
     values = {"chosen": np.arange(1.0, 8.0)[:, None], "rejected": np.zeros((7, 1)),
               "tuned": np.zeros((7, 1)), "base": np.zeros((7, 1))}
     stats = feature_stats(values, ["train"] * 5 + ["valid"] * 2, ["f"])
-    claim = {c.id: c for c in C.data_signal(stats, GateConfig())}["data-signal[f]"]
+    claim = {c.id: c for c in DS.data_signal(stats, DS.Settings(), GateConfig())}["data-signal[f]"]
     assert not claim.passed and "at least 6 pairs" in claim.message and "0.0625" in claim.message
-    tuned = {c.id: c for c in C.alignment(stats, GateConfig())}["tuned-differs[f]"]
+    tuned = {c.id: c for c in AL.alignment(stats, AL.Settings(), GateConfig())}["tuned-differs[f]"]
     assert not tuned.passed and "no pair differs" in tuned.message  # tuned == base everywhere: nothing to test

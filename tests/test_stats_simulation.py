@@ -9,15 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from dpo_eval_core import claims as C
 from dpo_eval_core.config import GateConfig
-from dpo_eval_core.stats import (
-    ROLES,
-    adjust,
-    agreement_rate_ci,
-    feature_stats,
-    wilcoxon_p,
-)
+from dpo_eval_core.families import data_signal as DS
+from dpo_eval_core.stats import ROLES, adjust, agreement_rate_ci, feature_stats, wilcoxon_p
 
 N_FEATURES = 69
 ALPHA = 0.05
@@ -101,7 +95,7 @@ def test_shuffled_rejected_answers_carry_no_data_signal(shuffled_pairs_features)
     ps, values = shuffled_pairs_features
     gate = GateConfig()
     stats = feature_stats(values, [p.split for p in ps.pairs], FEATURE_NAMES, gate.correction)
-    claims = {c.id: c for c in C.data_signal(stats, gate)}
+    claims = {c.id: c for c in DS.data_signal(stats, DS.Settings(), gate)}
     significant = sum(c.passed for cid, c in claims.items() if "[" in cid)
     print(f"features significant on shuffled data: {significant} of {N_FEATURES}")
     assert significant <= ALPHA * N_FEATURES

@@ -14,7 +14,6 @@ from typing import Callable
 
 from ..config import EvalConfig
 from ..errors import ConfigError
-
 from .base import DEMO_BASE_ID, demo_base_dir
 from .pairs import demo_pairs, write_demo_pairs
 
@@ -65,8 +64,9 @@ def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
     pairs by default."""
     require_data(cfg)
     data = str(demo_data_path(cfg.cache_dir)) if cfg.data in (None, DEMO_DATA) else cfg.data
-    mcq = cfg.mcq or ((str(DEMO_MCQ),) if cfg.adapter is None else ())
-    return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR, data=data, mcq=mcq)
+    if cfg.adapter is None and not cfg.settings_of("forgetting").sets:
+        cfg = cfg.with_settings("forgetting", sets=(str(DEMO_MCQ),))
+    return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR, data=data)
 
 
 def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:

@@ -19,15 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import EvalConfig, default_cache_dir
-from ..gate import GateRun
-from ..registry import FAMILIES
+from ..config import EvalConfig, default_cache_dir, installed
+from ..run import GateRun
 from . import DEMO_ADAPTER_DIR, DEMO_DATA, DEMO_SWAPPED_DIR, local_bases, with_demo_defaults
 from .controls import noise_adapter, zero_adapter
 
-CLAIMS = tuple(f.id for f in FAMILIES if f.validity)
-"""The claims the controls are meant to fail (registry: Family.validity); quantization claims test the
-base's numerics, not what the adapter learned."""
+CLAIMS = tuple(k.id() for f in installed() for k in f.kinds if k.validity)
+"""The claims the controls are meant to fail (Kind.validity); quantization claims test the base's numerics,
+not what the adapter learned."""
 
 
 def gate_adapters(cfg: EvalConfig, adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,150 @@
+"""The implicit DPO reward prefers chosen over rejected on held-out pairs: accuracy summed and per token,
+and a positive mean margin."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from .. import report as H
+from ..claims import Claim, mean_above, not_lower_unpaired, not_worse, rate_above
+from ..compare import compare_correct, compare_values, match
+from ..errors import ConfigError
+from ..family import Family, Kind
+from ..rewards import RewardSummary, score_logps, summarize
+
+if TYPE_CHECKING:
+    from ..run import GateRun
+
+ACCURACY = Kind("reward-accuracy", "implicit DPO reward accuracy on the valid split: CI lower bound above the "
+                                   "threshold", rate=True, validity=True)
+PER_TOKEN = Kind("reward-accuracy-per-token", "the same accuracy with each reward divided by its completion's token "
+                                              "count", rate=True, validity=True)
+MARGIN = Kind("reward-margin", "mean reward margin on the valid split: CI above 0", validity=True)
+FIELDS = {ACCURACY.name: "correct", PER_TOKEN.name: "correct_per_token", MARGIN.name: "margins"}
+"""The per-pair values (RewardSummary fields) behind each claim: --compare and --baseline pair them by id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    min_reward_accuracy: float = 0.5
+    """Lower CI bound of implicit-reward accuracy (summed and per token) on the valid split must exceed this."""
+    beta: float = 0.1
+    """DPO beta used to turn log-ratios into rewards (TRL's default)."""
+    reward_tie_tolerance: float = 1e-6
+    """Log-ratios within this share of |reference log-prob| (at least 1 nat) are ties, not preferences:
+    batches of different shapes give log-probs equal only to float precision (~1e-7 relative in fp32)."""
+    max_reward_accuracy_drop: float = 0.02
+    """Margin of not-worse[reward-accuracy*] and not-lower[reward-accuracy*], in accuracy: two points of
+    held-out preference pairs, the same trade as the forgetting margin."""
+    max_margin_drop: float = 0.1
+    """Margin of not-worse[reward-margin], as a share of the other adapter's |mean margin|: rewards are in
+    beta-scaled nats whose size depends on beta and the data, so the margin is relative; a tenth of the
+    margin is a change no reviewer reads as a different adapter."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_reward_accuracy", "max_reward_accuracy_drop", "max_margin_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"rewards.{name}", getattr(self, name), "a number in [0, 1]")
+        if not self.beta > 0:
+            raise ConfigError("rewards.beta", self.beta, "a number > 0")
+        if not 0 <= self.reward_tie_tolerance < 1e-2:
+            raise ConfigError("rewards.reward_tie_tolerance", self.reward_tie_tolerance, "a number in [0, 0.01)")
+
+
+def reward_summary(run: GateRun) -> RewardSummary:
+    """Implicit rewards on the valid split, from the policy's and the reference's log-probs (cached)."""
+    def compute() -> RewardSummary:
+        s, g, valid = run.settings(FAMILY), run.cfg.gate, [run.pairs.pairs[i] for i in run.valid_index]
+        with run.ledger.phase("rewards"):
+            logps, n = score_logps(run.model.backend, valid, model=run.identity, cache=run.cache,
+                                   batch_size=run.cfg.batch_size, max_tokens=run.cfg.resolved_batch_tokens,
+                                   max_length=run.cfg.max_length)
+        run.ledger.count("logps", n)
+        return summarize(logps, s.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed),
+                         tie_tolerance=s.reward_tie_tolerance, pair_ids=[p.pair_id for p in valid])
+    return run.stage("rewards", compute)
+
+
+def rewards(summary: RewardSummary, s: Settings, gate: Any) -> list[Claim]:
+    """reward-accuracy and reward-accuracy-per-token (exact interval above min_reward_accuracy) and
+    reward-margin (t interval above 0); inconclusive where the interval straddles the line or the pairs are
+    too few for any test (at least 6 at the default 95%)."""
+    notes = (["every reward is exactly 0: policy and reference give identical log-probs (zero adapter, or the "
+              "adapter is not active)"] if summary.all_zero else [])
+    if summary.n_unscorable:
+        notes.append(f"{summary.n_unscorable} pairs left out: the prompt alone fills --max-length (TRL drops them "
+                     f"too)")
+    why = "".join(f"; {n}" for n in notes)
+    if summary.n == 0:
+        return [Claim(k.id(), False, None, "", "", 0, "no valid pairs to score" + why) for k in FAMILY.kinds]
+    t = s.min_reward_accuracy
+    acc = rate_above(ACCURACY.id(), sum(summary.correct), summary.n, t, gate, "accuracy")
+    per_token = rate_above(PER_TOKEN.id(), sum(summary.correct_per_token), summary.n, t, gate,
+                           "accuracy of rewards per completion token")
+    margin = mean_above(MARGIN.id(), summary.margins, 0.0, gate, "mean margin")
+    return [dataclasses.replace(acc, message=acc.message + f", beta={summary.beta}" + why),
+            dataclasses.replace(per_token, message=per_token.message +
+                                f" (summed: {summary.accuracy.value:.3f}; length alone cannot move this one)" + why),
+            dataclasses.replace(margin, message=margin.message + why)]
+
+
+def claims(run: GateRun, _: str | None) -> list[Claim]:
+    return rewards(reward_summary(run), run.settings(FAMILY), run.cfg.gate)
+
+
+def margin(what: str, other: float, s: Settings) -> tuple[float, str]:
+    """The non-inferiority margin of a reward claim against `other` (the reward margin's is relative to it)."""
+    if what == MARGIN.name:
+        m = s.max_margin_drop * abs(other)
+        return m, f"max_margin_drop {s.max_margin_drop} x |{other:.4g}| = {m:.4g}"
+    return s.max_reward_accuracy_drop, f"max_reward_accuracy_drop {s.max_reward_accuracy_drop}"
+
+
+def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, dict[str, Any]]:
+    """This adapter's per-pair values against the --compare adapter's, on the pairs both scored."""
+    a, b = reward_summary(run), reward_summary(other)
+    x, y = match(a.pair_ids, getattr(a, FIELDS[what]), b.pair_ids, getattr(b, FIELDS[what]))
+    c = (compare_values if what == MARGIN.name else compare_correct)(what, x, y)
+    m, text = margin(what, c.other, run.settings(FAMILY))
+    return not_worse(cid, c, m, text, run.cfg.gate, "this adapter", f"--compare {other.cfg.adapter}"), {"items": {what: c}}
+
+
+def regressed(kind: Kind, summary: RewardSummary, baseline: Mapping[str, Any], s: Settings, gate: Any, cid: str
+              ) -> Claim:
+    """A rate of this run against the baseline's: paired on the pairs both scored when the baseline recorded
+    per-pair values, else unpaired (Newcombe) with the reason."""
+    field = FIELDS[kind.name]
+    old = baseline.get(FAMILY.name) or {}
+    if old.get("pair_ids") and old.get(field):
+        c = compare_correct(kind.name, *match(summary.pair_ids, getattr(summary, field), old["pair_ids"], old[field]))
+        if c.n == 0:
+            return Claim(cid, False, None, "", "", 0, "no item was scored by both runs", applicable=False)
+        m, text = margin(kind.name, c.other, s)
+        return not_worse(cid, c, m, text, gate, f"{kind.name} now", "the baseline's", worse="REGRESSED",
+                         units="pairs")
+    current = rewards(summary, s, gate)[FAMILY.kinds.index(kind)]
+    before = next((c for c in baseline.get("claims", []) if c["id"] == kind.id()), {})
+    m, text = margin(kind.name, float(before.get("value") or 0.0), s)
+    return not_lower_unpaired(cid, kind.name, before.get("value"), before.get("n"), current, m, text, gate,
+                              "the baseline records no per-pair values (it was made by an older dpo-eval)")
+
+
+def not_lower(run: GateRun, baseline: Mapping[str, Any], kind: Kind, cid: str) -> Claim:
+    return regressed(kind, reward_summary(run), baseline, run.settings(FAMILY), run.cfg.gate, cid)
+
+
+def report(results: Mapping[str, Any]) -> str:
+    """Histogram of per-pair implicit reward margins on the valid split."""
+    r = results.get(FAMILY.name)
+    return H.section("Reward margin distribution", H.reward_margin_plot(r) if r else None)
+
+
+FAMILY = Family(
+    "rewards", (ACCURACY, PER_TOKEN, MARGIN), claims, settings=Settings, rank=30,
+    section=lambda run: {"rewards": run.stages["rewards"]} if "rewards" in run.stages else {}, report=report,
+    compared=lambda run: tuple(FIELDS), compare=compare, not_lower=not_lower,
+    doc="The adapter's implicit DPO reward prefers chosen over rejected on held-out pairs.")

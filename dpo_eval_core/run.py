@@ -1,0 +1,146 @@
+"""One gate run: the stages every claim family shares (inputs, tokenizer, the model loaded once, answers,
+text features), each computed once on first use, and claims by id: an id goes to the family that makes it
+(registry.py), which measures from these stages and stages of its own (`run.stage`). The run knows no
+particular family; a claim touches only what it needs (data-signal loads no model)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+from . import models as M
+from .backend import Generation
+from .cache import Cache, file_digest
+from .chat import accepts_system
+from .claims import Claim
+from .config import EvalConfig, installed
+from .data import PairSet, load_pairs
+from .family import Family, Kind
+from .identity import ModelIdentity, base_fingerprint
+from .ledger import Ledger, memory_errors
+from .quantization import free
+from .registry import check_claim_ids, resolve
+from .texts import answer, features
+
+
+class GateRun:
+    """A run of the gate; a guest run (`host` given: the --compare adapter's) shares its host's model and data."""
+
+    def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None, local_bases: M.LocalBases | None = None,
+                 host: GateRun | None = None) -> None:
+        self.cfg, self.cache, self.local_bases, self.host = cfg, cache or Cache(cfg.cache_dir), local_bases, host
+        self.families = host.families if host else installed()
+        self.ledger = Ledger() if host is None else Ledger(host.timings, host.computed, "compare: ")
+        self.timings, self.computed = self.ledger.timings, self.ledger.computed
+        self.stages: dict[Hashable, Any] = {}  # every stage computed so far: the families' own, their claims
+        self.loaded: M.LoadedModel | None = None
+        self.guests: list[GateRun] = []  # the runs that share this one's model
+        if host is not None:
+            host.guests.append(self)
+
+    def stage(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The stage under `key`, computed on first use (a family's own stages go through here)."""
+        if key not in self.stages:
+            self.stages[key] = compute()
+        return self.stages[key]
+
+    def settings(self, family: Family) -> Any:
+        return self.cfg.settings_of(family)
+
+    @functools.cached_property
+    def spec(self) -> M.CheckpointSpec:
+        return M.resolve(self.cfg, self.local_bases)
+
+    @functools.cached_property
+    def pairs(self) -> PairSet:
+        c = self.cfg
+        return self.host.pairs if self.host else load_pairs(
+            c.data, columns=c.columns, split_mode=c.split, valid_fraction=c.valid_fraction, seed=c.seed,
+            max_samples=c.max_samples)
+
+    @functools.cached_property
+    def valid_index(self) -> list[int]:
+        """Where the valid split's pairs are: every claim about the model is made on them."""
+        return [i for i, p in enumerate(self.pairs.pairs) if p.split == "valid"]
+
+    @functools.cached_property
+    def base_fingerprint(self) -> str:
+        return base_fingerprint(self.spec.base, self.cache)
+
+    @functools.cached_property
+    def adapter_fingerprint(self) -> str:
+        return file_digest(M.adapter_weights(self.spec.adapter), self.cache)
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        return self.host.tokenizer if self.host else M.load_chat_tokenizer(self.spec.base)
+
+    @functools.cached_property
+    def system_ok(self) -> bool:
+        return accepts_system(self.tokenizer)
+
+    @functools.cached_property
+    def identity(self) -> ModelIdentity:
+        c = self.cfg
+        return ModelIdentity.of(self.base_fingerprint, self.adapter_fingerprint, c.quant, c.resolved_dtype,
+                                c.resolved_device, self.tokenizer.chat_template)
+
+    @property
+    def model(self) -> M.LoadedModel:
+        """The base with the adapter, loaded on first use (a guest adds its adapter to its host's model)."""
+        if self.loaded is None:
+            with self.ledger.phase("load"):
+                _ = self.identity  # the adapter's weights are read (and refused) before the base loads
+                self.loaded = (M.join(self.host.model, self.spec) if self.host else
+                               M.load_gate_model(self.spec, self.cfg, self.tokenizer, self.system_ok))
+        return self.loaded
+
+    def free(self) -> None:
+        """Drop the model (and the guests' views of it) and return its memory."""
+        for run in (self, *self.guests):
+            run.loaded = None
+        free()
+
+    @functools.cached_property
+    def answers(self) -> dict[str, list[Generation | None]]:
+        return answer(self)
+
+    @functools.cached_property
+    def data_features(self) -> dict[str, np.ndarray]:
+        ps = self.pairs.pairs
+        return features(self, {"chosen": [p.chosen for p in ps], "rejected": [p.rejected for p in ps]}, "data")
+
+    @functools.cached_property
+    def answer_features(self) -> dict[str, np.ndarray]:
+        return features(self, {r: [g.text if g else None for g in gens] for r, gens in self.answers.items()},
+                        "answers")
+
+    def resolve(self, claim_id: str) -> tuple[Family, Kind, str | None] | None:
+        return resolve(self.families, claim_id)
+
+    def claim(self, claim_id: str) -> Claim | None:
+        """This run's claim with that id: its family measures it (with all the claims it makes at once, for its
+        bracket value when it measures item by item); None when this machine makes none."""
+        check_claim_ids(self.families, (claim_id,), "claim id")
+        family, _, arg = self.resolve(claim_id)  # type: ignore[misc]
+        key = ("claims", family.name, arg if family.per_item else None)
+        with memory_errors(self.ledger, self.cfg, f"computing {claim_id}"):
+            claims = self.stage(key, lambda: family.claims(self, key[2]))
+        return next((c for c in claims if c.id == claim_id), None)
+
+    def all_claims(self, quantization: bool = False) -> list[Claim]:
+        """Every claim the run's inputs allow; those of families with models of their own only when asked."""
+        ids = [k.id(a) for f in self.families if f.absent(self.cfg) is None and (quantization or not f.own_models)
+               for k in f.kinds for a in ((f.arguments(self, k) if f.arguments else ()) if k.over else (None,))]
+        return [c for cid in ids if (c := self.claim(cid)) is not None]
+
+    def shared(self) -> dict[str, Any]:
+        """The shared stages computed so far, by name (results.json's facts read these)."""
+        names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers")
+        return {n: self.__dict__[n] for n in names if n in self.__dict__}
+
+    def sections(self) -> dict[str, Any]:
+        """What results.json records besides the claims and facts: each family's own sections."""
+        return {k: v for f in self.families if f.section for k, v in f.section(self).items()}
