@@ -121,3 +121,15 @@ def test_the_check_finds_an_upward_import_wherever_it_is(tmp_path: Path, line: s
     source = tmp_path / "stats.py"
     source.write_text(f"import math\n{line}\n")
     assert upward(source, "dpo_eval_core.stats")
+
+
+def test_the_public_api_and_the_statistics_import_without_torch() -> None:
+    """`import dpo_eval_core` (names load on first use) and `dpo_eval_core.stats` stay light: a library user
+    who reads results or runs the statistics does not pay for torch and transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dpo_eval_core, dpo_eval_core.stats, dpo_eval_core.decide, dpo_eval_core.results; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
