@@ -22,6 +22,7 @@ Quant = Literal["none", "8bit", "4bit"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SplitMode = Literal["auto", "own", "hash"]
 ServePrompt = Literal["local", "server"]
+ServeScoring = Literal["local", "server"]
 Correction = Literal["none", "bh", "bonferroni"]
 Inconclusive = Literal["fail", "warn"]
 
@@ -273,6 +274,10 @@ class EvalConfig:
     serve_prompt: ServePrompt = "local"
     """local: the chat template is applied here and the prompt's token ids are sent to /completions (the same
     prompt as local generation); server: the messages go to /chat/completions and the server's template."""
+    serve_scoring: ServeScoring = "local"
+    """local: the reward and multiple-choice log-probs come from the local model (float32 on CPU, equal to
+    TRL's); server: from --serve-url too (policy from the adapter's served name, reference from the base's),
+    the prompts sent as token ids, so the gate needs no local model for them."""
     serve_concurrency: int = 16
     """Requests in flight at once to the answer server (its own batching does the rest)."""
     serve_timeout: float = 300.0
@@ -338,6 +343,10 @@ class EvalConfig:
 
     def _check_serve(self) -> None:
         _choice("--serve-prompt", self.serve_prompt, ServePrompt)
+        _choice("--serve-scoring", self.serve_scoring, ServeScoring)
+        if self.serve_scoring == "server" and self.serve_url is None:
+            raise ConfigError("--serve-scoring", self.serve_scoring, "local without --serve-url",
+                              "Pass the server's URL with --serve-url, or leave --serve-scoring out.")
         if self.serve_url is None:
             if self.serve_model or self.serve_base_model:
                 raise ConfigError("--serve-model", self.serve_model or self.serve_base_model, "no value without "

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
 
 from .chat import Message
 from .errors import EndpointError
@@ -32,6 +32,10 @@ class RequestRefused(EndpointError):
         super().__init__(message)
         self.status = status
 
+class Retokenized(EndpointError):
+    """The server scored other tokens than the ids sent: its log-probs cannot stand for the gate's."""
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -42,6 +46,9 @@ VALIDATION = re.compile(r"validation error|Input should be|Field required|Extra 
 which is then not a transient fault and not retried."""
 """Statuses that refuse one request for what it holds (too long a prompt, a field the server rejects)."""
 MAX_RETRY_AFTER_S = 60.0
+ScoringMode = Literal["prompt_logprobs", "echo"]
+SCORING_MODES: tuple[ScoringMode, ...] = ("prompt_logprobs", "echo")
+"""How a server returns the log-probs of a prompt, in the order they are tried at start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,55 @@ class ChatEndpoint:
         return Reply("" if text is None else str(text), int(n) if isinstance(n, int) else None,
                      choice.get("finish_reason"))
 
+    def prompt_logprobs(self, ids: Sequence[int], mode: ScoringMode) -> list[float]:
+        """log p(ids[j] | ids[:j]) for j = 1 .. len(ids) - 1 from the server, the prompt sent as token ids and
+        scored as sent: `prompt_logprobs` (vLLM's extension, one entry per prompt token, keyed by token id) or
+        `echo` (the legacy completions API: the prompt echoed with its token log-probs, as lm-evaluation-harness
+        asks). A server that scored other tokens than those sent (it retokenized, or cut the prompt) is refused."""
+        body: dict[str, Any] = {"model": self.settings.model, "prompt": list(ids), "max_tokens": 1,
+                                "temperature": 0.0}
+        body.update({"prompt_logprobs": 0} if mode == "prompt_logprobs" else {"echo": True, "logprobs": 1})
+        reply = self._request("POST", "/completions", body)
+        try:
+            choice = reply["choices"][0]
+            if mode == "prompt_logprobs":
+                entries = choice["prompt_logprobs"]
+                if len(entries) != len(ids) or any(str(t) not in e for t, e in zip(ids[1:], entries[1:])):
+                    raise _Retokenized(len(entries))
+                return [float(_logprob(e[str(t)])) for t, e in zip(ids[1:], entries[1:])]
+            values = choice["logprobs"]["token_logprobs"]
+            if not len(ids) <= len(values) <= len(ids) + 1:  # the prompt, then at most the one token generated
+                raise _Retokenized(len(values))
+            return [float(v) for v in values[1:len(ids)]]
+        except _Retokenized as e:
+            raise Retokenized(f"{self.url}/completions scored {e.n} prompt tokens for the {len(ids)} token ids "
+                                f"sent to {self.settings.model!r}: the server retokenized or cut the prompt, so its "
+                                f"log-probs are not those of the gate's tokens. Serve the model with the same "
+                                f"tokenizer as the base, or score locally (--serve-scoring local).") from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            where = "choices[0].prompt_logprobs" if mode == "prompt_logprobs" else "choices[0].logprobs.token_logprobs"
+            raise EndpointError(f"{self.url}/completions answered {_snippet(reply)}, which has no {where} for the "
+                                f"prompt. Score locally (--serve-scoring local).") from None
+
+    def scoring_mode(self, probe: Sequence[int]) -> ScoringMode:
+        """How this server returns prompt log-probs, found with one small request each: vLLM's prompt_logprobs,
+        else echo with logprobs; an EndpointError naming what is missing and the option that avoids it."""
+        tried = []
+        for mode in SCORING_MODES:
+            try:
+                self.prompt_logprobs(probe, mode)
+                return mode
+            except RequestRefused as e:
+                tried.append(f"{mode}: HTTP {e.status}")
+            except Retokenized:
+                raise
+            except EndpointError as e:
+                tried.append(f"{mode}: {str(e)[:160]}")
+        raise EndpointError(f"{self.url} returns no log-probs of a prompt given as token ids for {self.settings.model!r} "
+                            f"(tried {'; '.join(tried)}). The reward and multiple-choice claims need them: serve "
+                            f"the model with vLLM (prompt_logprobs) or a server whose /completions echoes log-probs, "
+                            f"or score locally (--serve-scoring local).")
+
     def chat_many(self, conversations: Sequence[Sequence[Message]], max_tokens: int) -> Iterator[tuple[int, str]]:
         """(index, reply) as each reply arrives (see `many`)."""
         return self.many(lambda c: self.chat(c, max_tokens), conversations)
@@ -230,6 +286,16 @@ class ChatEndpoint:
                 time.sleep(wait)
         raise EndpointError(f"{method} {url} failed {s.retries + 1} times, last: {last}. Start the server or fix "
                             f"its URL; for a slow server raise the timeout or lower the concurrency.")
+
+
+class _Retokenized(Exception):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _logprob(entry: Any) -> float:
+    """A prompt_logprobs entry: {"logprob": x, ...} (vLLM) or the number itself."""
+    return entry["logprob"] if isinstance(entry, dict) else entry
 
 
 class _NotFound(Exception):

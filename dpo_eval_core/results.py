@@ -71,6 +71,14 @@ def run_facts(run: Any) -> dict[str, Any]:
         split = [p.split for p in sec["pairs"].pairs]
         facts["answered"] = {s: sum(g is not None and sp == s for g, sp in zip(sec["answers"]["tuned"], split))
                              for s in ("train", "valid")}
+    if run.cfg.serve_url:
+        scorer = run.stages.get("scorer")
+        facts["model_work"] = {
+            "answers": "server" if "answers" in sec else "not asked",
+            "log_probs": (f"server ({scorer[0].mode})" if run.cfg.serve_scoring == "server" else "local model")
+            if scorer else "not computed",
+            "local_model": ("loaded: a claim needed the weights (checkpoint and quantization claims always do)"
+                            if "load" in run.timings else "not loaded")}
     return facts
 
 
@@ -196,6 +204,10 @@ def judged_line(facts: Mapping[str, Any]) -> str:
              if data else "",
              f"{key['dtype']} on {key['device']}" + (f", quantization {key['quant']}" if key.get("quant") not in
                                                       (None, "none") else "") if key else ""]
+    work = facts.get("model_work")
+    if work:
+        scored = "" if work["log_probs"] == "not computed" else f", log-probs from the {work['log_probs']}"
+        parts.append(f"answers from the server{scored}, local model {work['local_model'].split(':')[0]}")
     return "judged: " + ("; ".join(p for p in parts if p) or "nothing: no claim needed the adapter or the data")
 
 

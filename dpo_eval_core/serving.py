@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from .backend import Generation, GenerationSettings
+from .backend import Generation, GenerationSettings, HFBackend, Row, scorable
 from .cache import Cache, memoized
 from .chat import Message
-from .endpoint import ChatEndpoint, EndpointSettings
+from .endpoint import ChatEndpoint, EndpointSettings, ScoringMode
 from .errors import EndpointError
-from .identity import served_generation_key
+from .identity import ModelIdentity, served_generation_key
 
 if TYPE_CHECKING:
     from .config import EvalConfig
@@ -107,3 +109,65 @@ def serve_answers(served: Served, prompts: Sequence[Sequence[Message]], *, setti
     for i, v in zip(asked, values):
         out[i] = Generation(**v)
     return out, n
+
+
+class ServedScorer:
+    """The log-prob side of a Backend, from the server: the adapter's served name for adapter=True (policy),
+    the base's for adapter=False (reference). Rows are tokenized here, as for local scoring, and sent as token
+    ids, so the sums cover exactly the tokens local scoring sums; each row is one request, at most the
+    endpoint's concurrency in flight."""
+
+    def __init__(self, tuned: Served, base: Served, tokenizer: Any, system_ok: bool, mode: ScoringMode) -> None:
+        self.served, self.mode = {True: tuned, False: base}, mode
+        self.tokens = HFBackend(None, tokenizer, system_ok=system_ok, device="cpu")  # tokenization only
+
+    def scored_rows(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str],
+                    max_length: int | None = None) -> list[Row]:
+        return self.tokens.scored_rows(prompts, completions, max_length)
+
+    def text_rows(self, contexts: Sequence[Any], continuations: Sequence[str], max_length: int | None = None
+                  ) -> list[Row]:
+        return self.tokens.text_rows(contexts, continuations, max_length)
+
+    def completion_lengths(self, prompts: Sequence[Sequence[Message]], completions: Sequence[str], *,
+                           max_length: int | None = None) -> list[int]:
+        return self.tokens.completion_lengths(prompts, completions, max_length=max_length)
+
+    def row_logprobs(self, rows: Sequence[Row], *, adapter: bool, max_length: int | None = None) -> list[float]:
+        """Sum of log p(completion token | prefix) per row, summed exactly (math.fsum); NaN where nothing is
+        scorable (TRL drops such rows)."""
+        return [s for _, (s,) in sorted(self.group_logprobs([[r] for r in rows], adapter=adapter, batch_size=1,
+                                                            max_tokens=None, max_length=max_length))]
+
+    def group_logprobs(self, groups: Sequence[Sequence[Row]], *, adapter: bool, batch_size: int,
+                       max_tokens: int | None, max_length: int | None = None) -> Iterator[tuple[int, list[float]]]:
+        """`row_logprobs` of groups of rows (a pair's chosen and rejected, a question's choices), each group
+        yielded as soon as its last row is scored (so the caller caches what arrived); batching is the
+        server's, at most the endpoint's concurrency requests in flight."""
+        endpoint = self.served[adapter].endpoint
+        out = [[math.nan] * len(group) for group in groups]
+        todo = [(g, k) for g, group in enumerate(groups) for k, row in enumerate(group) if scorable(row, max_length)]
+        left = [0] * len(groups)
+        for g, _ in todo:
+            left[g] += 1
+        yield from ((g, out[g]) for g in range(len(groups)) if left[g] == 0)
+
+        def score(item: tuple[int, int]) -> float:
+            prompt, completion = groups[item[0]][item[1]]
+            return math.fsum(endpoint.prompt_logprobs(prompt + completion, self.mode)[len(prompt) - 1:])
+
+        for j, value in endpoint.many(score, todo):
+            g, k = todo[j]
+            out[g][k] = value
+            left[g] -= 1
+            if left[g] == 0:
+                yield g, out[g]
+
+
+def scoring_identity(tuned: Served, base: Served, mode: ScoringMode, chat_template: Any) -> ModelIdentity:
+    """The cache identity of served log-probs: the two served identities (URL, name, the weights the server
+    reports) as base and adapter, the scoring mode where a local model has its dtype, so served and local
+    log-probs never share a cache entry."""
+    def digest(served: Served) -> str:
+        return hashlib.sha256(json.dumps(served.identity, sort_keys=True, default=str).encode()).hexdigest()
+    return ModelIdentity.of(digest(base), digest(tuned), "server", mode, "server", chat_template)

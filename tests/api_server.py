@@ -108,12 +108,14 @@ def judge_server(reply: Callable[[str], str], models: tuple[str, ...] = ("judge-
     return Server(respond, [{"id": m} for m in models])
 
 
-def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extra: Mapping[str, dict] | None = None
-                 ) -> Server:
+def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extra: Mapping[str, dict] | None = None,
+                 scoring: tuple[str, ...] = ("prompt_logprobs", "echo")) -> Server:
     """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`)
     or off (the base). /completions takes prompt token ids; /chat/completions applies the model's chat template.
     Requests that arrive together are decoded together (a batching thread, as serving engines batch); one
-    batch per adapter state and reply budget."""
+    batch per adapter state and reply budget. A /completions request may ask for the prompt's log-probs as
+    vLLM does (`prompt_logprobs`) or as the legacy API does (`echo` with `logprobs`), where `scoring` lists it;
+    a server without either ignores the field, as servers ignore what they do not know."""
     import queue
 
     import torch
@@ -122,6 +124,16 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
 
     waiting: queue.Queue = queue.Queue()
     eos = backend._eos_ids()
+    model_lock = threading.Lock()  # one forward at a time: the adapter state is the model's
+
+    def prompt_logprobs(ids: list[int], adapter: bool) -> tuple[list[float], int, float]:
+        """(log p(ids[j] | ids[:j]) for j >= 1, the greedy next token, its log-prob), float32 log-softmax."""
+        with model_lock, torch.inference_mode(), backend.adapter_context(adapter):
+            logits = backend.model(input_ids=torch.tensor([ids], device=backend.device)).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        values = logp[:-1].gather(1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
+        nxt = int(logp[-1].argmax())
+        return values, nxt, float(logp[-1, nxt])
 
     def worker() -> None:
         while True:
@@ -131,7 +143,7 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
                 jobs.append(waiting.get())
             for key in {(adapter, n) for _, adapter, n, _ in jobs}:
                 group = [j for j in jobs if (j[1], j[2]) == key]
-                with torch.inference_mode(), backend.adapter_context(key[0]):
+                with model_lock, torch.inference_mode(), backend.adapter_context(key[0]):
                     for i, row in decode(backend.model, [j[0] for j in group], pad=backend.tokenizer.pad_token_id,
                                          eos=eos, settings=GenerationSettings(max_new_tokens=key[1]),
                                          device=backend.device):
@@ -139,7 +151,25 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
 
     threading.Thread(target=worker, daemon=True).start()
 
+    def score(body: dict) -> dict:
+        ids = list(body["prompt"])
+        values, nxt, nxt_logp = prompt_logprobs(ids, served[body["model"]])
+        tok = backend.tokenizer.convert_ids_to_tokens
+        if body.get("prompt_logprobs") is not None:
+            entries = [None] + [{str(t): {"logprob": v, "rank": 1, "decoded_token": tok(t)}} for t, v in
+                                zip(ids[1:], values)]
+            return {"id": "x", "model": body["model"], "choices": [{"index": 0, "finish_reason": "length",
+                                                                    "text": tok(nxt), "prompt_logprobs": entries}]}
+        tokens = [tok(t) for t in ids] + [tok(nxt)]
+        return {"id": "x", "model": body["model"], "choices": [{
+            "index": 0, "finish_reason": "length", "text": backend.tokenizer.decode(ids + [nxt]),
+            "logprobs": {"tokens": tokens, "token_logprobs": [None, *values, nxt_logp],
+                         "top_logprobs": None, "text_offset": list(range(len(tokens)))}}]}
+
     def respond(route: str, body: dict) -> dict:
+        wants = "prompt_logprobs" if body.get("prompt_logprobs") is not None else "echo" if body.get("echo") else None
+        if route == "/completions" and wants in scoring:
+            return score(body)
         chat = route == "/chat/completions"
         ids = backend.prompt_ids([(m["role"], m["content"]) for m in body["messages"]]) if chat else body["prompt"]
         done: queue.Queue = queue.Queue()

@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("quantization", "generation", "rewards", "judge", "serving"),
     ("forgetting", "compare", "texts"),
+    ("scoring",),
     ("claims", "report"),
     ("results",),
     ("family",),

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
+from ..scoring import scorer
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -111,8 +112,8 @@ def summary(run: GateRun, name: str) -> ForgettingSummary:
 
     def compute() -> ForgettingSummary:
         with run.ledger.phase("multiple choice"):
-            out, n = measure(run.model.backend, sets[name], run.settings(FAMILY).mcq, run.cfg, model=run.identity,
-                             cache=run.cache)
+            backend, identity = scorer(run)
+            out, n = measure(backend, sets[name], run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache)
         run.ledger.count("mcq_questions", n)
         return out
     return run.stage(("forgetting", name), compute)

@@ -15,6 +15,7 @@ from ..compare import compare_correct, compare_values, match
 from ..errors import ConfigError
 from ..family import Family, Kind
 from ..rewards import RewardSummary, score_logps, summarize
+from ..scoring import scorer
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -60,7 +61,8 @@ def reward_summary(run: GateRun) -> RewardSummary:
     def compute() -> RewardSummary:
         s, g, valid = run.settings(FAMILY), run.cfg.gate, [run.pairs.pairs[i] for i in run.valid_index]
         with run.ledger.phase("rewards"):
-            logps, n = score_logps(run.model.backend, valid, model=run.identity, cache=run.cache,
+            backend, identity = scorer(run)
+            logps, n = score_logps(backend, valid, model=identity, cache=run.cache,
                                    batch_size=run.cfg.batch_size, max_tokens=run.cfg.resolved_batch_tokens,
                                    max_length=run.cfg.max_length)
         run.ledger.count("logps", n)
