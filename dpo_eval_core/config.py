@@ -265,8 +265,9 @@ class EvalConfig:
     seed: int = 0
     """Seeds the hash split, sampling and bootstrap."""
     serve_url: str | None = None
-    """Answers come from this OpenAI-compatible server (vLLM, llama.cpp, TGI) instead of the loaded model; the
-    log-probs of the reward claims stay local. None: local generation."""
+    """Answers come from this OpenAI-compatible server (vLLM, llama.cpp, TGI) instead of the loaded model, or from
+    several replicas of it (their URLs separated by commas, requests spread over them); log-probs too with
+    serve_scoring server. None: local generation."""
     serve_model: str | None = None
     """The served name of the adapter (vLLM: a --lora-modules NAME)."""
     serve_base_model: str | None = None
@@ -278,6 +279,9 @@ class EvalConfig:
     """local: the reward and multiple-choice log-probs come from the local model (float32 on CPU, equal to
     TRL's); server: from --serve-url too (policy from the adapter's served name, reference from the base's),
     the prompts sent as token ids, so the gate needs no local model for them."""
+    serve_check: int = 0
+    """With serve_scoring server: score this many valid pairs with the local model too, and stop the run when the
+    server's log-probs differ beyond SERVE_CHECK_TOLERANCE (0: no check, no local model)."""
     serve_concurrency: int = 16
     """Requests in flight at once to the answer server (its own batching does the rest)."""
     serve_timeout: float = 300.0
@@ -326,6 +330,11 @@ class EvalConfig:
             raise ConfigError("--columns", dict(self.columns), "each source column named once")
         self._check_serve()
 
+    @property
+    def serve_urls(self) -> tuple[str, ...]:
+        """The --serve-url replicas (one URL, or several separated by commas)."""
+        return tuple(u.strip() for u in (self.serve_url or "").split(",") if u.strip())
+
     def settings_of(self, family: Family | str) -> Any:
         """A family's settings (its frozen dataclass)."""
         name = family if isinstance(family, str) else family.name
@@ -344,6 +353,8 @@ class EvalConfig:
     def _check_serve(self) -> None:
         _choice("--serve-prompt", self.serve_prompt, ServePrompt)
         _choice("--serve-scoring", self.serve_scoring, ServeScoring)
+        if self.serve_check < 0 or (self.serve_check and self.serve_scoring != "server"):
+            raise ConfigError("--serve-check", self.serve_check, "a number of pairs >= 0, with --serve-scoring server")
         if self.serve_scoring == "server" and self.serve_url is None:
             raise ConfigError("--serve-scoring", self.serve_scoring, "local without --serve-url",
                               "Pass the server's URL with --serve-url, or leave --serve-scoring out.")
@@ -352,8 +363,10 @@ class EvalConfig:
                 raise ConfigError("--serve-model", self.serve_model or self.serve_base_model, "no value without "
                                   "--serve-url", "Pass the server's URL with --serve-url.")
             return
-        if not self.serve_url.startswith(("http://", "https://")):
-            raise ConfigError("--serve-url", self.serve_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        for url in self.serve_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("--serve-url", url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1, or "
+                                  "several replicas' URLs separated by commas")
         for option, name in (("--serve-model", self.serve_model), ("--serve-base-model", self.serve_base_model)):
             if not name:
                 raise ConfigError(option, name, "the served model name, with --serve-url",

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,10 @@ class RequestRefused(EndpointError):
 
 class Retokenized(EndpointError):
     """The server scored other tokens than the ids sent: its log-probs cannot stand for the gate's."""
+
+
+class Unsupported(EndpointError):
+    """The server answered, without what was asked for (no prompt log-probs in its reply)."""
 
 
 T = TypeVar("T")
@@ -94,6 +99,29 @@ def base_url(url: str) -> str:
 
 def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
+
+
+def many(call: Callable[[T], R], items: Sequence[T], concurrency: int) -> Iterator[tuple[int, R]]:
+    """(index, call(item)) as each result arrives, at most `concurrency` calls at once. The first failure cancels
+    what has not started and is raised once the calls in flight have returned (their results are yielded first,
+    so the caller keeps everything that arrived)."""
+    pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dpo-eval-endpoint")
+    error: BaseException | None = None
+    try:
+        futures = {pool.submit(call, item): i for i, item in enumerate(items)}
+        for future in cf.as_completed(futures):
+            if future.cancelled():
+                continue
+            if (exc := future.exception()) is not None:
+                error = error or exc
+                for f in futures:  # nothing new starts; results in flight still arrive and are kept
+                    f.cancel()
+                continue
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if error is not None:
+        raise error
 
 
 class ChatEndpoint:
@@ -193,7 +221,7 @@ class ChatEndpoint:
                                 f"tokenizer as the base, or score locally (--serve-scoring local).") from None
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             where = "choices[0].prompt_logprobs" if mode == "prompt_logprobs" else "choices[0].logprobs.token_logprobs"
-            raise EndpointError(f"{self.url}/completions answered {_snippet(reply)}, which has no {where} for the "
+            raise Unsupported(f"{self.url}/completions answered {_snippet(reply)}, which has no {where} for the "
                                 f"prompt. Score locally (--serve-scoring local).") from None
 
     def scoring_mode(self, probe: Sequence[int]) -> ScoringMode:
@@ -206,11 +234,9 @@ class ChatEndpoint:
                 return mode
             except RequestRefused as e:
                 tried.append(f"{mode}: HTTP {e.status}")
-            except Retokenized:
-                raise
-            except EndpointError as e:
+            except Unsupported as e:
                 tried.append(f"{mode}: {str(e)[:160]}")
-        raise EndpointError(f"{self.url} returns no log-probs of a prompt given as token ids for {self.settings.model!r} "
+        raise Unsupported(f"{self.url} returns no log-probs of a prompt given as token ids for {self.settings.model!r} "
                             f"(tried {'; '.join(tried)}). The reward and multiple-choice claims need them: serve "
                             f"the model with vLLM (prompt_logprobs) or a server whose /completions echoes log-probs, "
                             f"or score locally (--serve-scoring local).")
@@ -220,26 +246,8 @@ class ChatEndpoint:
         return self.many(lambda c: self.chat(c, max_tokens), conversations)
 
     def many(self, call: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
-        """(index, call(item)) as each result arrives, at most settings.concurrency requests in flight. The
-        first failure cancels what has not started and is raised once the requests in flight have answered
-        (their results are yielded first, so the caller keeps everything that arrived)."""
-        pool = cf.ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="dpo-eval-endpoint")
-        error: BaseException | None = None
-        try:
-            futures = {pool.submit(call, item): i for i, item in enumerate(items)}
-            for future in cf.as_completed(futures):
-                if future.cancelled():
-                    continue
-                if (exc := future.exception()) is not None:
-                    error = error or exc
-                    for f in futures:  # nothing new starts; results in flight still arrive and are kept
-                        f.cancel()
-                    continue
-                yield futures[future], future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if error is not None:
-            raise error
+        """(index, call(item)) as each result arrives, at most settings.concurrency requests in flight (`many`)."""
+        return many(call, items, self.settings.concurrency)
 
     def _request(self, method: str, path: str, body: Any) -> Any:
         """JSON in, JSON out, transient failures retried with backoff."""
@@ -321,3 +329,119 @@ def _fix(code: int) -> str:
 
 def _snippet(obj: Any) -> str:
     return repr(json.dumps(obj)[:200])
+
+
+class Replicas:
+    """One served model behind several servers (replicas of the same engine): each request goes to the live
+    replica with the fewest requests in flight, at most `concurrency` in flight on each. A replica that stops
+    answering (a fault that outlasted its retries) is left out for the rest of the run, with the reason, and
+    the request goes to another; a request the server refused for what it holds (RequestRefused) is not sent
+    elsewhere. The run stops only when no replica is left. With one URL it behaves as that ChatEndpoint."""
+
+    def __init__(self, endpoints: Sequence[ChatEndpoint]) -> None:
+        if not endpoints:
+            raise ValueError("Replicas: at least one endpoint")
+        self.endpoints, self.settings = list(endpoints), endpoints[0].settings
+        self.url = endpoints[0].url if len(endpoints) == 1 else ", ".join(e.url for e in endpoints)
+        self.answered = [0] * len(endpoints)
+        self.down: dict[int, str] = {}
+        self._in_flight = [0] * len(endpoints)
+        self._ready = threading.Condition()
+
+    def identity(self) -> dict[str, Any]:
+        """The URL (the sorted URLs of several replicas: they serve the same weights) and the served model."""
+        urls = sorted(e.url for e in self.endpoints)
+        return {"url": urls[0] if len(urls) == 1 else urls, "model": self.settings.model}
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per replica: its URL, the requests it answered, and why it was left out (None while live)."""
+        return [{"url": e.url, "answered": self.answered[i], "down": self.down.get(i)}
+                for i, e in enumerate(self.endpoints)]
+
+    def call(self, fn: Callable[[ChatEndpoint], R]) -> R:
+        """fn(a live replica), on another replica when that one stops answering."""
+        while True:
+            with self._ready:
+                while True:
+                    live = [i for i in range(len(self.endpoints)) if i not in self.down]
+                    if not live:
+                        raise EndpointError("every replica stopped answering: " + "; ".join(
+                            f"{self.endpoints[i].url}: {why}" for i, why in sorted(self.down.items())))
+                    free = [i for i in live if self._in_flight[i] < self.settings.concurrency]
+                    if free:
+                        i = min(free, key=lambda k: (self._in_flight[k], k))
+                        self._in_flight[i] += 1
+                        break
+                    self._ready.wait()
+            try:
+                out = fn(self.endpoints[i])
+            except (RequestRefused, Retokenized, Unsupported):
+                raise
+            except EndpointError as e:
+                with self._ready:
+                    self.down.setdefault(i, str(e)[:300])
+                continue
+            finally:
+                with self._ready:
+                    self._in_flight[i] -= 1
+                    self._ready.notify_all()
+            with self._ready:
+                self.answered[i] += 1
+            return out
+
+    def model_cards(self) -> dict[str, dict[str, Any]] | None:
+        """The served models of the replicas that answer (a replica down at start is left out, with the reason);
+        refused when the live replicas disagree on what a name is (other weights behind the same name)."""
+        cards: dict[str, dict[str, Any]] | None = None
+        for i, endpoint in enumerate(self.endpoints):
+            try:
+                mine = endpoint.model_cards()
+            except EndpointError as e:
+                self.down[i] = str(e)[:300]
+                continue
+            if cards is not None and mine is not None and any(
+                    cards.get(n, {}).get("root") != c.get("root") for n, c in mine.items() if n in cards):
+                raise EndpointError(f"the replicas {self.endpoints[0].url} and {endpoint.url} serve different weights "
+                                    f"under the same names ({_snippet(cards)} vs {_snippet(mine)}): give --serve-url "
+                                    f"the replicas of one deployment.")
+            cards = mine if cards is None else cards
+        if len(self.down) == len(self.endpoints):
+            raise EndpointError("no replica answered: " + "; ".join(f"{self.endpoints[i].url}: {why}"
+                                                                    for i, why in sorted(self.down.items())))
+        return cards
+
+    def generate(self, prompt: Sequence[Message] | Sequence[int], **kw: Any) -> Reply:
+        return self.call(lambda e: e.generate(prompt, **kw))
+
+    def prompt_logprobs(self, ids: Sequence[int], mode: ScoringMode) -> list[float]:
+        return self.call(lambda e: e.prompt_logprobs(ids, mode))
+
+    def scoring_mode(self, probe: Sequence[int]) -> ScoringMode:
+        """The way every live replica returns prompt log-probs (refused when they differ)."""
+        modes = {}
+        for i, endpoint in enumerate(self.endpoints):
+            if i in self.down:
+                continue
+            try:
+                modes[endpoint.url] = endpoint.scoring_mode(probe)
+            except (Unsupported, Retokenized, RequestRefused):
+                raise
+            except EndpointError as e:  # this replica stopped answering: the others score
+                self.down.setdefault(i, str(e)[:300])
+        if not modes:
+            raise EndpointError("every replica stopped answering: " + "; ".join(
+                f"{self.endpoints[i].url}: {why}" for i, why in sorted(self.down.items())))
+        if len(set(modes.values())) > 1:
+            raise EndpointError(f"the replicas return prompt log-probs in different ways ({modes}): give --serve-url "
+                                f"the replicas of one deployment.")
+        return next(iter(modes.values()))
+
+    def check(self, option: str) -> None:
+        names = self.model_cards()
+        if names is not None and self.settings.model not in names:
+            raise EndpointError(f"{self.url} does not serve the model {self.settings.model!r}; it serves "
+                                f"{', '.join(map(repr, names)) or 'nothing'}. Fix {option}.")
+
+    def many(self, call: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
+        """As ChatEndpoint.many, with every replica's concurrency in flight."""
+        return many(call, items, self.settings.concurrency * len(self.endpoints))

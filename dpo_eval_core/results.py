@@ -78,7 +78,9 @@ def run_facts(run: Any) -> dict[str, Any]:
             "log_probs": (f"server ({scorer[0].mode})" if run.cfg.serve_scoring == "server" else "local model")
             if scorer else "not computed",
             "local_model": ("loaded: a claim needed the weights (checkpoint and quantization claims always do)"
-                            if "load" in run.timings else "not loaded")}
+                            if "load" in run.timings else "not loaded"),
+            "replicas": {role: s.endpoint.report() for role, s in (run.stages.get("served") or {}).items()},
+            "check": run.stages.get("serve check")}
     return facts
 
 

@@ -4,9 +4,11 @@ under."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from .chat import prompt_ids
+from .errors import EndpointError
 from .identity import ModelIdentity
 from .serving import ServedScorer, scoring_identity
 from .texts import served
@@ -26,6 +28,45 @@ def scorer(run: GateRun) -> tuple[Any, ModelIdentity]:
         probe = prompt_ids(run.tokenizer, (("user", "Hello"),), run.system_ok)
         mode = tuned.endpoint.scoring_mode(probe)
         base.endpoint.prompt_logprobs(probe, mode)  # the base's name is scored the same way, or refused now
-        return (ServedScorer(tuned, base, run.tokenizer, run.system_ok, mode),
-                scoring_identity(tuned, base, mode, run.tokenizer.chat_template))
+        served_scorer = ServedScorer(tuned, base, run.tokenizer, run.system_ok, mode)
+        if run.cfg.serve_check:
+            run.stage("serve check", lambda: parity(run, served_scorer))
+        return served_scorer, scoring_identity(tuned, base, mode, run.tokenizer.chat_template)
     return run.stage("scorer", make)
+
+
+RELATIVE, ABSOLUTE = 0.02, 1.0
+"""--serve-check's tolerance per sequence log-prob: 2% of |log-prob| plus 1 nat. A server runs other kernels
+and usually bfloat16: bfloat16 keeps 8 bits of mantissa, so each token's log-prob moves by up to a few tenths of
+a percent, and over the ~265 tokens of an UltraFeedback answer the sum moves by about a nat (measured on this
+project's bfloat16 runs: reward margins moved by a median 0.1 at beta 0.1, i.e. about 1 nat of log-ratio). A
+wrong tokenizer, template or model moves a sum by tens of nats."""
+
+
+def parity(run: GateRun, served_scorer: ServedScorer) -> dict[str, Any]:
+    """Score the first --serve-check valid pairs (chosen and rejected, policy and reference) locally and on the
+    server; raise EndpointError with the numbers when any differs beyond the tolerance, else what was seen."""
+    pairs = [run.pairs.pairs[i] for i in run.valid_index[:run.cfg.serve_check]]
+    local = run.model.backend
+    rows = local.scored_rows([p.messages for p in pairs for _ in (0, 1)],
+                             [c for p in pairs for c in (p.chosen, p.rejected)], run.cfg.max_length)
+    worst = (-math.inf, math.nan, math.nan, "")  # (how far past the tolerance, local, server, which model)
+    for adapter, role in ((True, "policy"), (False, "reference")):
+        mine, theirs = local.row_logprobs(rows, adapter=adapter), served_scorer.row_logprobs(rows, adapter=adapter)
+        for a, b in zip(mine, theirs):
+            if math.isnan(a) and math.isnan(b):
+                continue  # nothing left to score after the max_length cut, on both sides
+            past = math.inf if math.isnan(a) or math.isnan(b) else abs(a - b) - (RELATIVE * abs(a) + ABSOLUTE)
+            if past > worst[0]:
+                worst = (past, a, b, role)
+    past, a, b, role = worst
+    d = abs(a - b)
+    seen = {"pairs": len(pairs), "worst_difference": d, "local": a, "server": b, "role": role,
+            "tolerance": f"{RELATIVE:.0%} of |log-prob| + {ABSOLUTE:g} nat"}
+    if past > 0:
+        raise EndpointError(f"--serve-check {run.cfg.serve_check}: the server's {role} log-prob of a sequence is {b:.4g} "
+                            f"where local {run.cfg.resolved_dtype} scoring gives {a:.4g} (difference {d:.3g}; tolerance "
+                            f"{seen['tolerance']}, {RELATIVE * abs(a) + ABSOLUTE:.3g} here) on {len(pairs)} pairs. The "
+                            f"server scores another model, tokenizer or chat template than the local one: check "
+                            f"--serve-model and --serve-base-model, or score locally (--serve-scoring local).")
+    return seen

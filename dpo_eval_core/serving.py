@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .backend import Generation, GenerationSettings, HFBackend, Row, scorable
 from .cache import Cache, memoized
 from .chat import Message
-from .endpoint import ChatEndpoint, EndpointSettings, ScoringMode
+from .endpoint import ChatEndpoint, EndpointSettings, Replicas, ScoringMode
 from .errors import EndpointError
 from .identity import ModelIdentity, served_generation_key
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 class Served:
     """One served model: its endpoint and the identity its answers are cached under."""
 
-    endpoint: ChatEndpoint
+    endpoint: Replicas
     identity: dict[str, Any]
 
 
@@ -46,9 +46,9 @@ def connect(cfg: EvalConfig, chat_template: Any) -> dict[str, Served]:
     tuned name is an adapter of the base name. Raises EndpointError naming what is wrong and the fix."""
     assert cfg.serve_url and cfg.serve_model and cfg.serve_base_model  # EvalConfig checks them together
 
-    def endpoint(name: str) -> ChatEndpoint:
-        return ChatEndpoint(EndpointSettings(cfg.serve_url or "", name, cfg.serve_key_env, cfg.serve_timeout,
-                                             concurrency=cfg.serve_concurrency))
+    def endpoint(name: str) -> Replicas:
+        return Replicas([ChatEndpoint(EndpointSettings(url, name, cfg.serve_key_env, cfg.serve_timeout,
+                                                       concurrency=cfg.serve_concurrency)) for url in cfg.serve_urls])
 
     tuned, base = endpoint(cfg.serve_model), endpoint(cfg.serve_base_model)
     cards = tuned.model_cards()
@@ -69,7 +69,7 @@ def connect(cfg: EvalConfig, chat_template: Any) -> dict[str, Served]:
                             f"--serve-base-model {cfg.serve_base_model!r}: gate it against its own base.")
     template = hashlib.sha256(str(chat_template).encode()).hexdigest() if cfg.serve_prompt == "local" else None
 
-    def identity(ep: ChatEndpoint, c: Mapping[str, Any]) -> dict[str, Any]:
+    def identity(ep: Replicas, c: Mapping[str, Any]) -> dict[str, Any]:
         return {**ep.identity(), "root": c.get("root"), "revision": c.get("revision"), "prompt": cfg.serve_prompt,
                 "chat_template": template}
 

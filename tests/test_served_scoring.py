@@ -4,7 +4,9 @@ on 127.0.0.1 answering from the tiny test model, compared with local float32 sco
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +22,7 @@ from dpo_eval_core.families import forgetting, rewards
 from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.scoring import scorer
+from dpo_eval_core.texts import served
 
 MCQ = [{"question": f"What is {i} plus {i}?", "choices": [str(2 * i), str(2 * i + 1), f"{i}{i}"], "answer": 0}
        for i in range(8)]
@@ -143,3 +146,102 @@ def test_a_warm_served_run_asks_the_server_nothing_for_log_probs(backend, tiny_a
         server.close()
     scored = [r for r in server.requests[before:] if "prompt_logprobs" in r["body"]]
     assert len(scored) == 2 and again.computed["logps"] == 0  # the two start-up probes, and nothing else
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+@pytest.fixture(scope="module")
+def second_backend(tiny_adapter: Path) -> HFBackend:
+    """Another copy of the tiny model: a replica has a model of its own (the adapter state is per model)."""
+    spec = resolve(EvalConfig(adapter=tiny_adapter))
+    tok = load_tokenizer(spec.base)
+    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
+    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
+
+
+def replicated(tiny_adapter: Path, data: tuple[Path, Path], cache: Path, servers: list[Server]) -> GateRun:
+    cfg = run_of(tiny_adapter, data, cache, servers[0]).cfg
+    return GateRun(dataclasses.replace(cfg, serve_url=",".join(s.url for s in servers), serve_concurrency=2))
+
+
+def served_work(run: GateRun) -> None:
+    """Everything the server can do for a run: answers, rewards, multiple choice."""
+    _ = run.answers
+    rewards.reward_summary(run)
+    forgetting.summary(run, "mc")
+
+
+def test_two_replicas_share_the_load_and_agree_with_one_server(backend, second_backend, local, tiny_adapter, data,
+                                                               tmp_path):
+    servers = [serve(backend, ("prompt_logprobs",)), serve(second_backend, ("prompt_logprobs",))]
+    try:
+        run = replicated(tiny_adapter, data, tmp_path, servers)
+        served_work(run)
+    finally:
+        for s in servers:
+            s.close()
+    counts = [len(s.requests) for s in servers]
+    print(f"two replicas, requests answered: {counts}")
+    assert min(counts) > 0.25 * sum(counts) and run.loaded is None
+    np.testing.assert_allclose(rewards.reward_summary(run).margins, rewards.reward_summary(local).margins, atol=1e-4)
+    report = {r["url"]: r for r in served(run)["tuned"].endpoint.report()}
+    assert all(r["down"] is None for r in report.values())
+
+
+def test_a_replica_killed_mid_run_leaves_the_other_to_finish_and_a_re_run_computes_nothing(
+        backend, second_backend, local, tiny_adapter, data, tmp_path):
+    servers = [serve(backend, ("prompt_logprobs",)), serve(second_backend, ("prompt_logprobs",))]
+    doomed, real = servers[0], servers[0].respond
+
+    def dies_after_ten(route: str, body: dict) -> dict:
+        if len(doomed.requests) == 10:
+            threading.Thread(target=doomed.close).start()  # the server goes away: later requests are refused
+        return real(route, body)
+
+    doomed.respond = dies_after_ten
+    try:
+        run = replicated(tiny_adapter, data, tmp_path, servers)
+        served_work(run)
+        down = {r["url"]: r["down"] for role in ("tuned", "base") for r in served(run)[role].endpoint.report()}
+        assert down[doomed.url] is not None and down[servers[1].url] is None, down
+        assert rewards.reward_summary(run).margins == pytest.approx(rewards.reward_summary(local).margins, abs=1e-4)
+        again = replicated(tiny_adapter, data, tmp_path, servers)
+        served_work(again)
+    finally:
+        for s in servers:
+            s.close()
+    assert not any(again.computed.values()), again.computed  # everything received before was kept
+
+
+# --------------------------------------------------------------------------- --serve-check
+
+
+def test_the_parity_check_passes_a_faithful_server_and_stops_a_wrong_one(backend, tiny_adapter, data, tmp_path):
+    server = serve(backend, ("prompt_logprobs",))
+    real = server.respond
+    try:
+        run = GateRun(dataclasses.replace(run_of(tiny_adapter, data, tmp_path, server).cfg, serve_check=3))
+        scorer(run)
+        seen = run.stages["serve check"]
+        assert seen["pairs"] == 3 and seen["worst_difference"] < 1e-4 and run.loaded is not None
+
+        def off_by_a_little(route: str, body: dict) -> dict:  # another model: every token 0.5 nat less likely
+            out = real(route, body)
+            for entry in out["choices"][0].get("prompt_logprobs") or []:
+                for v in (entry or {}).values():
+                    v["logprob"] -= 0.5
+            return out
+
+        server.respond = off_by_a_little
+        wrong = GateRun(dataclasses.replace(run.cfg, cache_dir=tmp_path / "other"))
+        with pytest.raises(EndpointError, match=r"--serve-check 3: the server's (policy|reference) log-prob.*tolerance "
+                                                r"2% of \|log-prob\| \+ 1 nat"):
+            scorer(wrong)
+    finally:
+        server.close()
+
+
+def test_the_parity_check_needs_server_scoring():
+    with pytest.raises(ConfigError, match="--serve-check=2 is invalid"):
+        EvalConfig(serve_check=2)
