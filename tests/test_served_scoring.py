@@ -13,13 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from api_server import Server, model_server
+from tiny import load_backend
 
 from dpo_eval_core.backend import HFBackend
-from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.errors import ConfigError, EndpointError
 from dpo_eval_core.families import forgetting, rewards
-from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.scoring import scorer
 from dpo_eval_core.texts import served
@@ -40,10 +39,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def backend(tiny_adapter: Path) -> HFBackend:
-    spec = resolve(EvalConfig(adapter=tiny_adapter))
-    tok = load_tokenizer(spec.base)
-    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
-    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
+    return load_backend(tiny_adapter)
 
 
 @pytest.fixture(autouse=True)
@@ -154,10 +150,7 @@ def test_a_warm_served_run_asks_the_server_nothing_for_log_probs(backend, tiny_a
 @pytest.fixture(scope="module")
 def second_backend(tiny_adapter: Path) -> HFBackend:
     """Another copy of the tiny model: a replica has a model of its own (the adapter state is per model)."""
-    spec = resolve(EvalConfig(adapter=tiny_adapter))
-    tok = load_tokenizer(spec.base)
-    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
-    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
+    return load_backend(tiny_adapter)
 
 
 def replicated(tiny_adapter: Path, data: tuple[Path, Path], cache: Path, servers: list[Server]) -> GateRun:

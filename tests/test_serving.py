@@ -11,12 +11,11 @@ from typing import Iterator
 
 import pytest
 from api_server import Server, model_server
+from tiny import load_backend
 
 from dpo_eval_core.backend import HFBackend
-from dpo_eval_core.chat import accepts_system
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.errors import ConfigError, EndpointError
-from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.texts import served
 
@@ -32,10 +31,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(tiny_adapter: Path) -> HFBackend:
-    spec = resolve(EvalConfig(adapter=tiny_adapter))
-    tok = load_tokenizer(spec.base)
-    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
-    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
+    return load_backend(tiny_adapter)
 
 
 @pytest.fixture

@@ -107,3 +107,17 @@ def write_pairs(path: Path, n: int) -> Path:
              "rejected": f"Well, um, I guess answer {i} maybe, or so, I think, honestly."} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def load_backend(adapter: Path):  # type: ignore[no-untyped-def]
+    """The adapter on its base, float32 on CPU, as an HFBackend: what the test servers answer from (each call
+    loads a copy of its own: a server's adapter state is its model's)."""
+    from dpo_eval_core.backend import HFBackend
+    from dpo_eval_core.chat import accepts_system
+    from dpo_eval_core.config import EvalConfig
+    from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
+
+    spec = resolve(EvalConfig(adapter=adapter))
+    tok = load_tokenizer(spec.base)
+    model, _ = attach_adapter(load_base(spec.base, "none", "float32", "cpu"), spec)
+    return HFBackend(model, tok, system_ok=accepts_system(tok), device="cpu")
