@@ -172,9 +172,11 @@ def merge_tables(gate: GateConfig, families: FamilySettings, table: Mapping[str,
         elif owners := [f for f in installed() if name in f.fields()]:
             owner = owners[0].name
             changes.setdefault(owner, {})[name] = raw
-            notes.append(f"{source}: {key} is a setting of the {owner} family now: write it as [tool.dpo_eval.{owner}] "
-                         f"{name} = ... (or --gate {owner}.{name}=...); the flat key is still read, and will not be "
-                         f"in a later version")
+            where = (f"--gate {owner}.{name}=..." if source == "--gate" else
+                     f"[tool.dpo_eval.{owner}] {name} = ..." if source.endswith("pyproject.toml") else
+                     f"[{owner}] {name} = ...")
+            notes.append(f"{source}: {key} is a setting of the {owner} family now: write it as {where}; the flat "
+                         f"key is still read, and will not be in a later version")
         else:
             raise ConfigError(f"{source}: {key}", raw, "a gate setting (" + ", ".join(sorted(shared)) + ") or a "
                               "family's table or FAMILY.SETTING (families: " + ", ".join(by_name) + ")")

@@ -42,6 +42,8 @@ def test_a_flat_key_of_a_family_setting_is_still_read_with_a_deprecation_note():
     _, families, notes = merged(({"max_forgetting": 0.05, "min_signal_features": 9}, "pyproject.toml"))
     assert families["forgetting"].max_forgetting == 0.05 and families["data-signal"].min_signal_features == 9
     assert len(notes) == 2 and "[tool.dpo_eval.forgetting] max_forgetting" in notes[0]
+    _, _, notes = merged(({"max_forgetting": "0.05"}, "--gate"), ({"max_kl": 0.5}, "gate.toml"))
+    assert "write it as --gate forgetting.max_forgetting=..." in notes[0] and "[quantization] max_kl" in notes[1]
 
 
 def test_an_unknown_family_setting_names_the_family_and_its_settings():
