@@ -13,7 +13,7 @@ import tomllib
 
 from .backend import GenerationSettings
 from .data import parse_columns as parse_columns  # noqa: PLC0414 (the options' parser, re-exported)
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .family import Family
 from .hardware import DtypeChoice, choose_dtype
 from .registry import check_claim_ids, default_gating, discover
@@ -42,9 +42,7 @@ def default_cache_dir() -> Path:
 
 
 def _choice(option: str, value: str, allowed: Any) -> None:
-    choices = get_args(allowed)
-    if value not in choices:
-        raise ConfigError(option, value, "one of " + ", ".join(choices))
+    check_choice(option, value, get_args(allowed))
 
 
 @dataclass(frozen=True, slots=True)

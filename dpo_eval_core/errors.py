@@ -16,6 +16,12 @@ class ConfigError(DpoEvalError):
         super().__init__(f"{msg} {fix}".strip())
 
 
+def check_choice(option: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        raise ConfigError(option, value, "one of " + ", ".join(allowed))
+
+
 class DataError(DpoEvalError):
     """Preference data cannot be read or has no usable pairs."""
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, get_args
 
 from .. import decide as D
 from .. import report as H
 from ..claims import Claim, decided, not_worse, one_sided, rate_floor
 from ..compare import PairedComparison, compare_correct, match
 from ..data import parse_columns
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
@@ -27,11 +27,6 @@ ACCURACY = Kind("mcq-accuracy", "the tuned model answers this multiple-choice se
 KEPT = Kind("no-forgetting", "non-inferiority: the one-sided upper bound of tuned's accuracy drop against base is "
                              "below max_forgetting", over="SET")
 SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(option, value, "one of " + ", ".join(allowed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +53,9 @@ class Settings:
     (1 - alpha) upper bound of the drop is below it."""
 
     def __post_init__(self) -> None:
-        _choice("--mcq-format", self.format, ("auto", "letters", "cloze"))
-        _choice("--mcq-prompt", self.prompt, ("chat", "raw"))
-        _choice("--mcq-metric", self.metric, ("auto", "acc", "acc_norm"))
+        check_choice("--mcq-format", self.format, get_args(McqFormat))
+        check_choice("--mcq-prompt", self.prompt, get_args(McqPrompt))
+        check_choice("--mcq-metric", self.metric, get_args(McqMetric))
         if self.shots < 0:
             raise ConfigError("--mcq-shots", self.shots, "an integer >= 0")
         if self.max_questions is not None and self.max_questions < 1:
