@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 from .chat import Message
 from .errors import EndpointError
@@ -45,15 +45,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 REFUSED_STATUS = frozenset({400, 413, 422})
+"""Statuses that refuse one request for what it holds (too long a prompt, a field the server rejects)."""
 VALIDATION = re.compile(r"validation error|Input should be|Field required|Extra inputs are not permitted|"
                         r"type_error|value_error", re.IGNORECASE)
 """A body that says the request itself was invalid: some servers (llama-cpp-python's) answer that with a 500,
 which is then not a transient fault and not retried."""
-"""Statuses that refuse one request for what it holds (too long a prompt, a field the server rejects)."""
 MAX_RETRY_AFTER_S = 60.0
-ScoringMode = Literal["prompt_logprobs", "echo"]
-SCORING_MODES: tuple[ScoringMode, ...] = ("prompt_logprobs", "echo")
-"""How a server returns the log-probs of a prompt, in the order they are tried at start."""
+ScoringMode = Literal["prompt_logprobs", "echo", "echo_text"]
+SCORING_MODES: tuple[ScoringMode, ...] = ("prompt_logprobs", "echo", "echo_text")
+"""How a server returns the log-probs of a prompt, in the order they are tried at start: token ids with vLLM's
+prompt_logprobs, token ids echoed with logprobs (the legacy completions API), and, for a server that takes only
+text (llama-cpp-python's), the text of those ids echoed with logprobs, its tokens checked against the gate's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Token ids to score; for a server that takes only text (echo_text), also the text they decode to and each
+    token's piece (its text, "" for a special token, whose text a server does not echo), to check that the
+    server's tokenization of the text is the gate's, token by token."""
+
+    ids: tuple[int, ...]
+    text: str | None = None
+    pieces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +207,15 @@ class ChatEndpoint:
         return Reply("" if text is None else str(text), int(n) if isinstance(n, int) else None,
                      choice.get("finish_reason"))
 
-    def prompt_logprobs(self, ids: Sequence[int], mode: ScoringMode) -> list[float]:
-        """log p(ids[j] | ids[:j]) for j = 1 .. len(ids) - 1 from the server, the prompt sent as token ids and
-        scored as sent: `prompt_logprobs` (vLLM's extension, one entry per prompt token, keyed by token id) or
+    def prompt_logprobs(self, prompt: Tokens, mode: ScoringMode, start: int = 1) -> list[float]:
+        """log p(ids[j] | ids[:j]) for j = start .. len(ids) - 1 from the server, the sequence scored as sent:
+        its token ids with `prompt_logprobs` (vLLM's extension: one entry per prompt token, keyed by token id) or
         `echo` (the legacy completions API: the prompt echoed with its token log-probs, as lm-evaluation-harness
-        asks). A server that scored other tokens than those sent (it retokenized, or cut the prompt) is refused."""
-        body: dict[str, Any] = {"model": self.settings.model, "prompt": list(ids), "max_tokens": 1,
-                                "temperature": 0.0}
+        asks), or its text with `echo_text`, the echoed tokens checked piece by piece against the gate's. A
+        server that scored other tokens than those sent (it retokenized, or cut the prompt) is refused."""
+        ids = prompt.ids
+        body: dict[str, Any] = {"model": self.settings.model, "max_tokens": 1, "temperature": 0.0,
+                                "prompt": prompt.text if mode == "echo_text" else list(ids)}
         body.update({"prompt_logprobs": 0} if mode == "prompt_logprobs" else {"echo": True, "logprobs": 1})
         reply = self._request("POST", "/completions", body)
         try:
@@ -208,38 +223,44 @@ class ChatEndpoint:
             if mode == "prompt_logprobs":
                 entries = choice["prompt_logprobs"]
                 if len(entries) != len(ids) or any(str(t) not in e for t, e in zip(ids[1:], entries[1:])):
-                    raise _Retokenized(len(entries))
-                return [float(_logprob(e[str(t)])) for t, e in zip(ids[1:], entries[1:])]
-            values = choice["logprobs"]["token_logprobs"]
-            if not len(ids) <= len(values) <= len(ids) + 1:  # the prompt, then at most the one token generated
-                raise _Retokenized(len(values))
-            return [float(v) for v in values[1:len(ids)]]
+                    raise _Retokenized(f"scored {len(entries)} prompt tokens for the {len(ids)} token ids sent")
+                return [float(_logprob(e[str(t)])) for t, e in zip(ids[start:], entries[start:])]
+            logprobs = choice["logprobs"]
+            values = logprobs["token_logprobs"]
+            if mode == "echo":
+                if not len(ids) <= len(values) <= len(ids) + 1:  # the prompt, then at most the one token generated
+                    raise _Retokenized(f"scored {len(values)} prompt tokens for the {len(ids)} token ids sent")
+                return [float(v) for v in values[start:len(ids)]]
+            assert prompt.pieces is not None, "echo_text scores Tokens with their pieces"
+            return _echoed(prompt.pieces, logprobs, int(reply["usage"]["completion_tokens"]), start)
         except _Retokenized as e:
-            raise Retokenized(f"{self.url}/completions scored {e.n} prompt tokens for the {len(ids)} token ids "
-                                f"sent to {self.settings.model!r}: the server retokenized or cut the prompt, so its "
-                                f"log-probs are not those of the gate's tokens. Serve the model with the same "
-                                f"tokenizer as the base, or score locally (--serve-scoring local).") from None
+            raise Retokenized(f"{self.url}/completions, asked for {self.settings.model!r}, {e}, so its log-probs "
+                              f"cannot stand for the gate's tokens. Serve the model with the base's tokenizer from a "
+                              f"server that returns prompt log-probs token by token (vLLM), or score locally "
+                              f"(--serve-scoring local).") from None
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            where = "choices[0].prompt_logprobs" if mode == "prompt_logprobs" else "choices[0].logprobs.token_logprobs"
+            where = {"prompt_logprobs": "choices[0].prompt_logprobs", "echo": "choices[0].logprobs.token_logprobs",
+                     "echo_text": "choices[0].logprobs.tokens and token_logprobs, and usage.completion_tokens"}[mode]
             raise Unsupported(f"{self.url}/completions answered {_snippet(reply)}, which has no {where} for the "
-                                f"prompt. Score locally (--serve-scoring local).") from None
+                              f"prompt. Score locally (--serve-scoring local).") from None
 
-    def scoring_mode(self, probe: Sequence[int]) -> ScoringMode:
-        """How this server returns prompt log-probs, found with one small request each: vLLM's prompt_logprobs,
-        else echo with logprobs; an EndpointError naming what is missing and the option that avoids it."""
+    def scoring_mode(self, probe: Tokens, start: int = 1) -> ScoringMode:
+        """How this server returns prompt log-probs (of probe.ids[start:]), found with one small request each, in
+        SCORING_MODES' order; an EndpointError naming what is missing and the option that avoids it."""
         tried = []
         for mode in SCORING_MODES:
             try:
-                self.prompt_logprobs(probe, mode)
+                self.prompt_logprobs(probe, mode, start)
                 return mode
             except RequestRefused as e:
                 tried.append(f"{mode}: HTTP {e.status}")
             except Unsupported as e:
                 tried.append(f"{mode}: {str(e)[:160]}")
-        raise Unsupported(f"{self.url} returns no log-probs of a prompt given as token ids for {self.settings.model!r} "
-                            f"(tried {'; '.join(tried)}). The reward and multiple-choice claims need them: serve "
-                            f"the model with vLLM (prompt_logprobs) or a server whose /completions echoes log-probs, "
-                            f"or score locally (--serve-scoring local).")
+        raise Unsupported(f"{self.url} returns no log-probs of a prompt for {self.settings.model!r} (tried "
+                          f"{'; '.join(tried)}). The reward and multiple-choice claims need them: serve the model "
+                          f"with vLLM (prompt_logprobs), or with a server whose /completions echoes log-probs "
+                          f"(llama-cpp-python: load the model with logits_all), or score locally "
+                          f"(--serve-scoring local).")
 
     def chat_many(self, conversations: Sequence[Sequence[Message]], max_tokens: int) -> Iterator[tuple[int, str]]:
         """(index, reply) as each reply arrives (see `many`)."""
@@ -267,9 +288,7 @@ class ChatEndpoint:
                 if e.code in RETRY_STATUS and VALIDATION.search(text):
                     raise RequestRefused(f"{method} {url} answered HTTP {e.code} with a request validation error: "
                                          f"{text[:300]!r}. The server rejected what was sent; that is not a "
-                                         f"transient fault, so it is not retried. A server that takes only text "
-                                         f"prompts (llama-cpp-python's) refuses token ids: pass --serve-prompt "
-                                         f"server.", e.code) from None
+                                         f"transient fault, so it is not retried.", e.code) from None
                 if e.code in REFUSED_STATUS:
                     raise RequestRefused(f"{method} {url} answered HTTP {e.code}: {text[:300]!r}. " + _fix(e.code),
                                          e.code) from None
@@ -297,8 +316,61 @@ class ChatEndpoint:
 
 
 class _Retokenized(Exception):
-    def __init__(self, n: int) -> None:
-        self.n = n
+    """What the server scored instead of the tokens sent."""
+
+
+def _aligned(pieces: Sequence[str], tokens: Sequence[str], values: Sequence[float | None], start: int) -> list[float]:
+    """The server's log-probs of pieces[start:], its echoed (tokens, values) matched to the gate's pieces
+    (`_matched`); a token asked for without a value is _Retokenized."""
+    at = _matched(pieces, tokens)
+    got = [values[k] if k >= 0 else None for k in at[start:]]
+    if (missing := sum(v is None for v in got)):
+        raise _Retokenized(f"gave no log-prob for {missing} of the {len(pieces) - start} tokens asked")
+    return [float(v) for v in got]  # type: ignore[arg-type]
+
+
+def _matched(pieces: Sequence[str], tokens: Sequence[str]) -> list[int]:
+    """For each of the gate's pieces, the index of the server's echoed token for it (-1: none), matched from the
+    end: equal pieces pair up; a special token of the gate's ("") may have none (llama.cpp lists no entry for its
+    BOS token id, which starts the text or follows text, as in "\n<|im_start|>"). Any other difference, or an
+    extra token, is _Retokenized."""
+    at, j = [-1] * len(pieces), len(tokens) - 1
+    for i in range(len(pieces) - 1, -1, -1):
+        if j >= 0 and str(tokens[j]).replace("\ufffd", "") == pieces[i]:
+            at[i], j = j, j - 1
+        elif pieces[i]:
+            got = "".join(map(str, tokens[max(0, j - 3):j + 1]))
+            raise _Retokenized(f"split the text into other tokens ({got!r} where the gate has "
+                               f"{''.join(pieces[max(0, i - 3):i + 1])!r})")
+    if j >= 0:
+        raise _Retokenized(f"scored {j + 1} more tokens than the {len(pieces)} of the gate")
+    return at
+
+
+def _echoed(pieces: Sequence[str], logprobs: Mapping[str, Any], generated: int, start: int) -> list[float]:
+    """The log-probs of pieces[start:] from an echo of their text that went on to generate `generated` tokens
+    (usage.completion_tokens; asked for 1). The generated token is listed last, and at temperature 0 it is the
+    likeliest by the server's own numbers (where it gives top_logprobs): otherwise the values are not those of
+    their tokens. llama-cpp-python lists no entry for a generated token that is its BOS id; its values are right
+    only where it left out the text's first token as its BOS, so only then is an echo without the generated
+    token taken."""
+    tokens, values, top = logprobs["tokens"], logprobs["token_logprobs"], logprobs.get("top_logprobs")
+    echoed = len(tokens) - generated
+    try:
+        got = _aligned(pieces, tokens[:echoed], values[:echoed], start)
+    except _Retokenized as e:
+        if generated != 1:
+            raise
+        try:  # the generated token may have no entry
+            if _matched(pieces, tokens)[0] >= 0:
+                raise e
+            return _aligned(pieces, tokens, values, start)
+        except _Retokenized:
+            raise e from None
+    if generated == 1 and top and top[-1] and values[-1] < max(top[-1].values()) - 1e-3:
+        raise _Retokenized("returned log-probs that are not those of its tokens: the token it generated at "
+                           "temperature 0 is not the likeliest by its own numbers")
+    return got
 
 
 def _logprob(entry: Any) -> float:
@@ -413,17 +485,17 @@ class Replicas:
     def generate(self, prompt: Sequence[Message] | Sequence[int], **kw: Any) -> Reply:
         return self.call(lambda e: e.generate(prompt, **kw))
 
-    def prompt_logprobs(self, ids: Sequence[int], mode: ScoringMode) -> list[float]:
-        return self.call(lambda e: e.prompt_logprobs(ids, mode))
+    def prompt_logprobs(self, prompt: Tokens, mode: ScoringMode, start: int = 1) -> list[float]:
+        return self.call(lambda e: e.prompt_logprobs(prompt, mode, start))
 
-    def scoring_mode(self, probe: Sequence[int]) -> ScoringMode:
+    def scoring_mode(self, probe: Tokens, start: int = 1) -> ScoringMode:
         """The way every live replica returns prompt log-probs (refused when they differ)."""
         modes = {}
         for i, endpoint in enumerate(self.endpoints):
             if i in self.down:
                 continue
             try:
-                modes[endpoint.url] = endpoint.scoring_mode(probe)
+                modes[endpoint.url] = endpoint.scoring_mode(probe, start)
             except (Unsupported, Retokenized, RequestRefused):
                 raise
             except EndpointError as e:  # this replica stopped answering: the others score

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .chat import prompt_ids
+from .chat import completion_ids
 from .errors import EndpointError
 from .identity import ModelIdentity
-from .serving import ServedScorer, scoring_identity
+from .serving import ServedScorer, scoring_identity, to_score
 from .texts import served
 
 if TYPE_CHECKING:
@@ -25,9 +25,10 @@ def scorer(run: GateRun) -> tuple[Any, ModelIdentity]:
         if run.cfg.serve_scoring != "server":
             return run.model.backend, run.identity
         tuned, base = served(run)["tuned"], served(run)["base"]
-        probe = prompt_ids(run.tokenizer, (("user", "Hello"),), run.system_ok)
-        mode = tuned.endpoint.scoring_mode(probe)
-        base.endpoint.prompt_logprobs(probe, mode)  # the base's name is scored the same way, or refused now
+        prompt, completion = completion_ids(run.tokenizer, (("user", "Hello"),), "Hello!", run.system_ok)
+        probe = [*prompt, *completion]
+        mode = tuned.endpoint.scoring_mode(to_score(run.tokenizer, probe, "echo_text"), start=len(prompt))
+        base.endpoint.prompt_logprobs(to_score(run.tokenizer, probe, mode), mode, start=len(prompt))  # or refused
         served_scorer = ServedScorer(tuned, base, run.tokenizer, run.system_ok, mode)
         if run.cfg.serve_check:
             run.stage("serve check", lambda: parity(run, served_scorer))

@@ -6,8 +6,8 @@ runs tensor-parallel across GPUs and scales out as replicas behind one URL. With
 asks the adapter's served name for the tuned answers and the base's served name for the base answers,
 at most --serve-concurrency requests in flight. Each answer is cached as it arrives under the server's
 identity (URL, served name, the weights the server reports loading, the prompt mode), so served answers
-never mix with local ones and an interrupted run resumes. Log-probs for the reward claims stay local:
-they must equal TRL's.
+never mix with local ones and an interrupted run resumes. With --serve-scoring server the reward and
+multiple-choice log-probs come from the server too (ServedScorer), the gate's own tokens scored.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .backend import Generation, GenerationSettings, HFBackend, Row, scorable
 from .cache import Cache, memoized
 from .chat import Message
-from .endpoint import ChatEndpoint, EndpointSettings, Replicas, ScoringMode
+from .endpoint import ChatEndpoint, EndpointSettings, Replicas, RequestRefused, ScoringMode, Tokens
 from .errors import EndpointError
 from .identity import ModelIdentity, served_generation_key
 
@@ -99,6 +99,7 @@ def serve_answers(served: Served, prompts: Sequence[Sequence[Message]], *, setti
         return dataclasses.asdict(Generation(text, n, reply.finish_reason == "length"))
 
     def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
+        accepts(served, prompts[asked[missing[0]]], prompt_ids)
         with tqdm(total=len(missing), desc=desc, unit="answer", leave=False) as bar:
             for j, value in served.endpoint.many(answer, missing):
                 yield missing[j], value
@@ -111,11 +112,27 @@ def serve_answers(served: Served, prompts: Sequence[Sequence[Message]], *, setti
     return out, n
 
 
+def accepts(served: Served, prompt: Sequence[Message],
+            prompt_ids: Callable[[Sequence[Message]], list[int]] | None) -> None:
+    """One tiny request (one new token) before the answers are asked: the server takes the prompt the way the
+    gate sends it (token ids to /completions, or messages to /chat/completions), or an EndpointError names what
+    it refused and the --serve-prompt that avoids it."""
+    try:
+        served.endpoint.generate(prompt_ids(prompt) if prompt_ids else prompt, max_tokens=1)
+    except RequestRefused as e:
+        what, other = (("token-id prompts on /v1/completions", "server (the server applies its own chat template)")
+                       if prompt_ids else ("chat messages on /v1/chat/completions",
+                                           "local (the gate applies the chat template and sends token ids)"))
+        raise EndpointError(f"{served.endpoint.url} takes no {what} for {served.endpoint.settings.model!r}: {e} "
+                            f"Pass --serve-prompt {other}.") from None
+
+
 class ServedScorer:
     """The log-prob side of a Backend, from the server: the adapter's served name for adapter=True (policy),
     the base's for adapter=False (reference). Rows are tokenized here, as for local scoring, and sent as token
-    ids, so the sums cover exactly the tokens local scoring sums; each row is one request, at most the
-    endpoint's concurrency in flight."""
+    ids (or, to a server that takes only text, as their text, its tokens checked against these), so the sums
+    cover exactly the tokens local scoring sums; each row is one request, at most the endpoint's concurrency in
+    flight."""
 
     def __init__(self, tuned: Served, base: Served, tokenizer: Any, system_ok: bool, mode: ScoringMode) -> None:
         self.served, self.mode = {True: tuned, False: base}, mode
@@ -154,7 +171,8 @@ class ServedScorer:
 
         def score(item: tuple[int, int]) -> float:
             prompt, completion = groups[item[0]][item[1]]
-            return math.fsum(endpoint.prompt_logprobs(prompt + completion, self.mode)[len(prompt) - 1:])
+            sequence = to_score(self.tokens.tokenizer, [*prompt, *completion], self.mode)
+            return math.fsum(endpoint.prompt_logprobs(sequence, self.mode, start=len(prompt)))
 
         for j, value in endpoint.many(score, todo):
             g, k = todo[j]
@@ -162,6 +180,16 @@ class ServedScorer:
             left[g] -= 1
             if left[g] == 0:
                 yield g, out[g]
+
+
+def to_score(tokenizer: Any, ids: Sequence[int], mode: ScoringMode) -> Tokens:
+    """Token ids as a server is sent them: as they are, or for echo_text with their text and each token's piece
+    (special tokens and the halves of a character split over tokens have none a server echoes)."""
+    if mode != "echo_text":
+        return Tokens(tuple(ids))
+    pieces = tuple(tokenizer.decode([t], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                   .replace("\ufffd", "") for t in ids)
+    return Tokens(tuple(ids), tokenizer.decode(ids, clean_up_tokenization_spaces=False), pieces)
 
 
 def scoring_identity(tuned: Served, base: Served, mode: ScoringMode, chat_template: Any) -> ModelIdentity:

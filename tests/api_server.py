@@ -37,6 +37,13 @@ def prefers_longer(prompt: str) -> str:
     return "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
 
 
+VALIDATION_ERROR = (b'{"detail": [{"type": "string_type", "loc": ["body", "prompt"], '
+                    b'"msg": "Input should be a valid string"}]}')
+"""llama-cpp-python's answer to a prompt of token ids: a 500, not a 4xx."""
+INVALID: Any = object()
+"""What `respond` returns for a request the server refuses with VALIDATION_ERROR."""
+
+
 class Server:
     """A server on 127.0.0.1 that lists `cards` at /v1/models and answers POSTs with `respond`, after playing
     `script` from its start: one entry per POST, an HTTP status, 'slow' (sleep slow_s first), 'malformed'
@@ -73,9 +80,8 @@ class Server:
                     time.sleep(server.slow_s)
                 if isinstance(step, int):
                     return self.send(step, b'{"error": {"message": "scripted failure"}}')
-                if step == "invalid":  # llama-cpp-python's answer to a prompt of token ids: a 500, not a 4xx
-                    return self.send(500, b'{"detail": [{"type": "string_type", "loc": ["body", "prompt"], '
-                                          b'"msg": "Input should be a valid string"}]}')
+                if step == "invalid":
+                    return self.send(500, VALIDATION_ERROR)
                 if step == "malformed":
                     return self.send(200, b"<html>not the API</html>")
                 if step == "truncated":  # the connection breaks mid-body: the client sees IncompleteRead
@@ -88,7 +94,10 @@ class Server:
                     return None
                 if body.get("model") not in {c["id"] for c in server.cards}:
                     return self.send(404, json.dumps({"error": f"model {body.get('model')!r} does not exist"}).encode())
-                self.send(200, json.dumps(server.respond(self.path.removeprefix("/v1"), body)).encode())
+                out = server.respond(self.path.removeprefix("/v1"), body)
+                if out is INVALID:
+                    return self.send(500, VALIDATION_ERROR)
+                self.send(200, json.dumps(out).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -109,13 +118,17 @@ def judge_server(reply: Callable[[str], str], models: tuple[str, ...] = ("judge-
 
 
 def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extra: Mapping[str, dict] | None = None,
-                 scoring: tuple[str, ...] = ("prompt_logprobs", "echo")) -> Server:
+                 scoring: tuple[str, ...] = ("prompt_logprobs", "echo"),
+                 echo_bos: int | None = None) -> Server:
     """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`)
-    or off (the base). /completions takes prompt token ids; /chat/completions applies the model's chat template.
+    or off (the base). /completions takes prompt token ids or text; /chat/completions applies the model's chat template.
     Requests that arrive together are decoded together (a batching thread, as serving engines batch); one
     batch per adapter state and reply budget. A /completions request may ask for the prompt's log-probs as
     vLLM does (`prompt_logprobs`) or as the legacy API does (`echo` with `logprobs`), where `scoring` lists it;
-    a server without either ignores the field, as servers ignore what they do not know."""
+    a server without either ignores the field, as servers ignore what they do not know. With "echo_text" it
+    answers as llama-cpp-python's server: /completions takes only text (token ids get a 500 whose body is a
+    validation error) and echoes the prompt's log-probs its way (`llama_echo`; `echo_bos`: the id it takes for
+    BOS, the tokenizer's by default)."""
     import queue
 
     import torch
@@ -166,12 +179,46 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
             "logprobs": {"tokens": tokens, "token_logprobs": [None, *values, nxt_logp],
                          "top_logprobs": None, "text_offset": list(range(len(tokens)))}}]}
 
+    def llama_echo(body: dict) -> dict:
+        """llama-cpp-python 0.3's echo: the text tokenized with special tokens parsed, a leading BOS left out, no
+        entry for any other BOS id, special tokens echoed as "", the first value null; each token's value read
+        from the logits row of its own index (so right only where a BOS was left out), the generated token
+        last, with a top_logprobs entry of the row's likeliest token."""
+        tokenizer = backend.tokenizer
+        ids = tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
+        with model_lock, torch.inference_mode(), backend.adapter_context(served[body["model"]]):
+            logp = torch.log_softmax(backend.model(input_ids=torch.tensor([ids], device=backend.device)).logits[0]
+                                     .float(), dim=-1)
+        bos = tokenizer.bos_token_id if echo_bos is None else echo_bos
+        every = (ids[1:] if ids[0] == bos else ids) + [int(logp[-1].argmax())]
+        piece = lambda t: tokenizer.decode([t], skip_special_tokens=True).replace("\ufffd", "")  # noqa: E731
+        tokens, values, top = [], [], []
+        for t, row in zip(every, logp):
+            if t == bos:
+                continue
+            best = int(row.argmax())
+            tokens.append(piece(t))
+            values.append(float(row[t]))
+            top.append({piece(best): float(row[best]), piece(t): float(row[t])})
+        values[0], top[0] = None, None
+        return {"id": "x", "model": body["model"], "usage": {"completion_tokens": 1},
+                "choices": [{"index": 0, "finish_reason": "length", "text": body["prompt"] + piece(every[-1]),
+                             "logprobs": {"tokens": tokens, "token_logprobs": values, "top_logprobs": top,
+                                          "text_offset": list(range(len(tokens)))}}]}
+
     def respond(route: str, body: dict) -> dict:
+        if "echo_text" in scoring and route == "/completions":
+            if not isinstance(body["prompt"], str):
+                return INVALID
+            if body.get("echo"):
+                return llama_echo(body)
         wants = "prompt_logprobs" if body.get("prompt_logprobs") is not None else "echo" if body.get("echo") else None
         if route == "/completions" and wants in scoring:
             return score(body)
         chat = route == "/chat/completions"
-        ids = backend.prompt_ids([(m["role"], m["content"]) for m in body["messages"]]) if chat else body["prompt"]
+        prompt = body.get("prompt")
+        ids = (backend.prompt_ids([(m["role"], m["content"]) for m in body["messages"]]) if chat else
+               backend.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else prompt)
         done: queue.Queue = queue.Queue()
         waiting.put((list(ids), served[body["model"]], body["max_tokens"], done))
         row = done.get()

@@ -13,10 +13,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from api_server import Server, model_server
+from hypothesis import given
+from hypothesis import strategies as st
 from tiny import load_backend
 
 from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.endpoint import _aligned, _echoed, _Retokenized
 from dpo_eval_core.errors import ConfigError, EndpointError
 from dpo_eval_core.families import forgetting, rewards
 from dpo_eval_core.run import GateRun
@@ -47,13 +50,14 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dpo_eval_core.endpoint.time", SimpleNamespace(sleep=lambda s: None))
 
 
-def serve(backend: HFBackend, scoring: tuple[str, ...]) -> Server:
-    return model_server(backend, {"tiny-lora": True, "tiny-base": False}, "tiny-base", scoring=scoring)
+def serve(backend: HFBackend, scoring: tuple[str, ...], **kw) -> Server:
+    return model_server(backend, {"tiny-lora": True, "tiny-base": False}, "tiny-base", scoring=scoring, **kw)
 
 
-def run_of(tiny_adapter: Path, data: tuple[Path, Path], cache: Path, server: Server | None = None) -> GateRun:
+def run_of(tiny_adapter: Path, data: tuple[Path, Path], cache: Path, server: Server | None = None,
+           serve_prompt: str = "local") -> GateRun:
     served = dict(serve_url=server.url, serve_model="tiny-lora", serve_base_model="tiny-base",
-                  serve_scoring="server") if server else {}
+                  serve_scoring="server", serve_prompt=serve_prompt) if server else {}
     return GateRun(EvalConfig(adapter=tiny_adapter, data=str(data[0]), cache_dir=cache, max_new_tokens=8,
                               train_answers=0, valid_fraction=0.5, compute_dtype="float32",
                               families={"forgetting": {"sets": (str(data[1]),)}},
@@ -73,12 +77,12 @@ def local(tiny_adapter: Path, data: tuple[Path, Path], tmp_path_factory: pytest.
     return run
 
 
-@pytest.mark.parametrize("mode", ["prompt_logprobs", "echo"])
+@pytest.mark.parametrize("mode", ["prompt_logprobs", "echo", "echo_text"])
 def test_served_log_probs_equal_local_float32_and_no_local_model_is_loaded(mode, backend, local, tiny_adapter, data,
                                                                           tmp_path):
-    server = serve(backend, (mode,))
+    server = serve(backend, (mode,))  # echo_text: a text-only server, as llama-cpp-python's
     try:
-        run = run_of(tiny_adapter, data, tmp_path, server)
+        run = run_of(tiny_adapter, data, tmp_path, server, serve_prompt="server" if mode == "echo_text" else "local")
         claims = {cid: run.claim(cid) for cid in CLAIMS}
     finally:
         server.close()
@@ -120,10 +124,100 @@ def test_a_server_that_scores_other_tokens_than_those_sent_is_refused(backend, t
 
     server.respond = retokenizing
     try:
-        with pytest.raises(EndpointError, match="retokenized or cut the prompt"):
+        with pytest.raises(EndpointError, match=r"scored \d+ prompt tokens for the \d+ token ids sent, so its "
+                                                r"log-probs cannot stand"):
             scorer(run_of(tiny_adapter, data, tmp_path, server))
     finally:
         server.close()
+
+
+def test_a_text_only_server_whose_log_probs_are_a_token_off_is_refused(backend, tiny_adapter, data, tmp_path):
+    # llama-cpp-python reads each echoed token's value from the logits row of its own index, right only when the
+    # text starts with the model's BOS, which it leaves out; here no token counts as BOS, so every value is a row
+    # off and the token generated falls off the end.
+    server = serve(backend, ("echo_text",), echo_bos=-1)
+    try:
+        with pytest.raises(EndpointError, match=r"(split the text into other tokens|generated at temperature 0 is not "
+                                                r"the likeliest).*so its log-probs cannot stand for the gate's tokens"):
+            scorer(run_of(tiny_adapter, data, tmp_path, server, serve_prompt="server"))
+    finally:
+        server.close()
+
+
+def test_a_text_only_server_is_refused_token_id_prompts_at_start_naming_the_option(backend, tiny_adapter, data,
+                                                                                   tmp_path):
+    server = serve(backend, ("echo_text",))
+    try:
+        with pytest.raises(EndpointError, match=r"takes no token-id prompts on /v1/completions for 'tiny-(lora|base)'"
+                                                r".*validation error.*Pass --serve-prompt server"):
+            _ = run_of(tiny_adapter, data, tmp_path, server).answers
+    finally:
+        server.close()
+    assert len(server.requests) == 1  # the one-token probe, nothing else
+
+
+def test_a_503_while_scoring_is_retried_and_the_log_probs_stay_the_same(backend, local, tiny_adapter, data,
+                                                                      tmp_path):
+    server = serve(backend, ("prompt_logprobs",))
+    try:
+        run = run_of(tiny_adapter, data, tmp_path, server)
+        scorer(run)  # the probes
+        server.script = ["ok"] * 5 + [503, 503, "ok", 503]
+        summary = rewards.reward_summary(run)
+    finally:
+        server.close()
+    assert not server.script  # every scripted failure was served, mid-run
+    np.testing.assert_allclose(summary.margins, rewards.reward_summary(local).margins, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("names", [dict(serve_model="tiny-lora-v2"), dict(serve_base_model="base")],
+                         ids=["adapter name", "base name"])
+def test_a_wrong_served_name_is_refused_before_scoring_or_loading(names, backend, tiny_adapter, data, tmp_path):
+    server = serve(backend, ("prompt_logprobs",))
+    try:
+        run = GateRun(dataclasses.replace(run_of(tiny_adapter, data, tmp_path, server).cfg, **names))
+        with pytest.raises(EndpointError, match=r"does not serve '(tiny-lora-v2|base)'.*it serves 'tiny-lora', "
+                                                r"'tiny-base'"):
+            scorer(run)
+    finally:
+        server.close()
+    assert run.loaded is None and not server.requests  # asked only for its model list
+
+
+@given(st.lists(st.tuples(st.sampled_from(["", "a", " b", "\n"]), st.booleans()), min_size=2, max_size=30),
+       st.integers(1, 29), st.data())
+def test_echoed_tokens_align_with_the_gates_and_anything_else_is_refused(tokens, start, data):
+    # (piece, listed): a special token's piece is "", and a server may list no entry for it (llama.cpp's BOS id,
+    # which starts the text or follows text: "\n<|im_start|>"; an unlisted "" right after a listed "" could not be
+    # told apart from it)
+    start = min(start, len(tokens) - 1)
+    tokens = [(p, listed or bool(p) or (i > 0 and not tokens[i - 1][0])) for i, (p, listed) in enumerate(tokens)]
+    pieces = [p for p, _ in tokens]
+    values = [float(-i) for i in range(len(tokens))]
+    kept = [i for i, (p, listed) in enumerate(tokens) if p or listed]
+    echoed, echoed_values = [pieces[i] for i in kept], [values[i] for i in kept]
+    if all(i in kept for i in range(start, len(tokens))):
+        assert _aligned(pieces, echoed, echoed_values, start) == values[start:]
+    else:  # a token asked for has no entry
+        with pytest.raises(_Retokenized, match="gave no log-prob"):
+            _aligned(pieces, echoed, echoed_values, start)
+    words = [j for j, p in enumerate(echoed) if p]
+    if words:  # the server split the text otherwise: one of its tokens is not the gate's
+        j = data.draw(st.sampled_from(words))
+        other = echoed[:j] + [echoed[j] + "x"] + echoed[j + 1:]
+        with pytest.raises(_Retokenized, match="split the text into other tokens"):
+            _aligned(pieces, other, echoed_values, start)
+    with pytest.raises(_Retokenized, match="more tokens than"):  # a token the gate does not have
+        _aligned(pieces, ["z", *echoed], [0.0, *echoed_values], start)
+
+
+def test_an_echo_without_its_generated_bos_is_taken_only_where_the_server_left_out_the_first_token():
+    pieces = ["", "a", "b"]  # the gate's BOS, then two tokens of text; the server generated its BOS id next
+    right = {"tokens": ["a", "b"], "token_logprobs": [None, -1.5], "top_logprobs": None}
+    assert _echoed(pieces, right, generated=1, start=2) == [-1.5]
+    off = {"tokens": ["", "a", "b"], "token_logprobs": [None, -0.1, -7.0], "top_logprobs": None}  # BOS not left out
+    with pytest.raises(_Retokenized, match="split the text into other tokens"):
+        _echoed(pieces, off, generated=1, start=2)
 
 
 def test_server_scoring_needs_a_server():

@@ -65,14 +65,16 @@ def test_served_answers_equal_local_greedy_generation_and_a_second_run_is_all_ca
     run = run_of(tiny_adapter, pairs, tmp_path, server, serve_prompt=prompt)
     assert run.answers == local_answers and run.loaded is None  # no model loaded here for the answers
     asked = sum(g is not None for r in ("tuned", "base") for g in run.answers[r])
-    assert len(server.requests) == asked and run.computed == {"generations_tuned": asked // 2,
+    probes = [r for r in server.requests if r["body"]["max_tokens"] == 1]  # one per served name, before the work
+    assert len(probes) == 2 and len(server.requests) == asked + 2 and run.computed == {"generations_tuned": asked // 2,
                                                               "generations_base": asked // 2}
     route = "/v1/completions" if prompt == "local" else "/v1/chat/completions"
     assert {r["path"] for r in server.requests} == {route} and {r["body"]["model"] for r in server.requests} == {
         "tiny-lora", "tiny-base"}
-    assert all(r["body"]["temperature"] == 0.0 and r["body"]["max_tokens"] == 12 for r in server.requests)
+    assert all(r["body"]["temperature"] == 0.0 and r["body"]["max_tokens"] == 12 for r in server.requests
+               if r not in probes)
     again = run_of(tiny_adapter, pairs, tmp_path, server, serve_prompt=prompt)
-    assert again.answers == local_answers and len(server.requests) == asked
+    assert again.answers == local_answers and len(server.requests) == asked + 2  # a warm run asks nothing
     assert again.computed == {"generations_tuned": 0, "generations_base": 0}
 
 
@@ -80,7 +82,7 @@ def test_served_answers_never_come_from_local_ones_in_the_cache(server, tiny_ada
     run_of(tiny_adapter, pairs, tmp_path).answers  # noqa: B018  local answers, same cache
     served = run_of(tiny_adapter, pairs, tmp_path, server)
     assert served.computed == {} and served.answers and served.computed["generations_tuned"] > 0
-    assert len(server.requests) == served.computed["generations_tuned"] + served.computed["generations_base"]
+    assert len(server.requests) == served.computed["generations_tuned"] + served.computed["generations_base"] + 2
 
 
 def test_a_503_mid_run_and_a_timeout_are_retried_and_the_answers_stay_the_same(server, local_answers, tiny_adapter,
@@ -88,19 +90,19 @@ def test_a_503_mid_run_and_a_timeout_are_retried_and_the_answers_stay_the_same(s
     server.script, server.slow_s = ["ok", "ok", 503, "slow", "ok", 503], 1.0
     run = run_of(tiny_adapter, pairs, tmp_path, server, serve_timeout=0.3, serve_concurrency=1)
     assert run.answers == local_answers
-    assert len(server.requests) == sum(g is not None for r in ("tuned", "base") for g in run.answers[r]) + 3
+    assert len(server.requests) == sum(g is not None for r in ("tuned", "base") for g in run.answers[r]) + 3 + 2
 
 
 def test_an_interrupted_run_keeps_the_answers_it_received_and_resumes(server, local_answers, tiny_adapter, pairs,
                                                                      tmp_path):
-    server.script = ["ok"] * 5 + [400]  # a refusal is not retried: the run stops after five answers
+    server.script = ["ok"] * 6 + [400]  # a refusal is not retried: the run stops after the probe and five answers
     with pytest.raises(EndpointError, match="HTTP 400"):
         _ = run_of(tiny_adapter, pairs, tmp_path, server, serve_concurrency=1).answers
     first = len(server.requests)
     run = run_of(tiny_adapter, pairs, tmp_path, server, serve_concurrency=1)
     assert run.answers == local_answers
     total = sum(g is not None for r in ("tuned", "base") for g in run.answers[r])
-    assert len(server.requests) - first == total - (first - 1)  # only what was not received before
+    assert len(server.requests) - first == total - (first - 2) + 2  # what was not received before, and two probes
 
 
 @pytest.mark.parametrize("kw, message", [
