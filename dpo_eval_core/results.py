@@ -77,8 +77,10 @@ def run_facts(run: Any) -> dict[str, Any]:
             "answers": "server" if "answers" in sec else "not asked",
             "log_probs": (f"server ({scorer[0].mode})" if run.cfg.serve_scoring == "server" else "local model")
             if scorer else "not computed",
-            "local_model": ("loaded: a claim needed the weights (checkpoint and quantization claims always do)"
-                            if "load" in run.timings else "not loaded"),
+            "local_model": ("not loaded" if "load" not in run.timings else
+                            f"loaded: --serve-check {run.cfg.serve_check} scored pairs locally too"
+                            if run.stages.get("serve check") else
+                            "loaded: a claim needed the weights (checkpoint and quantization claims always do)"),
             "replicas": {role: s.endpoint.report() for role, s in (run.stages.get("served") or {}).items()},
             "check": run.stages.get("serve check")}
     return facts

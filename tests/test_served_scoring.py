@@ -22,6 +22,7 @@ from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.endpoint import _aligned, _echoed, _Retokenized
 from dpo_eval_core.errors import ConfigError, EndpointError
 from dpo_eval_core.families import forgetting, rewards
+from dpo_eval_core.results import run_facts
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.scoring import scorer
 from dpo_eval_core.texts import served
@@ -312,6 +313,7 @@ def test_the_parity_check_passes_a_faithful_server_and_stops_a_wrong_one(backend
         scorer(run)
         seen = run.stages["serve check"]
         assert seen["pairs"] == 3 and seen["worst_difference"] < 1e-4 and run.loaded is not None
+        assert run_facts(run)["model_work"]["local_model"] == "loaded: --serve-check 3 scored pairs locally too"
 
         def off_by_a_little(route: str, body: dict) -> dict:  # another model: every token 0.5 nat less likely
             out = real(route, body)
