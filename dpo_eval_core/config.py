@@ -278,10 +278,12 @@ class EvalConfig:
     serve_scoring: ServeScoring = "local"
     """local: the reward and multiple-choice log-probs come from the local model (float32 on CPU, equal to
     TRL's); server: from --serve-url too (policy from the adapter's served name, reference from the base's),
-    the prompts sent as token ids, so the gate needs no local model for them."""
+    the gate's own tokens scored (sent as token ids, or as their text to a server that takes only text), so
+    the gate needs no local model for them."""
     serve_check: int = 0
     """With serve_scoring server: score this many valid pairs with the local model too, and stop the run when the
-    server's log-probs differ beyond SERVE_CHECK_TOLERANCE (0: no check, no local model)."""
+    server's log-probs differ beyond scoring.RELATIVE * |log-prob| + scoring.ABSOLUTE (0: no check, no local
+    model)."""
     serve_concurrency: int = 16
     """Requests in flight at once to the answer server (its own batching does the rest)."""
     serve_timeout: float = 300.0

@@ -508,12 +508,6 @@ class Replicas:
                                 f"the replicas of one deployment.")
         return next(iter(modes.values()))
 
-    def check(self, option: str) -> None:
-        names = self.model_cards()
-        if names is not None and self.settings.model not in names:
-            raise EndpointError(f"{self.url} does not serve the model {self.settings.model!r}; it serves "
-                                f"{', '.join(map(repr, names)) or 'nothing'}. Fix {option}.")
-
     def many(self, call: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
         """As ChatEndpoint.many, with every replica's concurrency in flight."""
         return many(call, items, self.settings.concurrency * len(self.endpoints))

@@ -65,9 +65,9 @@ def parity(run: GateRun, served_scorer: ServedScorer) -> dict[str, Any]:
     seen = {"pairs": len(pairs), "worst_difference": d, "local": a, "server": b, "role": role,
             "tolerance": f"{RELATIVE:.0%} of |log-prob| + {ABSOLUTE:g} nat"}
     if past > 0:
-        raise EndpointError(f"--serve-check {run.cfg.serve_check}: the server's {role} log-prob of a sequence is {b:.4g} "
-                            f"where local {run.cfg.resolved_dtype} scoring gives {a:.4g} (difference {d:.3g}; tolerance "
-                            f"{seen['tolerance']}, {RELATIVE * abs(a) + ABSOLUTE:.3g} here) on {len(pairs)} pairs. The "
-                            f"server scores another model, tokenizer or chat template than the local one: check "
-                            f"--serve-model and --serve-base-model, or score locally (--serve-scoring local).")
+        raise EndpointError(f"--serve-check {run.cfg.serve_check}: the server's {role} log-prob of a sequence is "
+                            f"{b:.4g} where local {run.cfg.resolved_dtype} scoring gives {a:.4g} (difference {d:.3g}; "
+                            f"tolerance {seen['tolerance']}, {RELATIVE * abs(a) + ABSOLUTE:.3g} here) on {len(pairs)} "
+                            f"pairs. The server scores another model, tokenizer or chat template than the local one: "
+                            f"check --serve-model and --serve-base-model, or score locally (--serve-scoring local).")
     return seen
