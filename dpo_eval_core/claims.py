@@ -116,16 +116,16 @@ def rate_above(cid: str, k: int, n: int, threshold: float, gate: GateConfig, wha
 
 
 def mean_above(cid: str, x: Sequence[float], threshold: float, gate: GateConfig, what: str) -> Claim:
-    """A mean of per-item values whose Student's t interval must lie above `threshold`."""
+    """A mean of per-item values whose skew-guarded t interval must lie above `threshold`."""
     m, lo, hi, bounds = D.mean_bounds(np.asarray(x, dtype=float), gate.ci_level)
     d = D.above(m, lo, hi, threshold, len(x), rate_floor(gate), bounds)
-    ci = f"{gate.ci_level:.0%} t CI [{lo:.4g}, {hi:.4g}]"
+    ci = f"{gate.ci_level:.0%} skew-guarded t CI [{lo:.4g}, {hi:.4g}]"
     return decided(cid, d, f"CI low > {threshold:g}", ci, f"{what} {fmt(m)}, {ci}, n={len(x)}", units="pairs")
 
 
 
 def one_sided(gate: GateConfig) -> str:
-    return f"one-sided {1 - gate.alpha:.0%}"
+    return f"one-sided {1 - gate.tail:.1%}"
 
 
 
@@ -135,7 +135,7 @@ def not_worse_message(c: PairedComparison, d: D.Decision, gate: GateConfig, marg
     baseline), `unit` what was compared."""
     bounds = f"{one_sided(gate)} bounds [{d.low:+.4g}, {d.high:+.4g}]"
     how = ("Tango's paired score interval" if c.kind == "paired proportions" else
-           "t interval of the mean per-item difference")
+           "skew-guarded t interval of the mean per-item difference")
     if c.extra_ci is not None:
         how += f", joined with the bootstrap over pairs [{fmt(c.extra_ci[0])}, {fmt(c.extra_ci[1])}]"
     verdict = {"pass": f"not worse: the drop is shown to be within the margin ({margin_text})",
@@ -150,11 +150,11 @@ def not_worse_message(c: PairedComparison, d: D.Decision, gate: GateConfig, marg
 def not_worse(cid: str, c: PairedComparison, margin: float, margin_text: str, gate: GateConfig, this: str,
               other: str, worse: str = "WORSE", units: str = "items", unit: str = "shared items") -> Claim:
     """Non-inferiority of `this` against `other` on a paired comparison, with the family's margin: passes when
-    the one-sided (1 - alpha) lower bound of this - other lies above -margin."""
+    the one-sided (1 - tail) lower bound of this - other lies above -margin."""
     if c.n == 0:
         return Claim(cid, False, None, "", "", 0, f"no item was measured for both: nothing to compare with {other}",
                      applicable=False)
-    d = c.decide(gate.alpha, margin)
+    d = c.decide(gate.tail, margin)
     return decided(cid, d, f"lower bound > -{margin:.4g}", f"{one_sided(gate)} [{d.low:+.4g}, {d.high:+.4g}]",
                    not_worse_message(c, d, gate, margin_text, this, other, worse, unit), units=units)
 
@@ -172,13 +172,14 @@ def not_lower_unpaired(cid: str, what: str, old_value: float | None, old_n: int 
                      f"{what} has no value in this run ({current.message})", inconclusive=True)
     n1, n2 = int(current.n), int(old_n)
     k1, k2 = round(current.value * n1), round(float(old_value) * n2)
-    level = 1 - 2 * gate.alpha
+    level = 1 - 2 * gate.tail
     lo, hi = D.newcombe_unpaired(k1, n1, k2, n2, level)
-    at = lambda m: D.newcombe_unpaired(k1 * m / n1, m, k2 * m / n2, m, level)  # noqa: E731
-    d = D.not_worse(k1 / n1 - k2 / n2, lo, hi, margin, min(n1, n2), D.min_items(gate.alpha), at)
+    power = D.power_level(level)
+    at = lambda m: D.newcombe_unpaired(k1 * m / n1, m, k2 * m / n2, m, power)  # noqa: E731
+    d = D.not_worse(k1 / n1 - k2 / n2, lo, hi, margin, min(n1, n2), D.min_items(gate.tail), at)
     verdict = {"pass": "not lower beyond the margin", "fail": "REGRESSED: the drop is shown to exceed the margin",
                "inconclusive": "the data cannot tell whether the drop is within the margin"}[d.outcome]
     return decided(cid, d, f"lower bound > -{margin:.4g}", f"unpaired [{lo:+.4g}, {hi:+.4g}]",
                    f"{what} {k1 / n1:.4g} ({k1} of {n1}) now against the baseline's {k2 / n2:.4g} ({k2} of {n2}): "
-                   f"difference {d.estimate:+.4g}, one-sided {1 - gate.alpha:.0%} bounds [{lo:+.4g}, {hi:+.4g}] "
+                   f"difference {d.estimate:+.4g}, {one_sided(gate)} bounds [{lo:+.4g}, {hi:+.4g}] "
                    f"(Newcombe, unpaired: {why_unpaired}); margin {margin_text}; {verdict}")

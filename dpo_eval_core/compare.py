@@ -2,12 +2,12 @@
 
 Both adapters are scored on the same valid pairs and asked the same questions, so every comparison is
 paired, item by item, matched by id, and each is a non-inferiority decision with a margin in the metric's
-own units (decide.py): the candidate passes when the one-sided (1 - alpha) lower bound of
+own units (decide.py): the candidate passes when the one-sided (1 - tail) lower bound of
 candidate - other lies above -margin, fails when the upper bound lies below it, and is inconclusive
 otherwise. Right/wrong per item (reward correctness, multiple-choice answers, sign agreement per
-data-signal feature) uses Tango's score interval for paired proportions; per-item values (reward
-margins) a t interval on the per-item differences, the mean that the message reports (never a test of
-the median). The same comparisons decide a run against a baseline's per-item values (`regression.py`).
+data-signal cluster) uses Tango's score interval for paired proportions; per-item values (reward
+margins) the skew-guarded t interval on the per-item differences, the mean that the message reports (never
+a test of the median). The same comparisons decide a run against a baseline's per-item values (`regression.py`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class PairedComparison:
     """Items where the candidate is better (right where the other is wrong, a larger margin)."""
     worse: int
     sd: float = math.nan
-    """Paired values: the standard deviation of the per-item differences (their t interval's spread)."""
+    """Paired values: the standard deviation of the per-item differences (their interval's spread)."""
+    skew: float = 0.0
+    """Paired values: the skewness of the per-item differences (their interval guards against it)."""
     extra_ci: tuple[float, float] | None = None
     """A second interval of the difference at the same level, whose doubt the decision also keeps (the sign
     agreement's bootstrap over pairs); the decision is taken on the union of the two."""
@@ -48,23 +50,23 @@ class PairedComparison:
     def estimate(self) -> float:
         return self.candidate - self.other
 
-    def bounds(self, alpha: float) -> tuple[float, float, float, D.Bounds]:
-        """(candidate - other, one-sided 1 - alpha lower and upper bounds, the bounds at another n)."""
-        level = 1 - 2 * alpha
+    def bounds(self, tail: float) -> tuple[float, float, float, D.Bounds]:
+        """(candidate - other, one-sided 1 - tail lower and upper bounds, the bounds at another n)."""
+        level = 1 - 2 * tail
         if self.kind == "paired proportions":
             d, lo, hi, at = D.paired_bounds(self.better, self.worse, self.n, level)
         else:
-            d, sd = self.estimate, self.sd
-            lo, hi = D.t_interval(d, sd, self.n, level)
-            at = lambda m: D.t_interval(d, sd, m, level)  # noqa: E731
+            d, sd, g, power = self.estimate, self.sd, self.skew, D.power_level(level)
+            lo, hi = D.skew_interval(d, sd, g, self.n, level)
+            at = lambda m: D.skew_interval(d, sd, g, m, power)  # noqa: E731
         if self.extra_ci is not None and not any(math.isnan(x) for x in self.extra_ci):
             lo, hi = min(lo, self.extra_ci[0]), max(hi, self.extra_ci[1])
         return d, lo, hi, at
 
-    def decide(self, alpha: float, margin: float) -> D.Decision:
-        """Not worse than the other by more than `margin` (in the metric's units)?"""
-        d, lo, hi, at = self.bounds(alpha)
-        return D.not_worse(d, lo, hi, margin, self.n, D.min_items(alpha), at)
+    def decide(self, tail: float, margin: float) -> D.Decision:
+        """Not worse than the other by more than `margin` (in the metric's units), at one-sided error `tail`?"""
+        d, lo, hi, at = self.bounds(tail)
+        return D.not_worse(d, lo, hi, margin, self.n, D.min_items(tail), at)
 
 
 def match(ids_a: Sequence[str], a: Sequence[float], ids_b: Sequence[str], b: Sequence[float]
@@ -81,7 +83,7 @@ def compare_values(what: str, a: np.ndarray, b: np.ndarray) -> PairedComparison:
     d = round_noise(a - b, np.maximum(np.abs(a), np.abs(b)))
     return PairedComparison(what, "paired values", int(d.size), float(a.mean()) if a.size else math.nan,
                             float(b.mean()) if b.size else math.nan, int((d > 0).sum()), int((d < 0).sum()),
-                            float(d.std(ddof=1)) if d.size >= 2 else math.nan)
+                            float(d.std(ddof=1)) if d.size >= 2 else math.nan, D.skewness(d))
 
 
 def compare_correct(what: str, a: np.ndarray, b: np.ndarray, extra_ci: tuple[float, float] | None = None

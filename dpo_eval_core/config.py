@@ -50,17 +50,16 @@ class GateConfig:
     """Which claims gate and their thresholds. Command line > file > these defaults."""
 
     alpha: float = 0.05
-    """Significance level of every per-feature Wilcoxon claim, and the one-sided error of every
-    non-inferiority ("not worse") decision: it passes when the one-sided (1 - alpha) bound of the drop lies
-    inside the margin."""
+    """Significance level of every per-feature Wilcoxon claim (two-sided, corrected within its family). The
+    "shown to hold" decisions run at `tail`, from ci_level."""
     inconclusive: Inconclusive = "fail"
     """What a gating claim that the data could not decide does to the run: fail it (default: a PASS must mean
     the data shows the claim) or warn and let the run pass."""
     correction: Correction = "bh"
     """Multiple-comparison correction within a claim family: none, bh (Benjamini-Hochberg), bonferroni."""
     ci_level: float = 0.95
-    """Confidence level of the intervals of the "above a threshold" claims (a lower bound above the threshold
-    is a one-sided test at (1 - ci_level) / 2)."""
+    """Confidence level of every interval the report prints; every "shown to hold" decision (above a threshold,
+    not worse by more than a margin) is one-sided at (1 - ci_level) / 2 = 0.025, the ICH E9 convention."""
     n_bootstrap: int = 2000
     """Resamples of the bootstraps over pairs: the sign-agreement rate's and the judge's length-controlled rate's
     intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
@@ -80,6 +79,11 @@ class GateConfig:
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:
             raise ConfigError("gate.n_bootstrap", self.n_bootstrap, "an integer >= 100")
         check_claim_ids(installed(), self.gating, "gate.gating")
+
+    @property
+    def tail(self) -> float:
+        """The one-sided error of every "shown to hold" decision: (1 - ci_level) / 2."""
+        return (1 - self.ci_level) / 2
 
     def gates(self, claim_id: str) -> bool:
         """True when a failure of this claim fails the run."""

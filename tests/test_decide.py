@@ -24,6 +24,7 @@ from dpo_eval_core.rewards import PairLogps
 from dpo_eval_core.rewards import summarize as reward_summary
 
 Z90 = float(norm.ppf(0.95))  # the two-sided 90% interval = one-sided 95% bounds at alpha 0.05
+Z80 = float(norm.ppf(0.80))  # n_needed is the size at which a fresh sample decides with 80% power
 
 
 def test_clopper_pearson_known_values():
@@ -79,13 +80,14 @@ def test_too_few_items_never_pass_even_with_a_clean_interval():
     assert d.outcome == "inconclusive" and d.n_needed == 6
 
 
-def test_an_inconclusive_decision_says_how_many_items_would_decide_it():
-    # no discordant item: non-inferiority at margin 0.02 needs z^2 / (n + z^2) < 0.02 -> n > z^2 (1 - 0.02) / 0.02
+def test_an_inconclusive_decision_says_how_many_items_give_80_percent_power():
+    # no discordant item: non-inferiority at margin 0.02 needs z^2 / (n + z^2) < 0.02 -> n > z^2 (1 - 0.02) / 0.02,
+    # with z = z_0.95 + z_0.80 = 2.486 (the 80%-power size, not the 50% one at z_0.95 alone: 303, not 133)
     c = compare_correct("reward-accuracy", np.ones(67), np.ones(67))
     d = c.decide(0.05, 0.02)
-    assert d.outcome == "inconclusive" and d.n_needed == math.floor(Z90 ** 2 * 0.98 / 0.02) + 1
+    assert d.outcome == "inconclusive" and d.n_needed == math.floor((Z90 + Z80) ** 2 * 0.98 / 0.02) + 1
     again = compare_correct("reward-accuracy", np.ones(d.n_needed), np.ones(d.n_needed)).decide(0.05, 0.02)
-    assert again.outcome == "pass"
+    assert again.outcome == "pass" and "80% power" in D.describe(d)
 
 
 def test_an_estimate_exactly_on_the_margin_reports_no_deciding_n():

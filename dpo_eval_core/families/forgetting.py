@@ -50,7 +50,7 @@ class Settings:
     """Non-inferiority margin of no-forgetting[SET], in accuracy: the tuned model may answer at most this share
     of questions fewer right than the base (two points, what a release team would trade for an alignment
     gain; the leaderboard differences teams act on are a point or two). It passes when the one-sided
-    (1 - alpha) upper bound of the drop is below it."""
+    (1 - tail) upper bound of the drop is below it."""
 
     def __post_init__(self) -> None:
         check_choice("--mcq-format", self.format, get_args(McqFormat))
@@ -136,7 +136,7 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
     chance_note = (f"; both models answer at chance level ({s.chance:.3f}) on this set, so it cannot show "
                    f"forgetting: use a set the base model knows") if at_chance else ""
     above_chance = D.above(tuned.value, tuned.ci_low, tuned.ci_high, s.chance, s.n, rate_floor(gate), lambda m: (
-        D.clopper_pearson(tuned.correct * m / s.n, m, gate.ci_level)))
+        D.clopper_pearson(tuned.correct * m / s.n, m, D.power_level(gate.ci_level))))
     accuracy = decided(
         ACCURACY.id(s.name), above_chance, f"CI low > chance {s.chance:.3f}",
         f"{lvl} Clopper-Pearson CI [{tuned.ci_low:.3f}, {tuned.ci_high:.3f}]",
@@ -144,7 +144,7 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
         f"{_acc(s.base_norm)} ({lvl} Clopper-Pearson); {s.metric} gates; chance {s.chance:.3f}; n={s.n} "
         f"({setting}){notes}", units="questions")
     d = PairedComparison(s.metric, "paired proportions", s.n, tuned.value, base.value, s.gained,
-                         s.lost).decide(gate.alpha, max_forgetting)
+                         s.lost).decide(gate.tail, max_forgetting)
     verdict = {"pass": f"the drop is shown to be below max_forgetting {max_forgetting}",
                "fail": f"the drop is shown to exceed max_forgetting {max_forgetting}: the adapter forgot",
                "inconclusive": f"the data cannot tell whether the drop is below max_forgetting "

@@ -117,7 +117,8 @@ def win(cid: str, s: J.JudgeSummary, gate: Any) -> tuple[Claim, D.Decision]:
     ten decisive pairs)."""
     lo, hi = s.win_ci
     n = s.scored
-    at = lambda m: J.win_interval(s.wins * m / n, s.losses * m / n, m, gate.ci_level)  # noqa: E731
+    power = D.power_level(gate.ci_level)
+    at = lambda m: J.win_interval(s.wins * m / n, s.losses * m / n, m, power)  # noqa: E731
     d = D.above(s.win_rate, lo, hi, 0.5, n, rate_floor(gate), at)
     if d.passed and not s.sign_p < (1 - gate.ci_level) / 2:
         d = D.Decision("inconclusive", d.estimate, lo, hi, n, D.items_to_decide(
@@ -185,16 +186,17 @@ def claims(run: GateRun, _: str | None) -> list[Claim]:
 
 def not_worse_judge(cid: str, s: J.JudgeSummary, gate: Any, max_drop: float, other: str) -> Claim:
     """The judge's win rate of this adapter against `other` is shown to be at least 0.5 - max_win_rate_drop
-    (non-inferiority on the same score interval as judge-win-rate, at the one-sided alpha)."""
+    (non-inferiority on the same score interval as judge-win-rate, at the gate's one-sided tail)."""
     if s.scored == 0:
         return Claim(cid, False, None, "", "", 0,
                      f"no pair got a parseable verdict in both orders ({s.unparseable} of {s.n} left out)",
                      inconclusive=True)
-    level = 1 - 2 * gate.alpha
+    level = 1 - 2 * gate.tail
     lo, hi = J.win_interval(s.wins, s.losses, s.scored, level)
-    at = lambda m: J.win_interval(s.wins * m / s.scored, s.losses * m / s.scored, m, level)  # noqa: E731
+    power = D.power_level(level)
+    at = lambda m: J.win_interval(s.wins * m / s.scored, s.losses * m / s.scored, m, power)  # noqa: E731
     floor = 0.5 - max_drop
-    d = D.above(s.win_rate, lo, hi, floor, s.scored, D.min_items(gate.alpha), at)
+    d = D.above(s.win_rate, lo, hi, floor, s.scored, D.min_items(gate.tail), at)
     verdict = {"pass": "not worse", "fail": f"WORSE: the judge prefers {other}",
                "inconclusive": "the judged pairs cannot tell"}[d.outcome]
     return decided(cid, d, f"lower bound > {floor:g}", f"{one_sided(gate)} [{lo:.3f}, {hi:.3f}]",
