@@ -136,8 +136,6 @@ def not_worse_message(c: PairedComparison, d: D.Decision, gate: GateConfig, marg
     bounds = f"{one_sided(gate)} bounds [{d.low:+.4g}, {d.high:+.4g}]"
     how = ("Tango's paired score interval" if c.kind == "paired proportions" else
            "skew-guarded t interval of the mean per-item difference")
-    if c.extra_ci is not None:
-        how += f", joined with the bootstrap over pairs [{fmt(c.extra_ci[0])}, {fmt(c.extra_ci[1])}]"
     verdict = {"pass": f"not worse: the drop is shown to be within the margin ({margin_text})",
                "fail": f"{worse}: the drop is shown to exceed the margin ({margin_text})",
                "inconclusive": f"the data cannot tell whether the drop is within the margin ({margin_text})"}[d.outcome]

@@ -42,9 +42,6 @@ class PairedComparison:
     """Paired values: the standard deviation of the per-item differences (their interval's spread)."""
     skew: float = 0.0
     """Paired values: the skewness of the per-item differences (their interval guards against it)."""
-    extra_ci: tuple[float, float] | None = None
-    """A second interval of the difference at the same level, whose doubt the decision also keeps (the sign
-    agreement's bootstrap over pairs); the decision is taken on the union of the two."""
 
     @property
     def estimate(self) -> float:
@@ -59,8 +56,6 @@ class PairedComparison:
             d, sd, g, power = self.estimate, self.sd, self.skew, D.power_level(level)
             lo, hi = D.skew_interval(d, sd, g, self.n, level)
             at = lambda m: D.skew_interval(d, sd, g, m, power)  # noqa: E731
-        if self.extra_ci is not None and not any(math.isnan(x) for x in self.extra_ci):
-            lo, hi = min(lo, self.extra_ci[0]), max(hi, self.extra_ci[1])
         return d, lo, hi, at
 
     def decide(self, tail: float, margin: float) -> D.Decision:
@@ -86,13 +81,11 @@ def compare_values(what: str, a: np.ndarray, b: np.ndarray) -> PairedComparison:
                             float(d.std(ddof=1)) if d.size >= 2 else math.nan, D.skewness(d))
 
 
-def compare_correct(what: str, a: np.ndarray, b: np.ndarray, extra_ci: tuple[float, float] | None = None
-                    ) -> PairedComparison:
-    """Per-item right/wrong (reward correctness, multiple-choice answers, agreement per feature)."""
+def compare_correct(what: str, a: np.ndarray, b: np.ndarray) -> PairedComparison:
+    """Per-item right/wrong (reward correctness, multiple-choice answers, agreement per signal direction)."""
     a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
     return PairedComparison(what, "paired proportions", int(a.size), float(a.mean()) if a.size else math.nan,
-                            float(b.mean()) if b.size else math.nan, int((a & ~b).sum()), int((~a & b).sum()),
-                            extra_ci=extra_ci)
+                            float(b.mean()) if b.size else math.nan, int((a & ~b).sum()), int((~a & b).sum()))
 
 
 @dataclass(frozen=True, slots=True)

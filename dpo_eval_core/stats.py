@@ -137,47 +137,6 @@ def differences(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return d_cr, d_tb
 
 
-def agreement_flags(d_cr: np.ndarray, d_tb: np.ndarray) -> np.ndarray:
-    """Per feature ([n_pairs, k] arrays, NaN where dropped): does avg d_tb move the way avg d_cr points?"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a feature with every pair dropped
-        return np.sign(np.nanmean(d_cr, axis=-2)) * np.sign(np.nanmean(d_tb, axis=-2)) > 0
-
-
-def agreement_rate_ci(d_cr: np.ndarray, d_tb: np.ndarray, level: float, n_boot: int,
-                      rng: np.random.Generator) -> tuple[float, float]:
-    """Bootstrap interval of the sign-agreement rate over the given features ([n_pairs, k] arrays of the
-    valid split, NaN where dropped), resampling pairs. (nan, nan) when there are no pairs or features."""
-    if d_cr.size == 0 or d_cr.shape[1] == 0:
-        return (math.nan, math.nan)
-    idx = rng.integers(0, d_cr.shape[0], size=(n_boot, d_cr.shape[0]))
-    rates = agreement_flags(d_cr[idx], d_tb[idx]).mean(axis=1)
-    lo, hi = np.quantile(rates, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return (float(lo), float(hi))
-
-
-def agreement_difference_ci(d_cr: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, level: float, n_boot: int,
-                            rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile bootstrap over pairs of agreement rate(a) - rate(b): two adapters' tuned - base differences
-    on the same valid pairs and signal features ([n_pairs, k] arrays). Resampling whole pairs keeps the
-    features' correlation. (nan, nan) without pairs or features."""
-    if d_cr.size == 0 or d_cr.shape[1] == 0:
-        return (math.nan, math.nan)
-    idx = rng.integers(0, d_cr.shape[0], size=(n_boot, d_cr.shape[0]))
-    diff = agreement_flags(d_cr[idx], d_a[idx]).mean(axis=1) - agreement_flags(d_cr[idx], d_b[idx]).mean(axis=1)
-    lo, hi = np.quantile(diff, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return (float(lo), float(hi))
-
-
-def signal_agreement_ci(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
-                        signal: set[str], level: float, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Bootstrap interval of the sign-agreement rate over the `signal` features on the valid split."""
-    cols = [j for j, n in enumerate(features) if n in signal]
-    valid = np.asarray([s == "valid" for s in split])
-    d_cr, d_tb = differences(values)
-    return agreement_rate_ci(d_cr[valid][:, cols], d_tb[valid][:, cols], level, n_boot, rng)
-
-
 def feature_stats(values: Mapping[str, np.ndarray], split: Sequence[str], features: Sequence[str],
                   correction: str = "bh", *, ci_level: float | None = None, n_boot: int | None = None,
                   rng: np.random.Generator | None = None) -> list[FeatureStat]:

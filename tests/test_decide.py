@@ -85,7 +85,9 @@ def test_an_inconclusive_decision_says_how_many_items_give_80_percent_power():
     # with z = z_0.95 + z_0.80 = 2.486 (the 80%-power size, not the 50% one at z_0.95 alone: 303, not 133)
     c = compare_correct("reward-accuracy", np.ones(67), np.ones(67))
     d = c.decide(0.05, 0.02)
-    assert d.outcome == "inconclusive" and d.n_needed == math.floor((Z90 + Z80) ** 2 * 0.98 / 0.02) + 1
+    # ... and Tango's small-sample z, z (1 + 1/n): the smallest n with n > (z (1 + 1/n))^2 (1 - 0.02) / 0.02
+    need = next(n for n in range(68, 1000) if n > ((Z90 + Z80) * (1 + 1 / n)) ** 2 * 0.98 / 0.02)
+    assert d.outcome == "inconclusive" and d.n_needed == need == 305
     again = compare_correct("reward-accuracy", np.ones(d.n_needed), np.ones(d.n_needed)).decide(0.05, 0.02)
     assert again.outcome == "pass" and "80% power" in D.describe(d)
 

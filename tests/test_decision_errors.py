@@ -1,7 +1,9 @@
 """Type I error of every decision rule, by exact enumeration where the outcomes can be counted and by seeded
 Monte Carlo where they cannot: at a true value exactly on the line (a drop equal to the margin, an accuracy
-of exactly the threshold, a judge with no preference) the pass rate stays at or below the rule's nominal
-error for n = 20, 100 and 1000; at no true drop it rises with n; and nothing passes on 1, 2 or 3 items.
+of exactly the threshold, a judge with no preference) the pass rate stays at or below the nominal one-sided
+0.025 x 1.1 from each rule's floor to n = 5,000, for skewed items and many discordant ones (the cells of
+dpo_eval_core/operating.py, which writes docs/decisions.md's table); at no true drop it rises with n; and
+nothing passes on 1, 2 or 3 items.
 
 Measured values are printed (`pytest -s`) and stated in README's "Decisions"."""
 
@@ -16,14 +18,15 @@ from scipy.special import gammaln
 from scipy.stats import binom, norm
 
 from dpo_eval_core import decide as D
+from dpo_eval_core import operating as O
 from dpo_eval_core.compare import PairedComparison, compare_correct, compare_values
 from dpo_eval_core.config import GateConfig
 from dpo_eval_core.families.alignment import Settings as AlignmentSettings
+from dpo_eval_core.agreement import Votes
 from dpo_eval_core.families.alignment import agreement_rate
 from dpo_eval_core.judge import sign_test_p, win_interval
 
-ALPHA = 0.05
-TAIL = 0.025  # the one-sided error of "interval at 95% above a threshold"
+TAIL = 0.025  # the one-sided error of every "shown to hold" decision
 SIZES = (20, 100, 1000)
 
 
@@ -44,68 +47,79 @@ def trinomial(n: int, p_better: float, p_worse: float) -> tuple[np.ndarray, np.n
     return b, c, p
 
 
-def paired_pass_rate(n: int, p_better: float, p_worse: float, margin: float) -> float:
-    """P(the paired non-inferiority rule passes): its lower bound lies above -margin exactly when Tango's
-    statistic at d0 = -margin exceeds z (the statistic falls as d0 rises), with at least min_items."""
-    b, c, p = trinomial(n, p_better, p_worse)
-    passes = D.tango_statistic(b, c, n, -margin) > norm.ppf(1 - ALPHA)
-    return float(p[passes].sum()) if n >= D.min_items(ALPHA) else 0.0
-
-
 def test_the_enumerated_rule_is_the_decision_the_code_takes():
     rng = np.random.default_rng(0)
     for _ in range(200):
         n = int(rng.integers(5, 80))
         b, c = rng.multinomial(n, [0.2, 0.1, 0.7])[:2]
-        d = PairedComparison("x", "paired proportions", n, 0, 0, int(b), int(c)).decide(ALPHA, 0.05)
-        assert d.passed == bool(D.tango_statistic(b, c, n, -0.05) > norm.ppf(1 - ALPHA))
+        d = PairedComparison("x", "paired proportions", n, 0, 0, int(b), int(c)).decide(TAIL, 0.05)
+        z = norm.ppf(1 - TAIL) * (1 + 1 / n)  # Tango's z with its small-sample correction (decide.tango_level)
+        assert d.passed == bool(n >= 6 and D.tango_statistic(b, c, n, -0.05) > z)
 
 
-@pytest.mark.parametrize("margin, discordance", [(0.02, 0.04), (0.02, 0.15), (0.02, 0.4), (0.05, 0.06), (0.05, 0.15),
-                                                  (0.05, 0.4)])  # a drop of m needs at least m of items changing
-def test_paired_proportions_at_a_drop_equal_to_the_margin_pass_at_most_alpha(margin, discordance):
-    # true drop = margin: P(lost) - P(gained) = margin, with `discordance` of the items changing
-    rates = [paired_pass_rate(n, (discordance - margin) / 2, (discordance + margin) / 2, margin) for n in SIZES]
-    print(f"Tango non-inferiority, margin {margin}, discordance {discordance}: exact pass rate at the margin "
-          + ", ".join(f"n={n}: {r:.4f}" for n, r in zip(SIZES, rates)))
-    # Tango's score test is within a tenth of its nominal level (largest seen here: 0.0535 at n = 20)
-    assert max(rates) <= ALPHA * 1.1
+@pytest.mark.parametrize("margin", [0.02, 0.05, 0.1])
+@pytest.mark.parametrize("discordance", [0.15, 0.3, 0.45, 0.6])  # a drop of m needs at least m of items changing
+def test_paired_proportions_at_a_drop_equal_to_the_margin_pass_at_most_the_tail(margin, discordance):
+    # true drop = margin: P(lost) - P(gained) = margin, with `discordance` of the items changing; n from the
+    # floor (6) to 5,000, enumerated exactly
+    rates = [O.paired_pass_rate(n, (discordance - margin) / 2, (discordance + margin) / 2, margin) for n in O.SIZES]
+    print(f"Tango non-inferiority, margin {margin}, {discordance:.0%} changing: exact pass rate at the margin "
+          + ", ".join(f"n={n}: {r:.4f}" for n, r in zip(O.SIZES, rates)))
+    # the plain score test reached 0.032 at n = 6 (margin 0.1, 60% changing); with z (1 + 1/n), at most 0.0251
+    assert max(rates) <= TAIL * 1.1
 
 
 def test_paired_proportions_with_no_true_drop_pass_more_often_as_n_grows():
-    rates = [paired_pass_rate(n, 0.075, 0.075, 0.02) for n in SIZES]
-    print("Tango non-inferiority, no true drop, 15% discordance, margin 0.02: "
+    rates = [O.paired_pass_rate(n, 0.075, 0.075, 0.04) for n in SIZES]
+    print("Tango non-inferiority, no true drop, 15% discordance, margin 0.04: "
           + ", ".join(f"n={n}: {r:.3f}" for n, r in zip(SIZES, rates)))
-    # power follows n: with 15% of answers changing, a 2-point margin needs about 2,000 questions for 80%
-    assert rates[0] < rates[1] < rates[2] and rates[2] > 0.45
+    # power follows n: 15% of answers changing, a 4-point margin: about 0.9 at 1,000 questions
+    assert rates[0] < rates[1] < rates[2] and rates[2] > 0.85
 
 
-def t_pass_rate(rng: np.random.Generator, n: int, draw, margin: float, runs: int) -> float:
-    """Monte Carlo pass rate of the paired-values rule (t lower bound above -margin) at mean difference -margin."""
-    hits = 0
-    for _ in range(runs):
-        d = draw(rng, n) - margin
-        hits += compare_values("reward-margin", d, np.zeros(n)).decide(ALPHA, margin).passed
-    return hits / runs
+@pytest.mark.parametrize("shape", list(O.SHAPES))
+def test_per_item_values_on_the_line_pass_at_most_the_tail_whatever_their_skew(shape):
+    """Mean above a line, and non-inferiority on per-item differences (the same rule moved by the margin):
+    normal items, and skewness -2 (a regression concentrated in a few items: Student's t passed 0.11 at n = 6
+    and 0.075 at n = 20) and +2."""
+    rng = np.random.default_rng(20261204)
+    runs = 6000
+    rates = [O.mean_pass_rate(n, shape, 0.0, runs, rng) for n in O.SIZES]
+    se = math.sqrt(TAIL * (1 - TAIL) / runs)
+    print(f"skew-guarded t, {shape}, mean on the line: " + ", ".join(
+        f"n={n}: {r:.4f}" for n, r in zip(O.SIZES, rates)) + f" (tail {TAIL}, Monte Carlo SE {se:.4f})")
+    assert max(rates) <= TAIL * 1.1 + 2 * se
 
 
-@pytest.mark.parametrize("shape", ["normal", "skewed"])
-def test_paired_values_at_a_drop_equal_to_the_margin_pass_at_most_alpha(shape):
-    draws = {"normal": lambda rng, n: rng.standard_normal(n),
-             # centred lognormal (skewness ~6): the t interval's worst case among reward margins' shapes
-             "skewed": lambda rng, n: (rng.lognormal(0, 1, n) - math.exp(0.5)) / math.sqrt((math.e - 1) * math.e)}
-    rng = np.random.default_rng(20261201)
-    runs = 2000
-    rates = [t_pass_rate(rng, n, draws[shape], 0.1, runs) for n in SIZES]
-    se = math.sqrt(ALPHA * (1 - ALPHA) / runs)
-    print(f"t non-inferiority, {shape} differences at the margin: " + ", ".join(
-        f"n={n}: {r:.4f}" for n, r in zip(SIZES, rates)) + f" (alpha {ALPHA}, Monte Carlo SE {se:.4f})")
-    assert max(rates) <= ALPHA + 3 * se
+def test_identical_values_never_pass():
+    """Five identical differences gave a t interval of [0, 0], inside any margin: no spread, no pass."""
+    c = compare_values("reward-margin", np.zeros(5), np.zeros(5))
+    assert c.decide(TAIL, 0.5).outcome == "inconclusive"
+    assert not D.above(0.3, *D.skew_interval(0.3, 0.0, 0.0, 50, 0.95), 0.0, 50, 6).passed
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.99, 0.999])
+def test_a_relative_margin_with_its_own_noise_passes_at_most_the_tail(rho):
+    """not-worse[reward-margin] at a candidate exactly on the margin (mean c = 0.9 mean o): with the margin
+    treated as known (0.1 x |observed mean o|) this passed 0.08 at correlation 0.99 and 0.25 at 0.999."""
+    rng = np.random.default_rng(7)
+    runs = 6000
+    rates = [O.relative_margin_pass_rate(n, rho, 0.1, runs, rng) for n in (6, 20, 100, 1000)]
+    se = math.sqrt(TAIL * (1 - TAIL) / runs)
+    print(f"relative margin, correlation {rho}: " + ", ".join(f"{r:.4f}" for r in rates) + f" (SE {se:.4f})")
+    assert max(rates) <= TAIL * 1.1 + 2 * se
+
+
+def test_a_good_adapter_can_pass_no_forgetting_at_the_default_margin_with_1000_questions():
+    from dpo_eval_core.families.forgetting import Settings
+
+    # no true drop, 15% of answers changing: 1,000 questions per set show it 9 times in 10
+    assert O.paired_pass_rate(1000, 0.075, 0.075, Settings().max_forgetting) > 0.85
 
 
 def test_an_exact_rate_at_the_threshold_passes_at_most_its_tail():
     gate = GateConfig()
-    for n in SIZES:
+    for n in (6, *SIZES, 5000):
         k = np.arange(n + 1)
         passes = np.array([D.above(x / n, *D.clopper_pearson(x, n, gate.ci_level), 0.5, n, 6).passed for x in k])
         rate = float(binom.pmf(k, n, 0.5)[passes].sum())
@@ -147,16 +161,16 @@ def test_unpaired_rates_at_a_drop_equal_to_the_margin_pass_at_most_alpha(n):
     margin, p_old = 0.05, 0.7
     k = np.arange(n + 1)
     p_new, p_base = binom.pmf(k, n, p_old - margin), binom.pmf(k, n, p_old)
-    lows = np.array([[D.newcombe_unpaired(k1, n, k2, n, 1 - 2 * ALPHA)[0] for k2 in k] for k1 in k]) \
+    lows = np.array([[D.newcombe_unpaired(k1, n, k2, n, 1 - 2 * TAIL)[0] for k2 in k] for k1 in k]) \
         if n <= 100 else None
     if lows is None:  # n = 1000: only outcomes with any probability mass
         support = k[(binom.cdf(k, n, p_old) > 1e-9) & (binom.sf(k, n, p_old - margin) > 1e-9)]
         rate = sum(p_new[k1] * p_base[k2] for k1 in support for k2 in support
-                   if D.newcombe_unpaired(k1, n, k2, n, 1 - 2 * ALPHA)[0] > -margin)
+                   if D.newcombe_unpaired(k1, n, k2, n, 1 - 2 * TAIL)[0] > -margin)
     else:
         rate = float((np.outer(p_new, p_base) * (lows > -margin)).sum())
-    print(f"Newcombe unpaired non-inferiority at the margin, n={n}: exact pass rate {rate:.4f} (alpha {ALPHA})")
-    assert rate <= ALPHA * 1.1
+    print(f"Newcombe unpaired non-inferiority at the margin, n={n}: exact pass rate {rate:.4f} (tail {TAIL})")
+    assert rate <= TAIL * 1.1
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -165,10 +179,11 @@ def test_nothing_passes_on_three_items_or_fewer(n):
     for outcome in itertools.product([0, 1, 2], repeat=n):  # 0 both right, 1 candidate only, 2 other only
         a = np.array([x in (0, 1) for x in outcome])
         b = np.array([x in (0, 2) for x in outcome])
-        assert not compare_correct("x", a, b).decide(ALPHA, 0.5).passed
-        assert not compare_values("x", a * 10.0 + np.arange(n), b * 0.0).decide(ALPHA, 0.5).passed
+        assert not compare_correct("x", a, b).decide(TAIL, 0.5).passed
+        assert not compare_values("x", a * 10.0 + np.arange(n), b * 0.0).decide(TAIL, 0.5).passed
         k = int(a.sum())
         assert not D.above(k / n, *D.clopper_pearson(k, n, gate.ci_level), 0.0 if k else 0.5, n, 6).passed
-        assert not agreement_rate(k, n, (1.0, 1.0), AlignmentSettings(), gate).passed
+        votes = Votes(("d",) * n, (1.0,) * n, (0.0,) * n, (1.0,) * n, tuple(a.tolist()))
+        assert not agreement_rate(votes, n, AlignmentSettings(), gate).passed
         lo, _ = win_interval(k, n - k, n, gate.ci_level)
         assert not (lo > 0.5 and sign_test_p(k, n - k) < TAIL)

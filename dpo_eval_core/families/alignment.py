@@ -3,7 +3,6 @@ rate over the data-signal features, and as the share of answers the adapter chan
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -12,11 +11,12 @@ import numpy as np
 from .. import compare as CMP
 from .. import decide as D
 from .. import report as H
+from ..agreement import Components, Votes, components, signal_columns, votes
 from ..claims import Claim, decided, fmt, low_n, not_worse, paired_test, rate_above, rate_floor
 from ..errors import ConfigError
 from ..family import Family, Kind
 from ..features import FEATURE_NAMES
-from ..stats import FeatureStat, agreement_difference_ci, agreement_flags, differences, sign, signal_agreement_ci
+from ..stats import FeatureStat, differences, sign
 from .data_signal import data_stats, signal_features, stats
 
 if TYPE_CHECKING:
@@ -26,24 +26,24 @@ DIFFERS = Kind("tuned-differs", "tuned and base answers differ in this feature (
                gates=False, detail=True)
 AGREES = Kind("sign-agreement", "tuned - base moves the same way as chosen - rejected", over="FEATURE", gates=False,
               detail=True)
-RATE = Kind("sign-agreement-rate", "share of data-signal features that agree is at least the threshold", rate=True,
-            validity=True)
+RATE = Kind("sign-agreement-rate", "share of the data's independent signal directions (principal components) in which "
+            "tuned - base follows the preference, beyond the pull toward the data's texts: CI lower bound above the "
+            "threshold", rate=True, validity=True)
 CHANGES = Kind("adapter-changes-answers", "a share of the valid-split answers differs from the base model's: CI "
                                           "lower bound above 0", gates=False)
 DIRECTION = AGREES.name
-"""What `not-worse[...]` compares: each adapter's sign agreement per data-signal feature."""
+"""What `not-worse[...]` compares: each adapter's vote per independent signal direction of the data."""
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     min_agreement: float = 0.5
-    """sign-agreement-rate passes when the lower bound of its interval is above this share of data-signal
-    features: 0.5 is what an adapter that moves answers in no particular direction scores, so a pass shows
-    that more features move the data's way than chance would."""
+    """sign-agreement-rate passes when the lower bound of its exact interval is above this share of the data's
+    independent signal directions: 0.5 is what an adapter that moves answers in a random direction scores
+    (each direction is then a fair coin), so a pass shows that the adapter follows the preference."""
     max_agreement_drop: float = 0.1
-    """Margin of not-worse[sign-agreement] and not-lower[sign-agreement-rate], in share of data-signal features:
-    real data has 15 to 60 signal features (16 on UltraFeedback, 58 on the demo), so one feature is 0.02 to
-    0.07 of the rate; a tenth is the smallest drop a run can resolve."""
+    """Margin of not-worse[sign-agreement] and not-lower[sign-agreement-rate], in share of the data's
+    independent signal directions (57 on the demo): a tenth is the smallest drop a run can resolve."""
 
     def __post_init__(self) -> None:
         for name in ("min_agreement", "max_agreement_drop"):
@@ -56,35 +56,53 @@ def feature_stats(run: GateRun) -> list[FeatureStat]:
     return run.stage("feature stats", lambda: stats(run, {**run.data_features, **run.answer_features}))
 
 
-def agreement_ci(run: GateRun) -> tuple[float, float]:
-    """Bootstrap interval of the sign-agreement rate over the data-signal features (valid split)."""
-    g = run.cfg.gate
-    signal = {s.feature for s in signal_features(data_stats(run), g.alpha)}
-    return signal_agreement_ci({**run.data_features, **run.answer_features}, [p.split for p in run.pairs.pairs],
-                               FEATURE_NAMES, signal, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
+def agreement_components(run: GateRun) -> Components:
+    """The independent directions (principal components) of the data-signal features' chosen - rejected
+    differences on the train split that carry data signal: data only, the same for every adapter."""
+    def compute() -> Components:
+        g, st = run.cfg.gate, data_stats(run)
+        scale = [f.scale for f in st]
+        cols = signal_columns(FEATURE_NAMES, {f.feature for f in signal_features(st, g.alpha)}, scale)
+        train = np.array([p.split == "train" for p in run.pairs.pairs])
+        d_cr, _ = differences({**run.data_features, "tuned": run.data_features["chosen"],
+                               "base": run.data_features["chosen"]})
+        return components(d_cr[train][:, cols], [FEATURE_NAMES[j] for j in cols], [scale[j] for j in cols],
+                          g.alpha, g.correction)
+    return run.stage("agreement components", compute)
 
 
-def agreement_rate(k: int, n: int, pairs_ci: tuple[float, float], s: Settings, gate: Any) -> Claim:
-    """sign-agreement-rate: k of n data-signal features move the data's way. Two doubts, both kept: the
-    features are few (an exact interval over them) and each one's direction is measured on few pairs (a
-    bootstrap over the pairs, which keeps the features' correlation). The claim is decided on the union of
-    the two intervals."""
-    rate, lo_f, hi_f, bounds = D.proportion_bounds(k, n, gate.ci_level)
-    lo_p, hi_p = pairs_ci
-    lo = lo_f if math.isnan(lo_p) else min(lo_f, lo_p)
-    hi = hi_f if math.isnan(hi_p) else max(hi_f, hi_p)
+def agreement_votes(run: GateRun, answer_features: Mapping[str, np.ndarray] | None = None) -> Votes:
+    """Each independent direction's vote: does tuned - base follow the preference there, once the pull toward
+    the data's texts is projected out? (`answer_features`: another adapter's tuned answers, for --compare.)"""
+    comps = agreement_components(run)
+    cols = [FEATURE_NAMES.index(f) for f in comps.features]
+    values = {**run.data_features, **(answer_features or run.answer_features)}
+    train = np.array([p.split == "train" for p in run.pairs.pairs])
+    return votes({r: np.asarray(values[r])[:, cols] for r in ("chosen", "rejected", "tuned", "base")}, train, comps)
+
+
+def agreement_rate(v: Votes, n_features: int, s: Settings, gate: Any) -> Claim:
+    """sign-agreement-rate: k of the K independent signal directions follow the preference, on the exact
+    interval over directions (each a fair coin for an adapter that moves in a random direction)."""
+    k, n = v.agreeing, v.k
+    rate, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level)
     d = D.above(rate, lo, hi, s.min_agreement, n, rate_floor(gate), bounds)
-    ci = f"{gate.ci_level:.0%} CI [{lo:.3f}, {hi:.3f}]"
+    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
+    more = ("; the directions come from the data: more train pairs with chosen and rejected that differ give "
+            "more of them" if d.outcome == "inconclusive" else "")
     return decided(RATE.id(), d, f"CI low > {s.min_agreement}", ci,
-                   f"{k} of {n} data-signal features move the data's way (rate {fmt(rate)}, {ci}: the union of "
-                   f"the exact interval over features [{lo_f:.3f}, {hi_f:.3f}] and the bootstrap over pairs "
-                   f"[{fmt(lo_p)}, {fmt(hi_p)}]; need CI low > {s.min_agreement})", units="features")
+                   f"{k} of {n} independent signal directions of the data (principal components of {n_features} "
+                   f"data-signal features) move the preference's way once the pull toward the data's texts is "
+                   f"taken out (rate {fmt(rate)}, {ci}; need CI low > {s.min_agreement}){more}",
+                   units="signal directions")
 
 
-def alignment(stats: Sequence[FeatureStat], s: Settings, gate: Any,
-              rate_ci: tuple[float, float] = (math.nan, math.nan), empty_roles: Sequence[str] = ()) -> list[Claim]:
-    """tuned vs base per feature, sign agreement per signal feature, and the agreement rate.
-    `empty_roles` names answer sets (tuned, base) in which every answer is empty: nothing can pass then."""
+def alignment(stats: Sequence[FeatureStat], s: Settings, gate: Any, rate: tuple[Votes, int] | None = None,
+              empty_roles: Sequence[str] = ()) -> list[Claim]:
+    """tuned vs base per feature and sign agreement per signal feature (the method's per-feature view), and the
+    agreement rate over the data's independent signal directions (`rate`: their votes and the number of
+    features they come from). `empty_roles` names answer sets (tuned, base) in which every answer is empty:
+    nothing can pass then."""
     if empty_roles:
         why = (f"every {' and every '.join(empty_roles)} answer is empty (the model emitted EOS first), so there is "
                f"no text to compare; check the chat template, EOS ids and --max-new-tokens")
@@ -105,11 +123,10 @@ def alignment(stats: Sequence[FeatureStat], s: Settings, gate: Any,
                             f"chosen-rejected {fmt(f.cr_valid)}, tuned-base {fmt(f.tb_valid)} "
                             f"[{fmt(f.tb_valid_ci[0])}, {fmt(f.tb_valid_ci[1])}] (normalised, valid split)"
                             + low_n(f.n_valid)))
-    agree = [f.sign_agreement > 0 for f in stats if f.feature in signal]
-    if not agree:
+    if rate is None or rate[0].k == 0:
         return claims + [Claim(RATE.id(), False, None, f"CI low > {s.min_agreement}", "", 0,
-                               "no feature has data signal, so agreement cannot be measured")]
-    return claims + [agreement_rate(sum(agree), len(agree), rate_ci, s, gate)]
+                               "no direction of the data has data signal, so agreement cannot be measured")]
+    return claims + [agreement_rate(*rate, s, gate)]
 
 
 def changed_answers(run: GateRun) -> Claim:
@@ -127,81 +144,95 @@ def changed_answers(run: GateRun) -> Claim:
 def claims(run: GateRun, _: str | None) -> list[Claim]:
     empty = [role for role, gens in run.answers.items()
              if (given := [g for g in gens if g is not None]) and all(not g.text.strip() for g in given)]
-    return alignment(feature_stats(run), run.settings(FAMILY), run.cfg.gate, agreement_ci(run), empty) + [
-        changed_answers(run)]
-
-
-def agreement_by_feature(claims: Sequence[Any]) -> dict[str, bool]:
-    """{feature: agrees} over the data-signal features, from claim records or Claims (sign-agreement[F])."""
-    out = {}
-    for c in claims:
-        get = c.get if isinstance(c, Mapping) else lambda k, c=c: getattr(c, k)
-        head, _, arg = get("id").partition("[")
-        if head == AGREES.name and arg and get("applicable") and get("value") is not None:
-            out[arg[:-1]] = get("value") > 0
-    return out
+    comps = agreement_components(run)
+    rate = (agreement_votes(run), comps.n_features) if comps.k else None
+    return alignment(feature_stats(run), run.settings(FAMILY), run.cfg.gate, rate, empty) + [changed_answers(run)]
 
 
 def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, Any]:
-    """Each adapter's sign agreement (its answers minus the base's, the data's way) per data-signal feature
-    on the valid pairs, paired by feature; with the bootstrap over pairs of the two rates' difference."""
+    """Each adapter's vote per independent signal direction (its answers minus the base's, the preference's
+    way beyond the general pull), paired by direction; the per-feature shifts between the two beside it."""
     g, s = run.cfg.gate, run.settings(FAMILY)
     valid = np.array([p.split == "valid" for p in run.pairs.pairs])
     signal = {f.feature: f for f in signal_features(data_stats(run), g.alpha)}
-    cols = [j for j, f in enumerate(FEATURE_NAMES) if f in signal]
-    d_cr, d_a = differences({**run.data_features, **run.answer_features})
-    _, d_b = differences({**run.data_features, "tuned": other.answer_features["tuned"],
-                          "base": run.answer_features["base"]})
-    d_cr, d_a, d_b = (x[valid][:, cols] for x in (d_cr, d_a, d_b))
-    boot = agreement_difference_ci(d_cr, d_a, d_b, 1 - 2 * g.alpha, g.n_bootstrap, np.random.default_rng(run.cfg.seed))
     scale = {f.feature: f.scale for f in data_stats(run)}
     shifts = CMP.feature_shifts(
         run.answer_features["tuned"][valid], other.answer_features["tuned"][valid], FEATURE_NAMES,
         [scale[f] for f in FEATURE_NAMES], [sign(signal[f].cr_train) if f in signal else 0 for f in FEATURE_NAMES],
         g.correction)
-    c = CMP.compare_correct(what, agreement_flags(d_cr, d_a), agreement_flags(d_cr, d_b), boot)
+    mine = agreement_votes(run)
+    theirs = agreement_votes(run, {"tuned": other.answer_features["tuned"], "base": run.answer_features["base"]})
+    c = CMP.compare_correct(what, np.array(mine.agrees), np.array(theirs.agrees))
     if c.n == 0:
-        return Claim(cid, False, None, "", "", 0, "the data has no data-signal feature (train split), so there is no "
+        return Claim(cid, False, None, "", "", 0, "the data has no signal direction (train split), so there is no "
                      f"direction to compare the answers in: nothing to compare with --compare {other.cfg.adapter}",
                      applicable=False), {"items": {what: c}, "features": shifts}
     return not_worse(cid, c, s.max_agreement_drop, f"max_agreement_drop {s.max_agreement_drop}", g, "this adapter",
-                     f"--compare {other.cfg.adapter}", units="data-signal features",
-                     unit="data-signal features"), {"items": {what: c}, "features": shifts}
+                     f"--compare {other.cfg.adapter}", units="signal directions",
+                     unit="signal directions"), {"items": {what: c}, "features": shifts}
 
 
-def regressed(now: Mapping[str, bool], baseline: Mapping[str, Any], s: Settings, gate: Any, cid: str) -> Claim:
-    """The sign-agreement rate against the baseline's, paired by data-signal feature (`now`: this run's
-    {feature: agrees}; the baseline's from its sign-agreement claims)."""
-    old = agreement_by_feature(baseline.get("claims", []))
+def regressed(now: Votes, baseline: Mapping[str, Any], s: Settings, gate: Any, cid: str) -> Claim:
+    """The agreement rate against the baseline's, paired by signal direction (the directions come from the
+    data, so the same data gives the same ones; they are matched by name)."""
+    old = {d["name"]: d["agrees"] for d in (baseline.get("agreement") or {}).get("directions", [])}
     if not old:
-        return Claim(cid, False, None, "", "", 0, "the baseline records no per-feature sign agreement",
+        return Claim(cid, False, None, "", "", 0, "the baseline records no votes per signal direction (made by an "
+                     "older dpo-eval, whose per-feature count was not independent evidence): re-run the baseline",
                      applicable=False)
-    names = sorted(set(old) & set(now))
-    c = CMP.compare_correct(RATE.name, np.array([now[f] for f in names], dtype=float),
-                            np.array([old[f] for f in names], dtype=float))
-    if c.n == 0:
-        return Claim(cid, False, None, "", "", 0, "no item was scored by both runs", applicable=False)
+    names = [n for n in now.names if n in old]
+    if not names:
+        return Claim(cid, False, None, "", "", 0, "no signal direction of this run's data is in the baseline "
+                     "(another data set, or other data-signal features)", applicable=False)
+    agrees = dict(zip(now.names, now.agrees))
+    c = CMP.compare_correct(RATE.name, np.array([agrees[n] for n in names]), np.array([old[n] for n in names]))
     return not_worse(cid, c, s.max_agreement_drop, f"max_agreement_drop {s.max_agreement_drop}", gate,
-                     f"{RATE.name} now", "the baseline's", worse="REGRESSED", units="features",
-                     unit="data-signal features")
+                     f"{RATE.name} now", "the baseline's", worse="REGRESSED", units="signal directions",
+                     unit="signal directions")
 
 
 def not_lower(run: GateRun, baseline: Mapping[str, Any], kind: Kind, cid: str) -> Claim:
-    now = agreement_by_feature([c for f in FEATURE_NAMES if (c := run.claim(AGREES.id(f))) is not None])
-    return regressed(now, baseline, run.settings(FAMILY), run.cfg.gate, cid)
+    return regressed(agreement_votes(run), baseline, run.settings(FAMILY), run.cfg.gate, cid)
+
+
+def _section(run: GateRun) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "feature stats" in run.stages:
+        out["features"] = run.stages["feature stats"]
+    comps = run.stages.get("agreement components")
+    if comps is not None and comps.k and "answer_features" in run.__dict__:
+        v = agreement_votes(run)
+        out["agreement"] = {"n_features": comps.n_features, "directions": [
+            {"name": n, "variance_share": w, "p_adj": p, "preference": a, "general": b, "shift": t, "agrees": y}
+            for n, w, p, a, b, t, y in zip(v.names, comps.variance_share, comps.p_adj, v.preference, v.general,
+                                           v.shift, v.agrees)]}
+    return out
 
 
 def report(results: Mapping[str, Any]) -> str:
-    """tuned - base against the data's direction, for the data-signal features."""
+    """tuned - base against the data's direction, for the data-signal features, and the votes of the data's
+    independent signal directions that the rate counts."""
     signal = {c["id"].partition("[")[2][:-1] for c in results.get("claims", [])
               if c["id"].startswith(AGREES.name + "[") and c["applicable"]}
     features = results.get("features") or []
-    return H.section("Sign agreement per feature", H.sign_agreement_plot(features, signal) if features else None)
+    out = H.section("Sign agreement per feature", H.sign_agreement_plot(features, signal) if features else None)
+    found = results.get("agreement")
+    if found:
+        rows = "".join(H.cells((d["name"], f"{d['variance_share']:.3f}", f"{d['preference']:+.3f}",
+                                f"{d['general']:+.3f}", f"{d['shift']:+.3f}", "yes" if d["agrees"] else "no"))
+                       for d in found["directions"])
+        out += ("<h3>Independent signal directions (what sign-agreement-rate counts)</h3><p>Principal components "
+                f"of the {found['n_features']} data-signal features' chosen - rejected differences; a direction "
+                "agrees when the tuned - base shift follows the preference once the pull toward the data's texts "
+                "(general) is projected out.</p><table class='dpo-eval-directions'>"
+                + H.cells(("direction", "variance share", "preference", "general pull", "tuned - base", "agrees"),
+                          "th") + rows + "</table>")
+    return out
 
 
 FAMILY = Family(
     "alignment", (DIFFERS, AGREES, RATE, CHANGES), claims, needs=frozenset({"answers"}), settings=Settings, rank=50,
     arguments=lambda run, kind: FEATURE_NAMES, accepts=lambda kind, arg: arg in FEATURE_NAMES,
-    section=lambda run: {"features": run.stages["feature stats"]} if "feature stats" in run.stages else {},
+    section=_section,
     report=report, compared=lambda run: (DIRECTION,), compare=compare, not_lower=not_lower,
     doc="Tuned answers differ from base answers, in the direction the preference data points.")

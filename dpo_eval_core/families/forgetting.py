@@ -46,11 +46,13 @@ class Settings:
     """Answered examples from the set's dev split before each question (zero-shot by default)."""
     max_questions: int | None = None
     """At most this many questions per set (the first by seeded hash)."""
-    max_forgetting: float = 0.02
+    max_forgetting: float = 0.04
     """Non-inferiority margin of no-forgetting[SET], in accuracy: the tuned model may answer at most this share
-    of questions fewer right than the base (two points, what a release team would trade for an alignment
-    gain; the leaderboard differences teams act on are a point or two). It passes when the one-sided
-    (1 - tail) upper bound of the drop is below it."""
+    of questions fewer right than the base. Four points, so that a good adapter can show it with the data a
+    team has: with 15% of answers changing and no true drop, 1,000 questions show it 9 times in 10 (two points
+    needed about 3,000 for 80%; docs/decisions.md has the power table). It passes when the one-sided
+    (1 - tail) upper bound of the drop is below it; a team that wants a tighter margin sets it and brings the
+    questions the table names."""
 
     def __post_init__(self) -> None:
         check_choice("--mcq-format", self.format, get_args(McqFormat))
