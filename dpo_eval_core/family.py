@@ -133,6 +133,9 @@ class Family:
     """(bracket value) -> True for an item only a CUDA machine measures (its test is marked gpu)."""
     unavailable: Callable[[Any, str | None], str] | None = None
     """(EvalConfig, bracket value) -> why this machine makes no claim for it (when `claims` returns none)."""
+    plan: Callable[[Run], Sequence[Any]] | None = None
+    """(run) -> plan.ClaimChance per statistical claim: a good adapter's chance to pass it with this run's data,
+    from sizes known before any model loads (the plan the gate prints first)."""
     own_models: bool = False
     """Its claims load models of their own (the quantization probes): they run last, in their own xdist unit."""
     rank: int = 100

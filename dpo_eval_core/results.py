@@ -49,6 +49,8 @@ def run_facts(run: Any) -> dict[str, Any]:
     for name, key in (("base_fingerprint", "base_fingerprint"), ("adapter_fingerprint", "adapter_sha256")):
         if name in sec:
             facts[key] = sec[name]
+    if "plan" in run.stages:
+        facts["plan"] = run.stages["plan"].record()
     if "pairs" in sec:
         ps = sec["pairs"]
         facts["data"] = {"source": ps.source, "layout": ps.layout, "rows": ps.n_rows, "dropped": dict(ps.dropped),

@@ -230,9 +230,15 @@ def report(results: Mapping[str, Any]) -> str:
     return out
 
 
+def plan(run: GateRun) -> list[Any]:
+    from ..plan import Assumptions, agreement_chance
+
+    return [agreement_chance(agreement_components(run).k, run.settings(FAMILY).min_agreement, Assumptions())]
+
+
 FAMILY = Family(
     "alignment", (DIFFERS, AGREES, RATE, CHANGES), claims, needs=frozenset({"answers"}), settings=Settings, rank=50,
     arguments=lambda run, kind: FEATURE_NAMES, accepts=lambda kind, arg: arg in FEATURE_NAMES,
-    section=_section,
+    section=_section, plan=plan,
     report=report, compared=lambda run: (DIRECTION,), compare=compare, not_lower=not_lower,
     doc="Tuned answers differ from base answers, in the direction the preference data points.")

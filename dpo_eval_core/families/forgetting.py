@@ -203,6 +203,14 @@ def _sections(run: GateRun) -> dict[str, Any]:
     return {FAMILY.name: done} if done else {}
 
 
+def plan(run: GateRun) -> list[Any]:
+    from ..plan import Assumptions, forgetting_chance
+
+    m = run.settings(FAMILY).max_forgetting
+    return [forgetting_chance(name, len(qs.questions), m, run.cfg.gate.tail, Assumptions())
+            for name, qs in question_sets(run).items()]
+
+
 FAMILY = Family(
     "forgetting", (ACCURACY, KEPT), claims, settings=Settings, options=OPTIONS, per_item=True, rank=60,
     arguments=lambda run, kind: set_names(run.settings(FAMILY).sets),
@@ -210,6 +218,6 @@ FAMILY = Family(
     absent=lambda cfg: None if cfg.settings_of(FAMILY).sets else (
         "no --mcq given: pass a multiple-choice set (MMLU, ARC, MedQA or PubMedQA layout) to check that the adapter "
         "did not forget what the base knew"),
-    check=question_sets, section=_sections, report=report,
+    check=question_sets, section=_sections, report=report, plan=plan,
     compared=lambda run: tuple(ACCURACY.id(s) for s in set_names(run.settings(FAMILY).sets)), compare=compare,
     doc="The adapter did not forget what the base knew: multiple-choice accuracy, tuned vs base.")

@@ -158,8 +158,15 @@ def report(results: Mapping[str, Any]) -> str:
     return H.section("Reward margin distribution", H.reward_margin_plot(r) if r else None)
 
 
+def plan(run: GateRun) -> list[Any]:
+    from ..plan import Assumptions, reward_chances
+
+    return reward_chances(len(run.valid_index), run.settings(FAMILY).min_reward_accuracy, run.cfg.gate.tail,
+                          Assumptions())
+
+
 FAMILY = Family(
-    "rewards", (ACCURACY, PER_TOKEN, MARGIN), claims, settings=Settings, rank=30,
+    "rewards", (ACCURACY, PER_TOKEN, MARGIN), claims, settings=Settings, rank=30, plan=plan,
     section=lambda run: {"rewards": run.stages["rewards"]} if "rewards" in run.stages else {}, report=report,
     compared=lambda run: tuple(FIELDS), compare=compare, not_lower=not_lower,
     doc="The adapter's implicit DPO reward prefers chosen over rejected on held-out pairs.")

@@ -1,0 +1,132 @@
+"""The plan before the work: how likely a good adapter is to pass each gating claim with the data given, the
+whole gate's chance (every gating claim must pass, so the chances multiply), and the sizes that would give
+80%. Computed from the data's sizes and the claims' thresholds and margins, before any model loads, so a
+run that cannot pass a good adapter says so before it spends an hour finding out.
+
+A good adapter is a stated assumption, not a measurement (Assumptions); the chances are exact (binomial and
+trinomial enumeration, operating.py) except the mean margin's, which is the normal approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from . import operating as O
+
+POWER = 0.8
+FLOOR = 0.5
+"""Below this whole-gate chance the plan warns before the work starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assumptions:
+    """What the plan takes a good adapter to be (the figures of a modest real DPO adapter on held-out pairs)."""
+
+    reward_accuracy: float = 0.62
+    reward_accuracy_per_token: float = 0.58
+    margin_effect: float = 0.25
+    """Mean reward margin in SDs of the per-pair margins."""
+    direction_agreement: float = 0.8
+    """Chance that each independent signal direction of the data follows the preference."""
+    discordance: float = 0.15
+    """Share of multiple-choice answers that change between tuned and base (no true drop)."""
+
+    def describe(self) -> str:
+        return (f"reward accuracy {self.reward_accuracy}, per token {self.reward_accuracy_per_token}, mean margin "
+                f"{self.margin_effect} SD, each signal direction agreeing with probability "
+                f"{self.direction_agreement}, {self.discordance:.0%} of multiple-choice answers changing with no "
+                f"true drop")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimChance:
+    claim: str
+    n: int
+    units: str
+    chance: float
+    n_for_80: int | None
+    """Items (of `units`) that give 80%; None when no number would."""
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    claims: tuple[ClaimChance, ...]
+    assumptions: Assumptions
+
+    @property
+    def whole(self) -> float:
+        return math.prod(c.chance for c in self.claims)
+
+    def lines(self) -> list[str]:
+        """The plan as console lines."""
+        out = [f"plan: the chance that a good adapter passes each gating claim with this data (assuming "
+               f"{self.assumptions.describe()}):"]
+        for c in self.claims:
+            need = (f"; {POWER:.0%} needs {c.n_for_80:,} {c.units}" if c.n_for_80 and c.chance < POWER else
+                    "" if c.chance >= POWER else f"; no number of {c.units} gives {POWER:.0%}")
+            out.append(f"  {c.claim:<34} {c.chance:6.1%} on {c.n:,} {c.units}{need}{c.note}")
+        out.append(f"  {'whole gate':<34} {self.whole:6.1%}")
+        if self.whole < FLOOR:
+            out.append(f"  below {FLOOR:.0%}: a good adapter would fail this gate more often than it passes. Two ways "
+                       "out: more data (the sizes above), or a wider margin the team accepts (--gate "
+                       "forgetting.max_forgetting=...); or leave a claim out of --gate gating.")
+        return out
+
+    def record(self) -> dict:
+        return {"assumptions": self.assumptions.describe(), "whole_gate": self.whole, "floor": FLOOR,
+                "claims": [{"claim": c.claim, "n": c.n, "units": c.units, "chance": c.chance,
+                            "n_for_80": c.n_for_80, "note": c.note.strip("; ")} for c in self.claims]}
+
+
+def plan_of(run: object, families: Sequence[object]) -> Plan:
+    """The plan of a run: every gating claim the collected families can give a chance for."""
+    gate = run.cfg.gate  # type: ignore[attr-defined]
+    rows = [c for f in families if f.plan is not None and f.absent(run.cfg) is None  # type: ignore[attr-defined]
+            for c in f.plan(run) if gate.gates(c.claim)]  # type: ignore[attr-defined]
+    return Plan(tuple(rows), Assumptions())
+
+
+def _margin_chance(n: int, effect: float, tail: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.cdf(effect * math.sqrt(n) - norm.isf(tail))) if n >= 6 else 0.0
+
+
+def _normal_size(z_sum: float, variance: float, margin: float) -> int:
+    return max(6, math.ceil(z_sum ** 2 * variance / margin ** 2))
+
+
+def reward_chances(valid_pairs: int, min_reward_accuracy: float, tail: float, a: Assumptions) -> list[ClaimChance]:
+    """reward-accuracy, its per-token twin (exact binomial) and reward-margin (normal approximation)."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(tail)) + float(norm.ppf(POWER))
+    rows = [ClaimChance(cid, valid_pairs, "valid pairs", O.proportion_pass_rate(valid_pairs, p, min_reward_accuracy),
+                        O.size_for(POWER, lambda m, p=p: O.proportion_pass_rate(m, p, min_reward_accuracy),
+                                   cap=200_000))
+            for cid, p in (("reward-accuracy", a.reward_accuracy),
+                           ("reward-accuracy-per-token", a.reward_accuracy_per_token))]
+    return rows + [ClaimChance("reward-margin", valid_pairs, "valid pairs",
+                               _margin_chance(valid_pairs, a.margin_effect, tail), _normal_size(z, 1.0, a.margin_effect))]
+
+
+def agreement_chance(directions: int, min_agreement: float, a: Assumptions) -> ClaimChance:
+    """sign-agreement-rate over the data's signal directions (exact binomial)."""
+    k80 = O.size_for(POWER, lambda k: O.proportion_pass_rate(k, a.direction_agreement, min_agreement), cap=4096)
+    return ClaimChance("sign-agreement-rate", directions, "signal directions", O.proportion_pass_rate(
+        directions, a.direction_agreement, min_agreement), k80, "; directions come from the data (more train pairs "
+        "whose chosen and rejected differ show more of them)")
+
+
+def forgetting_chance(name: str, questions: int, max_forgetting: float, tail: float, a: Assumptions) -> ClaimChance:
+    """no-forgetting[SET] with no true drop (exact trinomial; the 80% size by the normal approximation)."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(tail)) + float(norm.ppf(POWER))
+    half = a.discordance / 2
+    return ClaimChance(f"no-forgetting[{name}]", questions, "questions",
+                       O.paired_pass_rate(questions, half, half, max_forgetting, tail),
+                       _normal_size(z, a.discordance, max_forgetting))
