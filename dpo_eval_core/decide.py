@@ -298,4 +298,5 @@ def describe(d: Decision, units: str = "items") -> str:
         return f"inconclusive: no number of {units} would decide it at this estimate"
     used = f"{d.n} was used" if d.n == 1 else f"{d.n} were used"
     return (f"inconclusive: about {d.n_needed} {units} would decide it with 80% power at the estimate and spread "
-            f"this run saw ({used}; a re-run on more of the same data is a second look at it)")
+            f"this run saw ({used}; plan that size and run once: a re-run on more of the same data is a second look, "
+            f"whose error adds to the first's)")

@@ -68,6 +68,19 @@ def proportion_pass_rate(n: int, p_true: float, threshold: float, level: float =
     return float(binom.pmf(k, n, p_true)[lo > threshold].sum())
 
 
+def agreement_pass_rate(k: int, p_agree: float, threshold: float, level: float = 1 - 2 * TAIL) -> float:
+    """Exact P(pass) of sign-agreement-rate over k signal directions each agreeing with probability p_agree:
+    decided on (agreeing - 1) of (k - 1), one direction spent on projecting out the general pull."""
+    from scipy.stats import beta, binom
+
+    if k - 1 < D.min_items((1 - level) / 2):
+        return 0.0
+    a = np.arange(k + 1)
+    kd = np.maximum(a - 1, 0)
+    lo = np.where(kd > 0, beta.ppf((1 - level) / 2, np.maximum(kd, 1), (k - 1) - kd + 1), 0.0)
+    return float(binom.pmf(a, k, p_agree)[lo > threshold].sum())
+
+
 SHAPES: dict[str, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
     "normal": lambda rng, size: rng.standard_normal(size),
     "skew -2": lambda rng, size: 1.0 - rng.exponential(1.0, size),
@@ -163,31 +176,26 @@ def error_cells(sizes: Sequence[int] = SIZES, runs: int = 20_000, seed: int = 20
     return cells
 
 
-def power_rows(sizes: Sequence[int] = (200, 500, 1000, 2000, 5000), runs: int = 20_000, seed: int = 1
-               ) -> list[dict[str, float | int | str]]:
-    """The chance a good adapter passes each gating claim at the defaults, and the whole gate (the product:
-    the claims' data are treated as independent), per n valid pairs (= questions per multiple-choice set).
+def power_rows(max_forgetting: float, min_reward_accuracy: float, sizes: Sequence[int] = (200, 500, 1000, 2000, 5000),
+               runs: int = 20_000, seed: int = 1) -> list[dict[str, float | int | str]]:
+    """The chance a good adapter passes each default gating claim, and the whole gate (the product: the
+    claims' data are treated as independent), per n valid pairs (= questions per multiple-choice set).
 
     The good adapter, as the issue that asked for this table states it: reward accuracy 0.62 (0.58 per
     token), mean reward margin 0.25 SD, 16 signal directions each agreeing with probability 0.8 (the
     directions come from the data, so they do not grow with n here), and two multiple-choice sets with no
     true drop and 15% of answers changing."""
-    from .families.forgetting import Settings as Forgetting
-    from .families.rewards import Settings as Rewards
-
     rng = np.random.default_rng(seed)
-    margin = Forgetting().max_forgetting
-    threshold = Rewards().min_reward_accuracy
     rows = []
     for n in sizes:
-        acc = proportion_pass_rate(n, 0.62, threshold)
-        per_token = proportion_pass_rate(n, 0.58, threshold)
+        acc = proportion_pass_rate(n, 0.62, min_reward_accuracy)
+        per_token = proportion_pass_rate(n, 0.58, min_reward_accuracy)
         mean = mean_pass_rate(n, "normal", 0.25, runs, rng)
-        agree = proportion_pass_rate(16, 0.8, 0.5)
-        kept = paired_pass_rate(n, 0.075, 0.075, margin)
+        agree = agreement_pass_rate(16, 0.8, 0.5)
+        kept = paired_pass_rate(n, 0.075, 0.075, max_forgetting)
         gate = acc * per_token * mean * agree * kept * kept
-        rows.append({"n": n, "reward-accuracy": acc, "reward-accuracy-per-token": per_token, "reward-margin": mean,
-                     "sign-agreement-rate (16 directions)": agree, f"no-forgetting (margin {margin}, each of 2)": kept,
+        rows.append({"n": n, "reward accuracy": acc, "per-token accuracy": per_token, "mean margin": mean,
+                     "sign agreement (16 directions)": agree, f"no forgetting (margin {max_forgetting}, each of 2)": kept,
                      "whole gate": gate})
     return rows
 
@@ -228,8 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dpo_eval_core.operating", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20_000, help="Monte Carlo runs per cell (20000)")
     ap.add_argument("--json", help="also write every cell and row here")
+    ap.add_argument("--max-forgetting", type=float, default=0.04, help="the forgetting margin (the default gate's)")
+    ap.add_argument("--min-reward-accuracy", type=float, default=0.5, help="the accuracy threshold (the default's)")
     ns = ap.parse_args(argv)
-    cells, rows = error_cells(runs=ns.runs), power_rows(runs=ns.runs)
+    cells, rows = error_cells(runs=ns.runs), power_rows(ns.max_forgetting, ns.min_reward_accuracy, runs=ns.runs)
     print(markdown(cells, rows))
     if ns.json:
         with open(ns.json, "w", encoding="utf-8") as f:

@@ -67,8 +67,8 @@ class Plan:
         for c in self.claims:
             need = (f"; {POWER:.0%} needs {c.n_for_80:,} {c.units}" if c.n_for_80 and c.chance < POWER else
                     "" if c.chance >= POWER else f"; no number of {c.units} gives {POWER:.0%}")
-            out.append(f"  {c.claim:<34} {c.chance:6.1%} on {c.n:,} {c.units}{need}{c.note}")
-        out.append(f"  {'whole gate':<34} {self.whole:6.1%}")
+            out.append(f"  {c.claim:<36} {c.chance:6.1%} on {c.n:,} {c.units}{need}{c.note}")
+        out.append(f"  {'whole gate':<36} {self.whole:6.1%}")
         if self.whole < FLOOR:
             out.append(f"  below {FLOOR:.0%}: a good adapter would fail this gate more often than it passes. Two ways "
                        "out: more data (the sizes above), or a wider margin the team accepts (--gate "
@@ -99,34 +99,35 @@ def _normal_size(z_sum: float, variance: float, margin: float) -> int:
     return max(6, math.ceil(z_sum ** 2 * variance / margin ** 2))
 
 
-def reward_chances(valid_pairs: int, min_reward_accuracy: float, tail: float, a: Assumptions) -> list[ClaimChance]:
-    """reward-accuracy, its per-token twin (exact binomial) and reward-margin (normal approximation)."""
+def reward_chances(ids: tuple[str, str, str], valid_pairs: int, min_reward_accuracy: float, tail: float,
+                   a: Assumptions) -> list[ClaimChance]:
+    """The reward accuracy and its per-token twin (exact binomial) and the mean margin (normal approximation):
+    `ids` names the three claims, in that order."""
     from scipy.stats import norm
 
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
     rows = [ClaimChance(cid, valid_pairs, "valid pairs", O.proportion_pass_rate(valid_pairs, p, min_reward_accuracy),
                         O.size_for(POWER, lambda m, p=p: O.proportion_pass_rate(m, p, min_reward_accuracy),
                                    cap=200_000))
-            for cid, p in (("reward-accuracy", a.reward_accuracy),
-                           ("reward-accuracy-per-token", a.reward_accuracy_per_token))]
-    return rows + [ClaimChance("reward-margin", valid_pairs, "valid pairs",
+            for cid, p in ((ids[0], a.reward_accuracy), (ids[1], a.reward_accuracy_per_token))]
+    return rows + [ClaimChance(ids[2], valid_pairs, "valid pairs",
                                _margin_chance(valid_pairs, a.margin_effect, tail), _normal_size(z, 1.0, a.margin_effect))]
 
 
-def agreement_chance(directions: int, min_agreement: float, a: Assumptions) -> ClaimChance:
-    """sign-agreement-rate over the data's signal directions (exact binomial)."""
-    k80 = O.size_for(POWER, lambda k: O.proportion_pass_rate(k, a.direction_agreement, min_agreement), cap=4096)
-    return ClaimChance("sign-agreement-rate", directions, "signal directions", O.proportion_pass_rate(
+def agreement_chance(cid: str, directions: int, min_agreement: float, a: Assumptions) -> ClaimChance:
+    """The sign-agreement rate over the data's signal directions (exact binomial)."""
+    k80 = O.size_for(POWER, lambda k: O.agreement_pass_rate(k, a.direction_agreement, min_agreement), cap=4096)
+    return ClaimChance(cid, directions, "signal directions", O.agreement_pass_rate(
         directions, a.direction_agreement, min_agreement), k80, "; directions come from the data (more train pairs "
         "whose chosen and rejected differ show more of them)")
 
 
-def forgetting_chance(name: str, questions: int, max_forgetting: float, tail: float, a: Assumptions) -> ClaimChance:
-    """no-forgetting[SET] with no true drop (exact trinomial; the 80% size by the normal approximation)."""
+def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: float, a: Assumptions) -> ClaimChance:
+    """No forgetting on one set with no true drop (exact trinomial; the 80% size by the normal approximation)."""
     from scipy.stats import norm
 
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
     half = a.discordance / 2
-    return ClaimChance(f"no-forgetting[{name}]", questions, "questions",
+    return ClaimChance(cid, questions, "questions",
                        O.paired_pass_rate(questions, half, half, max_forgetting, tail),
                        _normal_size(z, a.discordance, max_forgetting))

@@ -18,9 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "locate", "stats", "hardware"),
-    ("cache", "chat", "data", "decide"),
-    ("mcq",),
-    ("endpoint",),
+    ("cache", "chat", "data", "decide", "agreement"),
+    ("mcq", "operating"),
+    ("endpoint", "plan"),
     ("backend",),
     ("identity",),
     ("features", "ledger"),

@@ -11,36 +11,49 @@ from dpo_eval_core import operating as O
 from dpo_eval_core.plan import FLOOR, Assumptions, Plan, agreement_chance, forgetting_chance, reward_chances
 
 A = Assumptions()
+IDS = ("accuracy", "accuracy per token", "margin")
 
 
 @pytest.mark.parametrize("n", [67, 200, 1000])
 def test_reward_chances_grow_with_the_pairs_and_their_80_percent_sizes_deliver_it(n):
-    rows = {c.claim: c for c in reward_chances(n, 0.5, 0.025, A)}
+    rows = {c.claim: c for c in reward_chances(IDS, n, 0.5, 0.025, A)}
     for c in rows.values():
         assert 0.0 <= c.chance <= 1.0 and c.n_for_80 is not None
-    acc = rows["reward-accuracy"]
+    acc = rows[IDS[0]]
     # the size the plan names gives at least 80% (exact binomial) and one item fewer does not
     assert O.proportion_pass_rate(acc.n_for_80, 0.62, 0.5) >= 0.8 > O.proportion_pass_rate(acc.n_for_80 - 1, 0.62, 0.5)
     assert acc.chance == pytest.approx(O.proportion_pass_rate(n, 0.62, 0.5))
 
 
 def test_sixteen_directions_cannot_give_a_good_adapter_80_percent_and_the_plan_says_how_many_would():
-    c = agreement_chance(16, 0.5, A)
-    # 13 of 16 agreeing clears 0.5 (CP lower 0.544): P(Bin(16, 0.8) >= 13) = 0.598
+    c = agreement_chance("rate", 16, 0.5, A)
+    # 13 of 16 agreeing is decided as 12 of 15 (one direction spent on the projection), CP lower 0.519 > 0.5;
+    # 12 of 16 (11 of 15: 0.449) is not: P(Bin(16, 0.8) >= 13) = 0.598
     assert c.chance == pytest.approx(0.598, abs=0.001) and c.n_for_80 is not None and c.n_for_80 > 16
 
 
 def test_no_forgetting_at_the_default_margin_on_1000_questions_is_about_nine_in_ten():
-    c = forgetting_chance("arc", 1000, 0.04, 0.025, A)
+    c = forgetting_chance("kept[arc]", 1000, 0.04, 0.025, A)
     assert 0.85 < c.chance < 0.95
     # normal approximation of the 80% size: (1.96 + 0.84)^2 x 0.15 / 0.04^2 = 736
     assert c.n_for_80 == math.ceil((1.959964 + 0.841621) ** 2 * 0.15 / 0.04 ** 2)
 
 
 def test_the_whole_gate_is_the_product_and_a_plan_below_the_floor_says_so_with_the_ways_out():
-    rows = (*reward_chances(67, 0.5, 0.025, A), forgetting_chance("arc", 200, 0.04, 0.025, A))
+    rows = (*reward_chances(IDS, 67, 0.5, 0.025, A), forgetting_chance("kept[arc]", 200, 0.04, 0.025, A))
     plan = Plan(rows, A)
     assert plan.whole == pytest.approx(math.prod(c.chance for c in rows)) and plan.whole < FLOOR
     text = "\n".join(plan.lines())
     assert "whole gate" in text and "more data" in text and "wider margin" in text
     assert plan.record()["whole_gate"] == pytest.approx(plan.whole)
+
+
+def test_the_operating_tables_use_the_gate_s_own_defaults():
+    """`python -m dpo_eval_core.operating` writes docs/decisions.md's power table at the defaults of the gate."""
+    import inspect
+
+    from dpo_eval_core.families.forgetting import Settings as Forgetting
+    from dpo_eval_core.families.rewards import Settings as Rewards
+
+    source = inspect.getsource(O.main)
+    assert f"default={Forgetting().max_forgetting}" in source and f"default={Rewards().min_reward_accuracy}" in source

@@ -79,7 +79,7 @@ def test_results_json_round_trips_byte_for_byte(runs, tmp_path):
 def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     data = json.loads(runs["serial"].read_text())
     assert data["schema_version"] == 2 and len(data["features"]) == 69
-    assert data["config"]["families"]["forgetting"]["max_forgetting"] == 0.02  # each family's settings
+    assert data["config"]["families"]["forgetting"]["max_forgetting"] == 0.04  # each family's settings
     facts = data["facts"]
     for key in ("base_fingerprint", "adapter_sha256", "libraries", "timings_s", "cache", "wall_s"):
         assert facts[key], key
@@ -204,9 +204,10 @@ def test_same_adapter_against_its_own_baseline_regresses_nowhere_and_says_what_i
     regression = {k: c for k, c in claims.items() if k.startswith(("still-passes[", "not-lower["))}
     assert proc.returncode == 0, proc.stdout[-3000:]  # inconclusive = warn: what cannot be shown only warns
     assert len(regression) >= 10 and not any(c["outcome"] == "fail" for c in regression.values())
-    # the same answers on a handful of valid pairs cannot show a 2-point bound: the claim says how many would
+    # the same answers on a handful of valid pairs cannot show a 2-point bound: the claim says how many would,
+    # with 80% power at one-sided 0.025 (n > ((1.96 + 0.84)(1 + 1/n))^2 x 0.98 / 0.02: 387)
     same = regression["not-lower[reward-accuracy]"]
-    assert same["outcome"] == "inconclusive" and same["n_needed"] == 133 and same["value"] == 0.0
+    assert same["outcome"] == "inconclusive" and same["n_needed"] == 387 and same["value"] == 0.0
     assert "InconclusiveClaim" in proc.stdout and "could not be shown" in proc.stdout
 
 

@@ -85,15 +85,19 @@ def agreement_rate(v: Votes, n_features: int, s: Settings, gate: Any) -> Claim:
     """sign-agreement-rate: k of the K independent signal directions follow the preference, on the exact
     interval over directions (each a fair coin for an adapter that moves in a random direction)."""
     k, n = v.agreeing, v.k
-    rate, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level)
-    d = D.above(rate, lo, hi, s.min_agreement, n, rate_floor(gate), bounds)
-    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
+    # projecting the general pull out of the votes spends one direction: decided as k - 1 agreeing of n - 1
+    # (with all n counted, 20 valid pairs on UltraFeedback's 6 directions passed random adapters 0.029)
+    kd, nd = max(k - 1, 0), max(n - 1, 0)
+    rate, lo, hi, bounds = D.proportion_bounds(kd, nd, gate.ci_level)
+    d = D.above(rate, lo, hi, s.min_agreement, nd, rate_floor(gate), bounds if nd else None)
+    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}] on {kd} of {nd}"
     more = ("; the directions come from the data: more train pairs with chosen and rejected that differ give "
             "more of them" if d.outcome == "inconclusive" else "")
-    return decided(RATE.id(), d, f"CI low > {s.min_agreement}", ci,
-                   f"{k} of {n} independent signal directions of the data (principal components of {n_features} "
+    return decided(RATE.id(), d, f"CI low > {s.min_agreement}", ci, value=k / n if n else None,
+                   message=f"{k} of {n} independent signal directions of the data (principal components of {n_features} "
                    f"data-signal features) move the preference's way once the pull toward the data's texts is "
-                   f"taken out (rate {fmt(rate)}, {ci}; need CI low > {s.min_agreement}){more}",
+                   f"taken out (rate {fmt(k / n if n else float('nan'))}; {ci}, one direction spent on the projection; "
+                   f"need CI low > {s.min_agreement}){more}",
                    units="signal directions")
 
 
@@ -233,7 +237,7 @@ def report(results: Mapping[str, Any]) -> str:
 def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, agreement_chance
 
-    return [agreement_chance(agreement_components(run).k, run.settings(FAMILY).min_agreement, Assumptions())]
+    return [agreement_chance(RATE.id(), agreement_components(run).k, run.settings(FAMILY).min_agreement, Assumptions())]
 
 
 FAMILY = Family(

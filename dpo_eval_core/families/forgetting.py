@@ -207,7 +207,7 @@ def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, forgetting_chance
 
     m = run.settings(FAMILY).max_forgetting
-    return [forgetting_chance(name, len(qs.questions), m, run.cfg.gate.tail, Assumptions())
+    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, run.cfg.gate.tail, Assumptions())
             for name, qs in question_sets(run).items()]
 
 

@@ -161,8 +161,8 @@ def report(results: Mapping[str, Any]) -> str:
 def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, reward_chances
 
-    return reward_chances(len(run.valid_index), run.settings(FAMILY).min_reward_accuracy, run.cfg.gate.tail,
-                          Assumptions())
+    return reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), len(run.valid_index),
+                          run.settings(FAMILY).min_reward_accuracy, run.cfg.gate.tail, Assumptions())
 
 
 FAMILY = Family(
