@@ -64,8 +64,7 @@ def agreement_components(run: GateRun) -> Components:
         scale = [f.scale for f in st]
         cols = signal_columns(FEATURE_NAMES, {f.feature for f in signal_features(st, g.alpha)}, scale)
         train = np.array([p.split == "train" for p in run.pairs.pairs])
-        d_cr, _ = differences({**run.data_features, "tuned": run.data_features["chosen"],
-                               "base": run.data_features["chosen"]})
+        d_cr = run.data_features["chosen"] - run.data_features["rejected"]  # NaN where either is undefined
         return components(d_cr[train][:, cols], [FEATURE_NAMES[j] for j in cols], [scale[j] for j in cols],
                           g.alpha, g.correction)
     return run.stage("agreement components", compute)
