@@ -16,7 +16,7 @@ from ..claims import Claim, decided, fmt, low_n, not_worse, paired_test, rate_ab
 from ..errors import ConfigError
 from ..family import Family, Kind
 from ..features import FEATURE_NAMES
-from ..stats import FeatureStat, differences, sign
+from ..stats import FeatureStat, sign
 from .data_signal import data_stats, signal_features, stats
 
 if TYPE_CHECKING:
