@@ -184,9 +184,8 @@ def skew_interval(mean: float, sd: float, skew: float, n: float, level: float) -
 
     Hall's (1992) skewness-corrected t, with the skewness taken one standard error (sqrt(6 / n)) toward the side
     that would let each bound pass: the lower bound as if the items were more left-skewed than measured, the
-    upper bound as if more right-skewed. Simulated one-sided error at a nominal 0.025 (skewness -2 and -3,
-    normal, +2; n = 6 to 5,000): at most 0.028 (tests/test_decision_errors.py), and at most 0.025 + Monte Carlo
-    noise from 20 items on. Without spread (every item equal) no lower bound can be claimed: (-inf, mean), so a
+    upper bound as if more right-skewed. Simulated one-sided error at a nominal 0.025 (skewness -2, normal, +2;
+    n = 6 to 5,000; 20,000 runs a cell): at most 0.0269 (docs/decisions.md, from operating.py). Without spread (every item equal) no lower bound can be claimed: (-inf, mean), so a
     rule may fail on such items but never pass. (nan, nan) below 2 items."""
     if n < 2 or not math.isfinite(sd):
         return (math.nan, math.nan)

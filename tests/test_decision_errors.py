@@ -91,6 +91,16 @@ def test_per_item_values_on_the_line_pass_at_most_the_tail_whatever_their_skew(s
     assert max(rates) <= TAIL * 1.1 + 2 * se
 
 
+def test_the_simulated_bound_is_the_one_the_gate_decides_on():
+    """operating.py vectorises decide.skew_interval's lower bound for its tables: the same numbers."""
+    rng = np.random.default_rng(3)
+    for n in (6, 20, 300):
+        x = O.SHAPES["skew -2"](rng, (5, n)) + 0.1
+        for row, lo in zip(x, O._skew_lower(x, 0.95)):
+            want = D.skew_interval(float(row.mean()), float(row.std(ddof=1)), D.skewness(row), n, 0.95)[0]
+            assert lo == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
 def test_identical_values_never_pass():
     """Five identical differences gave a t interval of [0, 0], inside any margin: no spread, no pass."""
     c = compare_values("reward-margin", np.zeros(5), np.zeros(5))
