@@ -88,6 +88,10 @@ def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     expected = choose_dtype(data["config"]["compute_dtype"], "cpu")  # the dtype that ran, and why, not "auto"
     assert facts["compute"] == {"dtype": expected.dtype, "reason": expected.reason, "device": "cpu"}
     assert facts["model_key"]["dtype"] == expected.dtype
+    # the plan printed before the work: a chance per statistical gating claim, and the whole gate's
+    plan = facts["plan"]
+    assert {c["claim"] for c in plan["claims"]} >= {"reward-accuracy", "reward-margin", "sign-agreement-rate"}
+    assert 0.0 <= plan["whole_gate"] <= 1.0 and all(0.0 <= c["chance"] <= 1.0 for c in plan["claims"])
 
 
 def test_the_judge_claims_come_from_the_server_with_every_verdict_in_the_results(runs, judge_server):
