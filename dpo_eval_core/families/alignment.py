@@ -73,11 +73,14 @@ def agreement_components(run: GateRun) -> Components:
 def agreement_votes(run: GateRun, answer_features: Mapping[str, np.ndarray] | None = None) -> Votes:
     """Each independent direction's vote: does tuned - base follow the preference there, once the pull toward
     the data's texts is projected out? (`answer_features`: another adapter's tuned answers, for --compare.)"""
-    comps = agreement_components(run)
-    cols = [FEATURE_NAMES.index(f) for f in comps.features]
-    values = {**run.data_features, **(answer_features or run.answer_features)}
-    train = np.array([p.split == "train" for p in run.pairs.pairs])
-    return votes({r: np.asarray(values[r])[:, cols] for r in ("chosen", "rejected", "tuned", "base")}, train, comps)
+    def compute() -> Votes:
+        comps = agreement_components(run)
+        cols = [FEATURE_NAMES.index(f) for f in comps.features]
+        values = {**run.data_features, **(answer_features or run.answer_features)}
+        train = np.array([p.split == "train" for p in run.pairs.pairs])
+        return votes({r: np.asarray(values[r])[:, cols] for r in ("chosen", "rejected", "tuned", "base")}, train,
+                     comps)
+    return compute() if answer_features is not None else run.stage("agreement votes", compute)
 
 
 def agreement_rate(v: Votes, n_features: int, s: Settings, gate: Any) -> Claim:
