@@ -64,6 +64,11 @@ def fmt(x: float) -> str:
     return "nan" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
+def percent(level: float) -> str:
+    """A confidence level as a percentage with the digits it has: 95%, 96%, 99.75%."""
+    return f"{100 * level:.6g}%"
+
+
 
 def _underpowered(cid: str, n_nonzero: int, p_adj: float, gate: GateConfig) -> Claim | None:
     """A failing claim that says how many pairs are needed, when n can never reach alpha; else None."""
@@ -108,24 +113,24 @@ def rate_floor(gate: GateConfig) -> int:
 def rate_above(cid: str, k: int, n: int, threshold: float, gate: GateConfig, what: str, units: str = "pairs"
                ) -> Claim:
     """A proportion k/n whose exact (Clopper-Pearson) interval must lie above `threshold`."""
-    p, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level)
+    p, lo, hi, bounds = D.proportion_bounds(k, n, gate.ci_level, gate.sized_at)
     d = D.above(p, lo, hi, threshold, n, rate_floor(gate), bounds)
-    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
+    ci = f"{percent(gate.ci_level)} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}]"
     return decided(cid, d, f"CI low > {threshold:g}", ci, f"{what} {fmt(p)} ({k} of {n}), {ci}", units=units)
 
 
 
 def mean_above(cid: str, x: Sequence[float], threshold: float, gate: GateConfig, what: str) -> Claim:
     """A mean of per-item values whose skew-guarded t interval must lie above `threshold`."""
-    m, lo, hi, bounds = D.mean_bounds(np.asarray(x, dtype=float), gate.ci_level)
+    m, lo, hi, bounds = D.mean_bounds(np.asarray(x, dtype=float), gate.ci_level, gate.sized_at)
     d = D.above(m, lo, hi, threshold, len(x), rate_floor(gate), bounds)
-    ci = f"{gate.ci_level:.0%} skew-guarded t CI [{lo:.4g}, {hi:.4g}]"
+    ci = f"{percent(gate.ci_level)} skew-guarded t CI [{lo:.4g}, {hi:.4g}]"
     return decided(cid, d, f"CI low > {threshold:g}", ci, f"{what} {fmt(m)}, {ci}, n={len(x)}", units="pairs")
 
 
 
 def one_sided(gate: GateConfig) -> str:
-    return f"one-sided {1 - gate.tail:.1%}"
+    return f"one-sided {percent(1 - gate.tail)}"
 
 
 
@@ -152,7 +157,7 @@ def not_worse(cid: str, c: PairedComparison, margin: float, margin_text: str, ga
     if c.n == 0:
         return Claim(cid, False, None, "", "", 0, f"no item was measured for both: nothing to compare with {other}",
                      applicable=False)
-    d = c.decide(gate.tail, margin)
+    d = c.decide(gate.tail, margin, gate.sized_at)
     return decided(cid, d, f"lower bound > -{margin:.4g}", f"{one_sided(gate)} [{d.low:+.4g}, {d.high:+.4g}]",
                    not_worse_message(c, d, gate, margin_text, this, other, worse, unit), units=units)
 
@@ -172,7 +177,7 @@ def not_lower_unpaired(cid: str, what: str, old_value: float | None, old_n: int 
     k1, k2 = round(current.value * n1), round(float(old_value) * n2)
     level = 1 - 2 * gate.tail
     lo, hi = D.newcombe_unpaired(k1, n1, k2, n2, level)
-    power = D.power_level(level)
+    power = D.power_level(gate.sized_at)
     at = lambda m: D.newcombe_unpaired(k1 * m / n1, m, k2 * m / n2, m, power)  # noqa: E731
     d = D.not_worse(k1 / n1 - k2 / n2, lo, hi, margin, min(n1, n2), D.min_items(gate.tail), at)
     verdict = {"pass": "not lower beyond the margin", "fail": "REGRESSED: the drop is shown to exceed the margin",

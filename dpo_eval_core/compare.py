@@ -47,20 +47,22 @@ class PairedComparison:
     def estimate(self) -> float:
         return self.candidate - self.other
 
-    def bounds(self, tail: float) -> tuple[float, float, float, D.Bounds]:
-        """(candidate - other, one-sided 1 - tail lower and upper bounds, the bounds at another n)."""
+    def bounds(self, tail: float, sized_at: float | None = None) -> tuple[float, float, float, D.Bounds]:
+        """(candidate - other, one-sided 1 - tail lower and upper bounds, the bounds at another n at the 80%-power
+        level of `sized_at`, a two-sided level: the next look's)."""
         level = 1 - 2 * tail
         if self.kind == "paired proportions":
-            d, lo, hi, at = D.paired_bounds(self.better, self.worse, self.n, level)
+            d, lo, hi, at = D.paired_bounds(self.better, self.worse, self.n, level, sized_at)
         else:
-            d, sd, g, power = self.estimate, self.sd, self.skew, D.power_level(level)
+            d, sd, g = self.estimate, self.sd, self.skew
+            power = D.power_level(level if sized_at is None else sized_at)
             lo, hi = D.skew_interval(d, sd, g, self.n, level)
             at = lambda m: D.skew_interval(d, sd, g, m, power)  # noqa: E731
         return d, lo, hi, at
 
-    def decide(self, tail: float, margin: float) -> D.Decision:
+    def decide(self, tail: float, margin: float, sized_at: float | None = None) -> D.Decision:
         """Not worse than the other by more than `margin` (in the metric's units), at one-sided error `tail`?"""
-        d, lo, hi, at = self.bounds(tail)
+        d, lo, hi, at = self.bounds(tail, sized_at)
         return D.not_worse(d, lo, hi, margin, self.n, D.min_items(tail), at)
 
 

@@ -58,8 +58,9 @@ class GateConfig:
     correction: Correction = "bh"
     """Multiple-comparison correction within a claim family: none, bh (Benjamini-Hochberg), bonferroni."""
     ci_level: float = 0.95
-    """Confidence level of every interval the report prints; every "shown to hold" decision (above a threshold,
-    not worse by more than a margin) is one-sided at (1 - ci_level) / 2 = 0.025, the ICH E9 convention."""
+    """The "shown to hold" decisions on an adapter (above a threshold, not worse by more than a margin) spend a
+    one-sided (1 - ci_level) / 2 = 0.025 (the ICH E9 convention) across its looks: 0.02 at the first run, 0.0025
+    at a run on more or other data (looks.py); each run's intervals are printed at its look's level."""
     n_bootstrap: int = 2000
     """Resamples of the bootstraps over pairs: the sign-agreement rate's and the judge's length-controlled rate's
     intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
@@ -80,10 +81,19 @@ class GateConfig:
             raise ConfigError("gate.n_bootstrap", self.n_bootstrap, "an integer >= 100")
         check_claim_ids(installed(), self.gating, "gate.gating")
 
+    sizing_level: float | None = field(default=None, metadata={"internal": True})
+    """Not an option: the level at which an inconclusive claim's `n_needed` is sized, the next look's (set with
+    this look's ci_level by GateRun.gate; None: ci_level)."""
+
     @property
     def tail(self) -> float:
         """The one-sided error of every "shown to hold" decision: (1 - ci_level) / 2."""
         return (1 - self.ci_level) / 2
+
+    @property
+    def sized_at(self) -> float:
+        """The two-sided level whose 80%-power sizes an inconclusive claim reports (the next look's)."""
+        return self.ci_level if self.sizing_level is None else self.sizing_level
 
     def gates(self, claim_id: str) -> bool:
         """True when a failure of this claim fails the run."""
@@ -151,13 +161,18 @@ def _coerce_field(option: str, raw: Any, f: dataclasses.Field, current: Any) -> 
         raise ConfigError(option, raw, f"a value of type {hint}") from None
 
 
+def gate_keys() -> tuple[dataclasses.Field, ...]:
+    """GateConfig's fields that a user sets (--gate KEY=VALUE, the pyproject table)."""
+    return tuple(f for f in dataclasses.fields(GateConfig) if not f.metadata.get("internal"))
+
+
 def merge_tables(gate: GateConfig, families: FamilySettings, table: Mapping[str, Any], source: str
                  ) -> tuple[GateConfig, FamilySettings, list[str]]:
     """Apply a gate table (TOML `[tool.dpo_eval]` with a sub-table per family, or --gate KEY=VALUE pairs where
     KEY may be `family.setting`) to the shared gate settings and the families' settings. A flat key that names
     a family's setting (the layout before families had tables) still works, with a deprecation note among the
     returned messages."""
-    shared = {f.name: f for f in dataclasses.fields(GateConfig)}
+    shared = {f.name: f for f in gate_keys()}
     by_name = {f.name: f for f in installed()}
     gate_values: dict[str, Any] = {}
     changes: dict[str, dict[str, Any]] = {}
@@ -266,6 +281,10 @@ class EvalConfig:
     """Content-addressed cache of converted models, generations, features and rewards."""
     results: Path = Path("results.json")
     """Where the machine-readable results are written."""
+    looks: Path | None = None
+    """The ledger that counts the gate's looks on each adapter (looks.py): each run on other inputs decides at a
+    smaller share of the one-sided error. None: looks.json in the cache directory (CI with a fresh cache keeps it
+    elsewhere, with its baseline)."""
     seed: int = 0
     """Seeds the hash split, sampling and bootstrap."""
     serve_url: str | None = None
@@ -389,6 +408,11 @@ class EvalConfig:
     def on_cuda(self) -> bool:
         """True when models run on a CUDA device."""
         return self.resolved_device.startswith("cuda")
+
+    @property
+    def looks_path(self) -> Path:
+        """Where the ledger of looks is: `looks`, or looks.json in the cache directory."""
+        return Path(self.looks) if self.looks is not None else Path(self.cache_dir) / "looks.json"
 
     @property
     def resolved_device(self) -> str:

@@ -203,14 +203,15 @@ def power_level(level: float, power: float = 0.8) -> float:
     return float(1 - 2 * norm.sf(_z(level) + norm.ppf(power)))
 
 
-def mean_bounds(x: np.ndarray, level: float) -> tuple[float, float, float, Bounds]:
+def mean_bounds(x: np.ndarray, level: float, sized_at: float | None = None) -> tuple[float, float, float, Bounds]:
     """(mean, low, high) of per-item values by the skew-guarded interval, and the bounds at another n at the
-    level that gives 80% power (what `n_needed` reports)."""
+    level that gives 80% power (what `n_needed` reports) when decided at `sized_at` (the next look's level;
+    default: this one's)."""
     x = np.asarray(x, dtype=float)
     n = int(x.size)
     mean = float(x.mean()) if n else math.nan
     sd = float(x.std(ddof=1)) if n >= 2 else math.nan
-    g, at = skewness(x), power_level(level)
+    g, at = skewness(x), power_level(level if sized_at is None else sized_at)
     lo, hi = skew_interval(mean, sd, g, n, level)
     return mean, lo, hi, lambda m: skew_interval(mean, sd, g, m, at)
 
@@ -224,11 +225,12 @@ def tango_level(level: float, n: float) -> float:
     return float(1 - 2 * norm.sf(_z(level) * (1 + 1 / max(n, 1.0))))
 
 
-def paired_bounds(better: int, worse: int, n: int, level: float) -> tuple[float, float, float, Bounds]:
+def paired_bounds(better: int, worse: int, n: int, level: float, sized_at: float | None = None
+                  ) -> tuple[float, float, float, Bounds]:
     """(difference, low, high) of paired proportions by Tango's interval, and the bounds at another n (at the
-    80%-power level)."""
+    80%-power level of `sized_at`)."""
     d = (better - worse) / n if n else math.nan
-    at = power_level(level)
+    at = power_level(level if sized_at is None else sized_at)
 
     def bounds(b: float, w: float, m: float, lvl: float) -> tuple[float, float]:
         # the lower bound (the side that passes) at the small-sample z; the upper one (the side that fails) plain
@@ -238,10 +240,12 @@ def paired_bounds(better: int, worse: int, n: int, level: float) -> tuple[float,
     return d, lo, hi, lambda m: bounds(better * m / n, worse * m / n, m, at)
 
 
-def proportion_bounds(k: int, n: int, level: float) -> tuple[float, float, float, Bounds]:
-    """(k/n, low, high) by Clopper-Pearson, and the bounds at another n (at the 80%-power level)."""
+def proportion_bounds(k: int, n: int, level: float, sized_at: float | None = None
+                      ) -> tuple[float, float, float, Bounds]:
+    """(k/n, low, high) by Clopper-Pearson, and the bounds at another n (at the 80%-power level of `sized_at`)."""
     p = k / n if n else math.nan
-    lo, hi, at = *clopper_pearson(k, n, level), power_level(level)
+    lo, hi = clopper_pearson(k, n, level)
+    at = power_level(level if sized_at is None else sized_at)
     return p, lo, hi, lambda m: clopper_pearson(k * m / n, m, at)
 
 
@@ -297,5 +301,5 @@ def describe(d: Decision, units: str = "items") -> str:
         return f"inconclusive: no number of {units} would decide it at this estimate"
     used = f"{d.n} was used" if d.n == 1 else f"{d.n} were used"
     return (f"inconclusive: about {d.n_needed} {units} would decide it with 80% power at the estimate and spread "
-            f"this run saw ({used}; plan that size and run once: a re-run on more of the same data is a second look, "
-            f"whose error adds to the first's)")
+            f"this run saw ({used}), sized for the next look on this adapter, which decides at a smaller share of "
+            f"the error (docs/decisions.md, looks)")

@@ -38,6 +38,10 @@ class EndpointError(DpoEvalError):
     """A server (a judge's) cannot be reached, refuses the request, or answers something that is not the API."""
 
 
+class LooksError(DpoEvalError):
+    """The ledger of looks cannot be read, changed under the run, or says the adapter's error is spent."""
+
+
 class ResourceError(DpoEvalError):
     """The machine ran out of something the run needs (accelerator memory): the message names the phase, what
     was asked and free, and the options that need less."""

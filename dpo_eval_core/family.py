@@ -13,7 +13,7 @@ last release's (--baseline). The run, the plugin and evals/ know no particular f
     def claims(run, arg):
         texts = [g.text for g in run.answers["tuned"] if g is not None]
         ...
-        return [rate_above(ANSWERS_CLEAN.id(), k, n, 0.99, run.cfg.gate, "clean answers")]
+        return [rate_above(ANSWERS_CLEAN.id(), k, n, 0.99, run.gate, "clean answers")]
 
     FAMILY = Family("privacy", (ANSWERS_CLEAN,), claims, needs=frozenset({"answers"}))
 """

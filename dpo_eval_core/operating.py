@@ -3,7 +3,9 @@ line) and how often it passes a good one (power), by exact enumeration where the
 seeded Monte Carlo where they cannot. docs/decisions.md's tables are this module's output
 (`python -m dpo_eval_core.operating`), and tests/test_decision_errors.py asserts its cells.
 
-Every rule is evaluated as the code decides (decide.py, compare.py), at the gate's one-sided tail 0.025.
+Every rule is evaluated as the code decides (decide.py, compare.py): the error table at the gate's one-sided
+0.025 (the whole error across an adapter's looks), the power table at the first look's share of it (looks.py),
+and the looks table by simulating a team that extends its data after a look that did not pass.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import decide as D
+from .looks import share
 
 TAIL = 0.025
+FIRST_TAIL = TAIL * share(1)
+"""What the gate's first look on an adapter decides at (the power table's level)."""
 SIZES = (6, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """n from the rules' floor (6 items at a one-sided 0.025) to 5,000."""
 
@@ -176,6 +181,51 @@ def error_cells(sizes: Sequence[int] = SIZES, runs: int = 20_000, seed: int = 20
     return cells
 
 
+def _cp_needed(n: int, tail: float, threshold: float) -> int:
+    """The fewest successes of n whose Clopper-Pearson lower bound (one-sided `tail`) lies above `threshold`."""
+    from scipy.stats import beta
+
+    k = np.arange(1, n + 1)
+    ok = np.nonzero(beta.ppf(tail, k, n - k + 1) > threshold)[0]
+    return int(k[ok[0]]) if ok.size else n + 1
+
+
+def looks_cells(first: int, runs: int, rng: np.random.Generator, max_looks: int = 3) -> list[Cell]:
+    """A team that runs the gate, and after a look that did not pass adds as much data again and runs once more
+    (n, 2n, 4n items, each look's data holding the one before): the chance that any look passes at the line,
+    when every look decides at the whole 0.025 (each re-run a fresh chance) and at the looks' shares (looks.py).
+    Two rules: Clopper-Pearson above 0.5 at a true rate of 0.5, and Tango non-inferiority at a true drop equal to
+    the margin 0.04 with 15% of items changing."""
+    from scipy.stats import norm
+
+    sizes = [first * 2 ** j for j in range(max_looks)]
+    spending = {"every look at 0.025": [TAIL] * max_looks,
+                "looks' shares (0.8, 0.1, 0.05 of 0.025)": [TAIL * share(j + 1) for j in range(max_looks)]}
+    cells = []
+    # proportions: successes accumulate over the nested looks
+    steps = np.diff([0, *sizes])
+    k = np.cumsum(np.stack([rng.binomial(m, 0.5, runs) for m in steps], axis=1), axis=1)
+    for name, tails in spending.items():
+        passed = np.zeros(runs, dtype=bool)
+        for j, (n, t) in enumerate(zip(sizes, tails)):
+            passed |= k[:, j] >= _cp_needed(n, t, 0.5)
+            cells.append(Cell("Clopper-Pearson above 0.5, extended after each look", name, n, float(passed.mean()),
+                              TAIL, f"Monte Carlo, {runs} runs; any of {j + 1} looks"))
+    # paired proportions: better / worse counts accumulate; the drop equals the margin
+    margin, changing = 0.04, 0.15
+    probs = [(changing - margin) / 2, (changing + margin) / 2, 1 - changing]
+    counts = np.cumsum(np.stack([rng.multinomial(m, probs, runs) for m in steps], axis=1), axis=1)
+    for name, tails in spending.items():
+        passed = np.zeros(runs, dtype=bool)
+        for j, (n, t) in enumerate(zip(sizes, tails)):
+            z = float(norm.isf((1 - D.tango_level(1 - 2 * t, n)) / 2))
+            passed |= D.tango_statistic(counts[:, j, 0], counts[:, j, 1], n, -margin) > z
+            cells.append(Cell(f"Tango non-inferiority, margin {margin}, {changing:.0%} changing, extended after each "
+                              "look", name, n, float(passed.mean()), TAIL, f"Monte Carlo, {runs} runs; any of "
+                              f"{j + 1} looks"))
+    return cells
+
+
 def power_rows(max_forgetting: float, min_reward_accuracy: float, sizes: Sequence[int] = (200, 500, 1000, 2000, 5000),
                runs: int = 20_000, seed: int = 1) -> list[dict[str, float | int | str]]:
     """The chance a good adapter passes each default gating claim, and the whole gate (the product: the
@@ -184,15 +234,17 @@ def power_rows(max_forgetting: float, min_reward_accuracy: float, sizes: Sequenc
     The good adapter, as the issue that asked for this table states it: reward accuracy 0.62 (0.58 per
     token), mean reward margin 0.25 SD, 16 signal directions each agreeing with probability 0.8 (the
     directions come from the data, so they do not grow with n here), and two multiple-choice sets with no
-    true drop and 15% of answers changing."""
+    true drop and 15% of answers changing. At the first look's level (FIRST_TAIL): a run that is a later look on
+    the same adapter decides at a smaller one, and has less power."""
     rng = np.random.default_rng(seed)
     rows = []
+    level = 1 - 2 * FIRST_TAIL
     for n in sizes:
-        acc = proportion_pass_rate(n, 0.62, min_reward_accuracy)
-        per_token = proportion_pass_rate(n, 0.58, min_reward_accuracy)
-        mean = mean_pass_rate(n, "normal", 0.25, runs, rng)
-        agree = agreement_pass_rate(16, 0.8, 0.5)
-        kept = paired_pass_rate(n, 0.075, 0.075, max_forgetting)
+        acc = proportion_pass_rate(n, 0.62, min_reward_accuracy, level)
+        per_token = proportion_pass_rate(n, 0.58, min_reward_accuracy, level)
+        mean = mean_pass_rate(n, "normal", 0.25, runs, rng, level)
+        agree = agreement_pass_rate(16, 0.8, 0.5, level)
+        kept = paired_pass_rate(n, 0.075, 0.075, max_forgetting, FIRST_TAIL)
         gate = acc * per_token * mean * agree * kept * kept
         rows.append({"n": n, "reward accuracy": acc, "per-token accuracy": per_token, "mean margin": mean,
                      "sign agreement (16 directions)": agree, f"no forgetting (margin {max_forgetting}, each of 2)": kept,
@@ -216,8 +268,9 @@ def size_for(power: float, chance: Callable[[int], float], start: int = 6, cap: 
     return hi
 
 
-def markdown(cells: Sequence[Cell], rows: Sequence[dict]) -> str:
-    """The error table (worst cell per rule and setting, and the n where it occurs) and the power table."""
+def markdown(cells: Sequence[Cell], rows: Sequence[dict], looks: Sequence[Cell] = ()) -> str:
+    """The error table (worst cell per rule and setting, and the n where it occurs), the power table, and the
+    looks table (every cell: the chance that any of the first looks passes)."""
     out = ["| rule | setting | worst false pass | at n | nominal | method |", "|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
@@ -229,6 +282,10 @@ def markdown(cells: Sequence[Cell], rows: Sequence[dict]) -> str:
     out += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     out += ["| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
             for r in rows]
+    if looks:
+        out += ["", "| rule | each look decided at | looks | n at the last | false pass, any look |", "|---|---|---|---|---|"]
+        out += [f"| {c.rule} | {c.setting} | {c.method.rsplit('any of ', 1)[1].split()[0]} | {c.n} | "
+                f"{c.false_pass:.4f} |" for c in looks]
     return "\n".join(out)
 
 
@@ -240,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-reward-accuracy", type=float, default=0.5, help="the accuracy threshold (the default's)")
     ns = ap.parse_args(argv)
     cells, rows = error_cells(runs=ns.runs), power_rows(ns.max_forgetting, ns.min_reward_accuracy, runs=ns.runs)
-    print(markdown(cells, rows))
+    looks = looks_cells(200, 10 * ns.runs, np.random.default_rng(7))
+    print(markdown(cells, rows, looks))
     if ns.json:
         with open(ns.json, "w", encoding="utf-8") as f:
-            json.dump({"error": [asdict(c) for c in cells], "power": rows}, f, indent=1)
+            json.dump({"error": [asdict(c) for c in cells], "power": rows, "looks": [asdict(c) for c in looks]}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

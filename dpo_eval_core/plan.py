@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from . import operating as O
+from .looks import Look
 
 POWER = 0.8
 FLOOR = 0.5
@@ -55,6 +56,8 @@ class ClaimChance:
 class Plan:
     claims: tuple[ClaimChance, ...]
     assumptions: Assumptions
+    look: Look | None = None
+    """The look the chances are for (a later look decides at a smaller share of the error)."""
 
     @property
     def whole(self) -> float:
@@ -64,6 +67,8 @@ class Plan:
         """The plan as console lines."""
         out = [f"plan: the chance that a good adapter passes each gating claim with this data (assuming "
                f"{self.assumptions.describe()}):"]
+        if self.look is not None:
+            out.append(f"  {self.look.line()}")
         for c in self.claims:
             need = (f"; {POWER:.0%} needs {c.n_for_80:,} {c.units}" if c.n_for_80 and c.chance < POWER else
                     "" if c.chance >= POWER else f"; no number of {c.units} gives {POWER:.0%}")
@@ -77,6 +82,7 @@ class Plan:
 
     def record(self) -> dict:
         return {"assumptions": self.assumptions.describe(), "whole_gate": self.whole, "floor": FLOOR,
+                "look": None if self.look is None else self.look.number,
                 "claims": [{"claim": c.claim, "n": c.n, "units": c.units, "chance": c.chance,
                             "n_for_80": c.n_for_80, "note": c.note.strip("; ")} for c in self.claims]}
 
@@ -86,7 +92,7 @@ def plan_of(run: object, families: Sequence[object]) -> Plan:
     gate = run.cfg.gate  # type: ignore[attr-defined]
     rows = [c for f in families if f.plan is not None and f.absent(run.cfg) is None  # type: ignore[attr-defined]
             for c in f.plan(run) if gate.gates(c.claim)]  # type: ignore[attr-defined]
-    return Plan(tuple(rows), Assumptions())
+    return Plan(tuple(rows), Assumptions(), run.look if rows else None)  # type: ignore[attr-defined]
 
 
 def _margin_chance(n: int, effect: float, tail: float) -> float:
@@ -106,19 +112,22 @@ def reward_chances(ids: tuple[str, str, str], valid_pairs: int, min_reward_accur
     from scipy.stats import norm
 
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
-    rows = [ClaimChance(cid, valid_pairs, "valid pairs", O.proportion_pass_rate(valid_pairs, p, min_reward_accuracy),
-                        O.size_for(POWER, lambda m, p=p: O.proportion_pass_rate(m, p, min_reward_accuracy),
+    level = 1 - 2 * tail
+    rows = [ClaimChance(cid, valid_pairs, "valid pairs",
+                        O.proportion_pass_rate(valid_pairs, p, min_reward_accuracy, level),
+                        O.size_for(POWER, lambda m, p=p: O.proportion_pass_rate(m, p, min_reward_accuracy, level),
                                    cap=200_000))
             for cid, p in ((ids[0], a.reward_accuracy), (ids[1], a.reward_accuracy_per_token))]
     return rows + [ClaimChance(ids[2], valid_pairs, "valid pairs",
                                _margin_chance(valid_pairs, a.margin_effect, tail), _normal_size(z, 1.0, a.margin_effect))]
 
 
-def agreement_chance(cid: str, directions: int, min_agreement: float, a: Assumptions) -> ClaimChance:
+def agreement_chance(cid: str, directions: int, min_agreement: float, tail: float, a: Assumptions) -> ClaimChance:
     """The sign-agreement rate over the data's signal directions (exact binomial)."""
-    k80 = O.size_for(POWER, lambda k: O.agreement_pass_rate(k, a.direction_agreement, min_agreement), cap=4096)
+    level = 1 - 2 * tail
+    k80 = O.size_for(POWER, lambda k: O.agreement_pass_rate(k, a.direction_agreement, min_agreement, level), cap=4096)
     return ClaimChance(cid, directions, "signal directions", O.agreement_pass_rate(
-        directions, a.direction_agreement, min_agreement), k80, "; directions come from the data (more train pairs "
+        directions, a.direction_agreement, min_agreement, level), k80, "; directions come from the data (more train pairs "
         "whose chosen and rejected differ show more of them)")
 
 
@@ -131,3 +140,17 @@ def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: flo
     return ClaimChance(cid, questions, "questions",
                        O.paired_pass_rate(questions, half, half, max_forgetting, tail),
                        _normal_size(z, a.discordance, max_forgetting))
+
+
+def not_lower_chance(cid: str, n: int, units: str, baseline_rate: float, discordance: float, margin: float,
+                     tail: float) -> ClaimChance:
+    """not-lower[RATE] against --baseline, paired item by item (exact trinomial): a good adapter is taken to be as
+    good as the baseline (its rate, `baseline_rate`, read from the baseline's per-item values) with `discordance`
+    of the items changing, no more than that rate allows (2 min(p, 1 - p))."""
+    from scipy.stats import norm
+
+    d = min(discordance, 2 * min(baseline_rate, 1 - baseline_rate))
+    z = float(norm.isf(tail)) + float(norm.ppf(POWER))
+    return ClaimChance(cid, n, units, O.paired_pass_rate(n, d / 2, d / 2, margin, tail) if d > 0 else
+                       float(n >= 6), _normal_size(z, max(d, 1e-6), margin),
+                       f"; the baseline's rate {baseline_rate:.3f}, {d:.0%} of {units} taken to change")

@@ -51,6 +51,8 @@ def run_facts(run: Any) -> dict[str, Any]:
             facts[key] = sec[name]
     if "plan" in run.stages:
         facts["plan"] = run.stages["plan"].record()
+    if "gate" in run.__dict__:  # a claim was decided on this look: which one, at what level, what came before
+        facts["look"] = run.look.record()
     if "pairs" in sec:
         ps = sec["pairs"]
         facts["data"] = {"source": ps.source, "layout": ps.layout, "rows": ps.n_rows, "dropped": dict(ps.dropped),
@@ -227,6 +229,10 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
     claims = results["claims"]
     gating = [c for c in claims if c["gating"] and c["applicable"] and not per_item(c["id"])]
     lines = [judged_line(facts)]
+    if look := facts.get("look"):
+        lines.append(f"look {look['number']} on this adapter: decided at one-sided {look['tail']:.4g} of "
+                     f"{look['total']:.4g} across its looks (a run on more or other data is look {look['number'] + 1}, "
+                     f"at {look['next_tail']:.4g}; docs/decisions.md)")
     words = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for c in sorted(gating, key=lambda c: c["id"]):
         word = f"{words.get(outcome_of(c), '-'):>12}"

@@ -5,6 +5,7 @@ particular family; a claim touches only what it needs (data-signal loads no mode
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Hashable
 
@@ -15,11 +16,12 @@ from .backend import Generation
 from .cache import Cache, file_digest
 from .chat import accepts_system
 from .claims import Claim
-from .config import EvalConfig, installed
+from .config import EvalConfig, GateConfig, installed
 from .data import PairSet, load_pairs
 from .family import Family, Kind
 from .identity import ModelIdentity, base_fingerprint
 from .ledger import Ledger, memory_errors
+from .looks import Look, commit, find, inputs_digest
 from .quantization import free
 from .registry import check_claim_ids, resolve
 from .texts import answer, features
@@ -72,6 +74,24 @@ class GateRun:
     @functools.cached_property
     def adapter_fingerprint(self) -> str:
         return file_digest(M.adapter_weights(self.spec.adapter), self.cache)
+
+    @functools.cached_property
+    def look(self) -> Look:
+        """This run's look on its adapter (read from the ledger, not yet recorded): the plan sizes for it."""
+        if self.host:
+            return self.host.look
+        inputs = inputs_digest(self.pairs.fingerprint(), self.cfg, lambda p: file_digest(p, self.cache))
+        return find(self.cfg.looks_path, self.adapter_fingerprint, inputs, self.cfg.gate.tail)
+
+    @functools.cached_property
+    def gate(self) -> GateConfig:
+        """The gate settings every decision about the adapter reads: intervals at this look's level, sizes for the
+        next look's. The first access records the look in the ledger (a claim is about to be decided on it)."""
+        if self.host:
+            return self.host.gate
+        look = self.look
+        commit(self.cfg.looks_path, self.adapter_fingerprint, look)
+        return dataclasses.replace(self.cfg.gate, ci_level=look.ci_level, sizing_level=look.next_ci_level)
 
     @functools.cached_property
     def tokenizer(self) -> Any:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from dpo_eval_core import operating as O
-from dpo_eval_core.plan import FLOOR, Assumptions, Plan, agreement_chance, forgetting_chance, reward_chances
+from dpo_eval_core.plan import (FLOOR, Assumptions, Plan, agreement_chance, forgetting_chance, not_lower_chance,
+                                reward_chances)
 
 A = Assumptions()
 IDS = ("accuracy", "accuracy per token", "margin")
@@ -26,7 +28,7 @@ def test_reward_chances_grow_with_the_pairs_and_their_80_percent_sizes_deliver_i
 
 
 def test_sixteen_directions_cannot_give_a_good_adapter_80_percent_and_the_plan_says_how_many_would():
-    c = agreement_chance("rate", 16, 0.5, A)
+    c = agreement_chance("rate", 16, 0.5, 0.025, A)
     # 13 of 16 agreeing is decided as 12 of 15 (one direction spent on the projection), CP lower 0.519 > 0.5;
     # 12 of 16 (11 of 15: 0.449) is not: P(Bin(16, 0.8) >= 13) = 0.598
     assert c.chance == pytest.approx(0.598, abs=0.001) and c.n_for_80 is not None and c.n_for_80 > 16
@@ -57,3 +59,36 @@ def test_the_operating_tables_use_the_gate_s_own_defaults():
 
     source = inspect.getsource(O.main)
     assert f"default={Forgetting().max_forgetting}" in source and f"default={Rewards().min_reward_accuracy}" in source
+
+
+def test_not_lower_against_a_baseline_takes_the_baseline_s_rate_and_never_more_change_than_it_allows():
+    c = not_lower_chance("not-lower[x]", 1000, "valid pairs", 0.62, 0.15, 0.02, 0.02)
+    assert c.chance == pytest.approx(O.paired_pass_rate(1000, 0.075, 0.075, 0.02, 0.02))
+    assert "0.620" in c.note and "15%" in c.note and c.n_for_80 > 1000
+    # a baseline right on 97% of pairs leaves room for at most 6% of them to change
+    assert "6%" in not_lower_chance("not-lower[x]", 1000, "valid pairs", 0.97, 0.15, 0.02, 0.02).note
+
+
+def test_with_a_baseline_the_plan_adds_its_not_lower_claims_from_the_baseline_s_per_pair_values(
+        tmp_path, tiny_adapter):
+    import dataclasses
+    import json
+
+    from dpo_eval_core.config import EvalConfig, installed
+    from dpo_eval_core.plan import plan_of
+    from dpo_eval_core.results import build_results, claim_record, run_sections, write_json
+    from dpo_eval_core.run import GateRun
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+                                        "rejected": f"Well, um, I guess {i}, maybe."}) + "\n" for i in range(40)))
+    cfg = EvalConfig(adapter=tiny_adapter, data=str(data), cache_dir=tmp_path / "cache", device="cpu")
+    release = GateRun(cfg)
+    claims = [claim_record(release.claim(cid), True) for cid in ("reward-accuracy", "reward-accuracy-per-token")]
+    write_json(tmp_path / "baseline.json", build_results(run_sections(release), claims))
+    now = GateRun(dataclasses.replace(cfg, families={"regression": {"baseline": tmp_path / "baseline.json"}}))
+    rows = {c.claim: c for c in plan_of(now, [f for f in installed() if f.name == "rewards"]).claims}
+    accuracy = float(np.mean(release.stages["rewards"].correct))
+    assert f"{accuracy:.3f}" in rows["not-lower[reward-accuracy]"].note
+    assert rows["not-lower[reward-accuracy]"].n == len(release.valid_index)
+    assert "not-lower[reward-accuracy-per-token]" in rows

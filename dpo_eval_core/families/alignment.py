@@ -12,7 +12,7 @@ from .. import compare as CMP
 from .. import decide as D
 from .. import report as H
 from ..agreement import Components, Votes, components, signal_columns, votes
-from ..claims import Claim, decided, fmt, low_n, not_worse, paired_test, rate_above, rate_floor
+from ..claims import Claim, decided, fmt, low_n, not_worse, paired_test, percent, rate_above, rate_floor
 from ..errors import ConfigError
 from ..family import Family, Kind
 from ..features import FEATURE_NAMES
@@ -90,9 +90,9 @@ def agreement_rate(v: Votes, n_features: int, s: Settings, gate: Any) -> Claim:
     # projecting the general pull out of the votes spends one direction: decided as k - 1 agreeing of n - 1
     # (with all n counted, 20 valid pairs on UltraFeedback's 6 directions passed random adapters 0.029)
     kd, nd = max(k - 1, 0), max(n - 1, 0)
-    rate, lo, hi, bounds = D.proportion_bounds(kd, nd, gate.ci_level)
+    rate, lo, hi, bounds = D.proportion_bounds(kd, nd, gate.ci_level, gate.sized_at)
     d = D.above(rate, lo, hi, s.min_agreement, nd, rate_floor(gate), bounds if nd else None)
-    ci = f"{gate.ci_level:.0%} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}] on {kd} of {nd}"
+    ci = f"{percent(gate.ci_level)} Clopper-Pearson CI [{lo:.3f}, {hi:.3f}] on {kd} of {nd}"
     more = ("; the directions come from the data: more train pairs with chosen and rejected that differ give "
             "more of them" if d.outcome == "inconclusive" else "")
     return decided(RATE.id(), d, f"CI low > {s.min_agreement}", ci, value=k / n if n else None,
@@ -143,7 +143,7 @@ def changed_answers(run: GateRun) -> Claim:
     if not any(changed):
         return Claim(CHANGES.id(), False, 0.0 if changed else None, "CI low > 0", "", len(changed),
                      f"none of the {len(changed)} valid-split answers differs from the base model's")
-    return rate_above(CHANGES.id(), sum(changed), len(changed), 0.0, run.cfg.gate,
+    return rate_above(CHANGES.id(), sum(changed), len(changed), 0.0, run.gate,
                       "valid-split answers that differ from the base model's: share", units="answers")
 
 
@@ -152,13 +152,13 @@ def claims(run: GateRun, _: str | None) -> list[Claim]:
              if (given := [g for g in gens if g is not None]) and all(not g.text.strip() for g in given)]
     comps = agreement_components(run)
     rate = (agreement_votes(run), comps.n_features) if comps.k else None
-    return alignment(feature_stats(run), run.settings(FAMILY), run.cfg.gate, rate, empty) + [changed_answers(run)]
+    return alignment(feature_stats(run), run.settings(FAMILY), run.gate, rate, empty) + [changed_answers(run)]
 
 
 def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, Any]:
     """Each adapter's vote per independent signal direction (its answers minus the base's, the preference's
     way beyond the general pull), paired by direction; the per-feature shifts between the two beside it."""
-    g, s = run.cfg.gate, run.settings(FAMILY)
+    g, s = run.gate, run.settings(FAMILY)
     valid = np.array([p.split == "valid" for p in run.pairs.pairs])
     signal = {f.feature: f for f in signal_features(data_stats(run), g.alpha)}
     scale = {f.feature: f.scale for f in data_stats(run)}
@@ -198,7 +198,7 @@ def regressed(now: Votes, baseline: Mapping[str, Any], s: Settings, gate: Any, c
 
 
 def not_lower(run: GateRun, baseline: Mapping[str, Any], kind: Kind, cid: str) -> Claim:
-    return regressed(agreement_votes(run), baseline, run.settings(FAMILY), run.cfg.gate, cid)
+    return regressed(agreement_votes(run), baseline, run.settings(FAMILY), run.gate, cid)
 
 
 def _section(run: GateRun) -> dict[str, Any]:
@@ -237,9 +237,19 @@ def report(results: Mapping[str, Any]) -> str:
 
 
 def plan(run: GateRun) -> list[Any]:
-    from ..plan import Assumptions, agreement_chance
+    """sign-agreement-rate over the data's directions; with --baseline, not-lower[sign-agreement-rate] too, whose
+    directions vote independently (each changes with probability 2 p (1 - p) at the baseline's rate p)."""
+    from ..plan import Assumptions, agreement_chance, not_lower_chance
+    from .regression import LOWER, active_baseline
 
-    return [agreement_chance(RATE.id(), agreement_components(run).k, run.settings(FAMILY).min_agreement, Assumptions())]
+    s, k = run.settings(FAMILY), agreement_components(run).k
+    rows = [agreement_chance(RATE.id(), k, s.min_agreement, run.look.tail, Assumptions())]
+    old = [d["agrees"] for d in ((active_baseline(run) or {}).get("agreement") or {}).get("directions", [])]
+    if old:
+        p = float(np.mean(old))
+        rows.append(not_lower_chance(LOWER.id(RATE.id()), k, "signal directions", p, 2 * p * (1 - p),
+                                     s.max_agreement_drop, run.look.tail))
+    return rows
 
 
 FAMILY = Family(

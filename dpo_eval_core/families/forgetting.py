@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, get_args
 
 from .. import decide as D
 from .. import report as H
-from ..claims import Claim, decided, not_worse, one_sided, rate_floor
+from ..claims import Claim, decided, not_worse, one_sided, percent, rate_floor
 from ..compare import PairedComparison, compare_correct, match
 from ..data import parse_columns
 from ..errors import ConfigError, check_choice
@@ -49,8 +49,8 @@ class Settings:
     max_forgetting: float = 0.04
     """Non-inferiority margin of no-forgetting[SET], in accuracy: the tuned model may answer at most this share
     of questions fewer right than the base. Four points, so that a good adapter can show it with the data a
-    team has: with 15% of answers changing and no true drop, 1,000 questions show it 9 times in 10 (two points
-    needed about 3,000 for 80%; docs/decisions.md has the power table). It passes when the one-sided
+    team has: with 15% of answers changing and no true drop, 1,000 questions show it 88 times in 100 on a first
+    look (two points needed about 3,000 for 80%; docs/decisions.md has the power table). It passes when the one-sided
     (1 - tail) upper bound of the drop is below it; a team that wants a tighter margin sets it and brings the
     questions the table names."""
 
@@ -132,13 +132,13 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
     if s.n == 0:
         why = f"no question of {s.source} could be scored{notes}"
         return [Claim(k.id(s.name), False, None, "", "", 0, why) for k in (ACCURACY, KEPT)]
-    lvl = f"{gate.ci_level:.0%}"
+    lvl = percent(gate.ci_level)
     tuned, base = s.gated
     at_chance = tuned.ci_low <= s.chance and base.ci_low <= s.chance
     chance_note = (f"; both models answer at chance level ({s.chance:.3f}) on this set, so it cannot show "
                    f"forgetting: use a set the base model knows") if at_chance else ""
     above_chance = D.above(tuned.value, tuned.ci_low, tuned.ci_high, s.chance, s.n, rate_floor(gate), lambda m: (
-        D.clopper_pearson(tuned.correct * m / s.n, m, D.power_level(gate.ci_level))))
+        D.clopper_pearson(tuned.correct * m / s.n, m, D.power_level(gate.sized_at))))
     accuracy = decided(
         ACCURACY.id(s.name), above_chance, f"CI low > chance {s.chance:.3f}",
         f"{lvl} Clopper-Pearson CI [{tuned.ci_low:.3f}, {tuned.ci_high:.3f}]",
@@ -146,7 +146,7 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
         f"{_acc(s.base_norm)} ({lvl} Clopper-Pearson); {s.metric} gates; chance {s.chance:.3f}; n={s.n} "
         f"({setting}){notes}", units="questions")
     d = PairedComparison(s.metric, "paired proportions", s.n, tuned.value, base.value, s.gained,
-                         s.lost).decide(gate.tail, max_forgetting)
+                         s.lost).decide(gate.tail, max_forgetting, gate.sized_at)
     verdict = {"pass": f"the drop is shown to be below max_forgetting {max_forgetting}",
                "fail": f"the drop is shown to exceed max_forgetting {max_forgetting}: the adapter forgot",
                "inconclusive": f"the data cannot tell whether the drop is below max_forgetting "
@@ -161,7 +161,7 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
 
 
 def claims(run: GateRun, name: str | None) -> list[Claim]:
-    return forgetting(summary(run, name or ""), run.settings(FAMILY).max_forgetting, run.cfg.gate)
+    return forgetting(summary(run, name or ""), run.settings(FAMILY).max_forgetting, run.gate)
 
 
 def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, dict[str, Any]]:
@@ -170,7 +170,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     a, b = summary(run, name), summary(other, name)
     c = compare_correct(what, *match(a.question_ids, a.tuned_right, b.question_ids, b.tuned_right))
     m = run.settings(FAMILY).max_forgetting
-    return not_worse(cid, c, m, f"max_forgetting {m}", run.cfg.gate, "this adapter",
+    return not_worse(cid, c, m, f"max_forgetting {m}", run.gate, "this adapter",
                      f"--compare {other.cfg.adapter}"), {"items": {what: c}}
 
 
@@ -207,7 +207,7 @@ def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, forgetting_chance
 
     m = run.settings(FAMILY).max_forgetting
-    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, run.cfg.gate.tail, Assumptions())
+    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, run.look.tail, Assumptions())
             for name, qs in question_sets(run).items()]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from .. import decide as D
 from .. import judge as J
 from .. import report as H
-from ..claims import Claim, decided, fmt, one_sided, rate_floor
+from ..claims import Claim, decided, fmt, one_sided, percent, rate_floor
 from ..endpoint import is_url
 from ..errors import ConfigError
 from ..family import Family, Kind, Option
@@ -97,7 +97,7 @@ def judge(run: GateRun) -> J.Judge:
 
 def judged(run: GateRun, tuned: Any, base: Any, phase: str) -> J.JudgeSummary:
     """Every answered valid pair judged in both orders, `tuned` shown against `base`; each reply cached."""
-    s, g = run.settings(FAMILY), run.cfg.gate
+    s, g = run.settings(FAMILY), run.gate
     with run.ledger.phase(phase):
         summary, n = J.measure(judge(run), run.pairs.pairs, {"tuned": tuned, "base": base},
                                J.load_template(s.template), s.max_tokens, run.cache, g.ci_level, g.n_bootstrap,
@@ -117,7 +117,7 @@ def win(cid: str, s: J.JudgeSummary, gate: Any) -> tuple[Claim, D.Decision]:
     ten decisive pairs)."""
     lo, hi = s.win_ci
     n = s.scored
-    power = D.power_level(gate.ci_level)
+    power = D.power_level(gate.sized_at)
     at = lambda m: J.win_interval(s.wins * m / n, s.losses * m / n, m, power)  # noqa: E731
     d = D.above(s.win_rate, lo, hi, 0.5, n, rate_floor(gate), at)
     if d.passed and not s.sign_p < (1 - gate.ci_level) / 2:
@@ -129,7 +129,7 @@ def win(cid: str, s: J.JudgeSummary, gate: Any) -> tuple[Claim, D.Decision]:
              else "")
     tally = (f"tuned wins {s.wins}, loses {s.losses}, ties {s.ties}, and {s.inconsistent} verdicts change with "
              f"the order (counted as ties) of {s.n} valid pairs judged in both orders by {s.judge}")
-    ci = f"{gate.ci_level:.0%} score CI [{lo:.3f}, {hi:.3f}], sign test p={fmt(s.sign_p)}"
+    ci = f"{percent(gate.ci_level)} score CI [{lo:.3f}, {hi:.3f}], sign test p={fmt(s.sign_p)}"
     return decided(cid, d, "CI low > 0.5", ci, f"win rate {fmt(s.win_rate)}, {ci}: {tally}{parse}",
                    units="judged pairs"), d
 
@@ -138,7 +138,7 @@ def length_controlled(cid: str, s: J.JudgeSummary, gate: Any, raw: D.Decision) -
     """The win rate at zero length difference, on its bootstrap interval; it passes only when the raw win rate
     passes too (length control removes evidence, it never adds any), and is inconclusive when too few pairs
     lie on one side of the length difference to fit it."""
-    lc, lvl = s.length_control, f"{gate.ci_level:.0%}"
+    lc, lvl = s.length_control, percent(gate.ci_level)
     lengths = f"mean answer length tuned {s.mean_chars['tuned']:.0f} vs base {s.mean_chars['base']:.0f} characters"
     if lc.value is None or lc.ci is None or lc.slope is None:
         return Claim(cid, False, None, "CI low > 0.5", "", lc.n,
@@ -181,7 +181,7 @@ def judge_claims(s: J.JudgeSummary, gate: Any, min_consistency: float) -> list[C
 
 
 def claims(run: GateRun, _: str | None) -> list[Claim]:
-    return judge_claims(judge_summary(run), run.cfg.gate, run.settings(FAMILY).min_judge_consistency)
+    return judge_claims(judge_summary(run), run.gate, run.settings(FAMILY).min_judge_consistency)
 
 
 def not_worse_judge(cid: str, s: J.JudgeSummary, gate: Any, max_drop: float, other: str) -> Claim:
@@ -193,7 +193,7 @@ def not_worse_judge(cid: str, s: J.JudgeSummary, gate: Any, max_drop: float, oth
                      inconclusive=True)
     level = 1 - 2 * gate.tail
     lo, hi = J.win_interval(s.wins, s.losses, s.scored, level)
-    power = D.power_level(level)
+    power = D.power_level(gate.sized_at)
     at = lambda m: J.win_interval(s.wins * m / s.scored, s.losses * m / s.scored, m, power)  # noqa: E731
     floor = 0.5 - max_drop
     d = D.above(s.win_rate, lo, hi, floor, s.scored, D.min_items(gate.tail), at)
@@ -211,7 +211,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     """The judge on this adapter's answers (as 'tuned') against the other's (as 'base'), both orders."""
     s = run.stage("judge (compare)", lambda: judged(run, run.answers["tuned"], other.answers["tuned"],
                                                     "judge (compare)"))
-    return (not_worse_judge(cid, s, run.cfg.gate, run.settings(FAMILY).max_win_rate_drop,
+    return (not_worse_judge(cid, s, run.gate, run.settings(FAMILY).max_win_rate_drop,
                             f"--compare {other.cfg.adapter}"), {FAMILY.name: s})
 
 

@@ -71,6 +71,11 @@ def baseline(run: GateRun) -> dict[str, Any]:
     return run.stage("baseline", load)
 
 
+def active_baseline(run: GateRun) -> Mapping[str, Any] | None:
+    """The --baseline results when this run compares against one (for the families' plans), else None."""
+    return baseline(run) if FAMILY.absent(run.cfg) is None else None
+
+
 def passed_gating_claims(results: Mapping[str, Any]) -> list[str]:
     """Ids of the baseline's gating claims that passed: each must still pass."""
     return sorted(c["id"] for c in results["claims"] if c["gating"] and c["applicable"] and c["passed"])

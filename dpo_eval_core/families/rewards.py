@@ -60,7 +60,7 @@ class Settings:
 def reward_summary(run: GateRun) -> RewardSummary:
     """Implicit rewards on the valid split, from the policy's and the reference's log-probs (cached)."""
     def compute() -> RewardSummary:
-        s, g, valid = run.settings(FAMILY), run.cfg.gate, [run.pairs.pairs[i] for i in run.valid_index]
+        s, g, valid = run.settings(FAMILY), run.gate, [run.pairs.pairs[i] for i in run.valid_index]
         with run.ledger.phase("rewards"):
             backend, identity = scorer(run)
             logps, n = score_logps(backend, valid, model=identity, cache=run.cache,
@@ -96,7 +96,7 @@ def rewards(summary: RewardSummary, s: Settings, gate: Any) -> list[Claim]:
 
 
 def claims(run: GateRun, _: str | None) -> list[Claim]:
-    return rewards(reward_summary(run), run.settings(FAMILY), run.cfg.gate)
+    return rewards(reward_summary(run), run.settings(FAMILY), run.gate)
 
 
 def margin(what: str, other: float, s: Settings) -> tuple[float, str]:
@@ -124,7 +124,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     else:
         c = decided_on = compare_correct(what, x, y)
         m, text = margin(what, c.other, s)
-    claim = not_worse(cid, decided_on, m, text, run.cfg.gate, "this adapter", f"--compare {other.cfg.adapter}")
+    claim = not_worse(cid, decided_on, m, text, run.gate, "this adapter", f"--compare {other.cfg.adapter}")
     return claim, {"items": {what: c}}
 
 
@@ -149,7 +149,7 @@ def regressed(kind: Kind, summary: RewardSummary, baseline: Mapping[str, Any], s
 
 
 def not_lower(run: GateRun, baseline: Mapping[str, Any], kind: Kind, cid: str) -> Claim:
-    return regressed(kind, reward_summary(run), baseline, run.settings(FAMILY), run.cfg.gate, cid)
+    return regressed(kind, reward_summary(run), baseline, run.settings(FAMILY), run.gate, cid)
 
 
 def report(results: Mapping[str, Any]) -> str:
@@ -159,10 +159,19 @@ def report(results: Mapping[str, Any]) -> str:
 
 
 def plan(run: GateRun) -> list[Any]:
-    from ..plan import Assumptions, reward_chances
+    """The three rate claims; with --baseline, not-lower[...] of both accuracies too (the baseline's per-pair
+    values give its rate)."""
+    from ..plan import Assumptions, not_lower_chance, reward_chances
+    from .regression import LOWER, active_baseline
 
-    return reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), len(run.valid_index),
-                          run.settings(FAMILY).min_reward_accuracy, run.cfg.gate.tail, Assumptions())
+    s, a, n = run.settings(FAMILY), Assumptions(), len(run.valid_index)
+    rows = reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), n, s.min_reward_accuracy, run.look.tail, a)
+    old = (active_baseline(run) or {}).get(FAMILY.name) or {}
+    for kind in (ACCURACY, PER_TOKEN):
+        if values := old.get(FIELDS[kind.name]):
+            rows.append(not_lower_chance(LOWER.id(kind.id()), n, "valid pairs", float(np.mean(values)),
+                                         a.discordance, s.max_reward_accuracy_drop, run.look.tail))
+    return rows
 
 
 FAMILY = Family(
