@@ -136,6 +136,9 @@ class Family:
     plan: Callable[[Run], Sequence[Any]] | None = None
     """(run) -> plan.ClaimChance per statistical claim: a good adapter's chance to pass it with this run's data,
     from sizes known before any model loads (the plan the gate prints first)."""
+    reference: bool = False
+    """Its settings name what the adapter is measured against or by (a baseline, another adapter, a judge), not data
+    it is judged on: a run that adds or changes them is the same look at the adapter (looks.py)."""
     own_models: bool = False
     """Its claims load models of their own (the quantization probes): they run last, in their own xdist unit."""
     rank: int = 100

@@ -9,8 +9,9 @@ the first look decides at 0.8 of the total, every later look at half of what the
 should not ship stays at most the total, whatever the looks' data have in common.
 
 A look is the adapter (its weights' digest) judged on its inputs: the pairs and their split, the families'
-settings (their data files by content) and the generation settings. A re-run on the same inputs is the same
-look (the same decisions, at the same level); the look count lives in a small JSON ledger (by default in the
+settings (their data files by content; not a baseline, another adapter or a judge, which are what the adapter
+is measured against or by) and the generation settings. A re-run on the same inputs is the same look (the
+same decisions, at the same level); the look count lives in a small JSON ledger (by default in the
 cache directory, `--looks` elsewhere), which CI keeps with its baseline so that a job with a fresh cache still
 counts earlier looks.
 """
@@ -97,10 +98,12 @@ class Look:
                 "earlier": [dataclasses.asdict(e) for e in self.earlier]}
 
 
-def inputs_digest(pairs_fingerprint: str, cfg: Any, file_digest: Callable[[Path], str]) -> str:
+def inputs_digest(pairs_fingerprint: str, cfg: Any, file_digest: Callable[[Path], str],
+                  references: frozenset[str] = frozenset()) -> str:
     """What a look decides on, as one digest: the pairs (and split), the generation settings, and every family's
     settings with the files they name read by content (a multiple-choice set that gained questions is a new
-    look even at the same path)."""
+    look even at the same path), except the families in `references`, whose settings name what the adapter is
+    measured against or by (--baseline, --compare, --judge), not data it is judged on."""
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -111,7 +114,7 @@ def inputs_digest(pairs_fingerprint: str, cfg: Any, file_digest: Callable[[Path]
         return v if isinstance(v, (int, float, bool, type(None))) else str(v)
 
     parts = {"pairs": pairs_fingerprint, "generation": {k: plain(getattr(cfg, k)) for k in GENERATION_FIELDS},
-             "families": [[name, plain(settings)] for name, settings in cfg.families]}
+             "families": [[name, plain(settings)] for name, settings in cfg.families if name not in references]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

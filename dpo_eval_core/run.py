@@ -80,7 +80,8 @@ class GateRun:
         """This run's look on its adapter (read from the ledger, not yet recorded): the plan sizes for it."""
         if self.host:
             return self.host.look
-        inputs = inputs_digest(self.pairs.fingerprint(), self.cfg, lambda p: file_digest(p, self.cache))
+        inputs = inputs_digest(self.pairs.fingerprint(), self.cfg, lambda p: file_digest(p, self.cache),
+                               frozenset(f.name for f in self.families if f.reference))
         return find(self.cfg.looks_path, self.adapter_fingerprint, inputs, self.cfg.gate.tail)
 
     @functools.cached_property

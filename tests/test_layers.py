@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "locate", "stats", "hardware"),
-    ("cache", "chat", "data", "decide", "agreement"),
+    ("cache", "chat", "data", "decide", "agreement", "looks"),
     ("mcq", "operating"),
     ("endpoint", "plan"),
     ("backend",),
@@ -32,8 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("results",),
     ("family",),
     ("families.__init__",),
-    ("families.checkpoint", "families.rewards", "families.data_signal", "families.forgetting", "families.judge",
-     "families.regression"),
+    ("families.regression",),
+    ("families.checkpoint", "families.rewards", "families.data_signal", "families.forgetting", "families.judge"),
     ("families.quantization", "families.alignment", "families.comparison"),
     ("registry",),
     ("config",),

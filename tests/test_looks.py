@@ -114,6 +114,10 @@ def test_the_gate_decides_its_first_look_at_0_02_and_a_run_on_more_data_at_0_002
     assert "99.5% Clopper-Pearson" in more.claim("reward-accuracy").message
     assert more.look.number == 2 and more.gate.tail == pytest.approx(0.0025)
 
+    judged_against = GateRun(dataclasses.replace(cfg, max_samples=None, families={"regression": {
+        "baseline": Path(__file__)}}))  # a baseline is what the adapter is measured against, not data: the same look
+    assert judged_against.look.number == 2
+
     data_only = GateRun(dataclasses.replace(cfg, max_samples=None, looks=tmp_path / "elsewhere.json"))
     assert data_only.claim("data-signal") is not None
     assert not (tmp_path / "elsewhere.json").exists()  # claims about the data alone are no look at the adapter

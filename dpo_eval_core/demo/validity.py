@@ -7,7 +7,8 @@ Controls, built from the real adapter: zero (every LoRA B = 0: the identity), no
 matrix replaced by noise of the same norm) and swapped (the same DPO recipe trained with chosen
 and rejected exchanged: `dpo_eval_core.demo.train --swap`; the demo's is bundled). Every adapter
 is gated with the same configuration and cache (base answers and reference log-probs are shared),
-and a markdown table of the gating claims is printed and written.
+and a markdown table of the gating claims is printed and written. Each adapter is judged as a first look
+(a ledger of its own, looks.py): the table measures the rules, it does not release an adapter.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     cfg = EvalConfig(data=ns.data or DEMO_DATA, max_samples=ns.max_samples, max_new_tokens=ns.max_new_tokens,
                      cache_dir=ns.eval_cache_dir)
     with tempfile.TemporaryDirectory(prefix="dpo-eval-controls-") as tmp:
+        cfg = dataclasses.replace(cfg, looks=Path(tmp) / "looks.json")
         adapters = {"DPO adapter": ns.adapter, "zero (B = 0)": zero_adapter(ns.adapter, Path(tmp) / "zero"),
                     "noise (same norms)": noise_adapter(ns.adapter, Path(tmp) / "noise"),
                     "swapped preferences": ns.swapped or DEMO_SWAPPED_DIR}

@@ -117,7 +117,7 @@ def report(results: Mapping[str, Any]) -> str:
 
 
 FAMILY = Family(
-    "comparison", (NOT_WORSE,), claims, settings=Settings, options=OPTIONS, per_item=True, rank=80,
+    "comparison", (NOT_WORSE,), claims, settings=Settings, options=OPTIONS, per_item=True, rank=80, reference=True,
     arguments=lambda run, kind: tuple(items(run)),
     absent=lambda cfg: None if cfg.settings_of(FAMILY).compare else (
         "no --compare given: pass another adapter of the same base (the released one, or a rival candidate) to "

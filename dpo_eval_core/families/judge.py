@@ -258,7 +258,7 @@ def report(results: Mapping[str, Any]) -> str:
 
 FAMILY = Family(
     "judge", (WIN, CONTROLLED, CONSISTENT), claims, needs=frozenset({"answers"}), settings=Settings, options=OPTIONS,
-    rank=70, absent=lambda cfg: None if cfg.settings_of(FAMILY).source else (
+    rank=70, reference=True, absent=lambda cfg: None if cfg.settings_of(FAMILY).source else (
         "no --judge given: pass a judge model (a local one, or 'base') or an OpenAI-compatible server URL with "
         "--judge-model to have tuned and base answers judged"),
     check=judge, section=lambda run: {FAMILY.name: run.stages["judge summary"]} if "judge summary" in run.stages

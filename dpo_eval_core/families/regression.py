@@ -135,7 +135,7 @@ def _arguments(run: GateRun, kind: Kind) -> tuple[str, ...]:
 
 FAMILY = Family(
     "regression", (STILL, LOWER), claims, needs=frozenset({"data"}), settings=Settings, options=OPTIONS,
-    per_item=True, rank=90, arguments=_arguments,
+    per_item=True, rank=90, arguments=_arguments, reference=True,
     absent=lambda cfg: None if cfg.settings_of(FAMILY).baseline else (
         "no --baseline given: pass the results.json of the last release to compare against it"),
     check=baseline, doc="Against the last release: what passed then passes now, and the headline rates did not "
