@@ -153,7 +153,9 @@ def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(
 
 @pytest.mark.slow
 def test_full_demo_gate_passes(tmp_path):
-    proc, claims = run_gate(tmp_path)
+    """README's first command on a fresh machine: the demo adapter's first look (the session's small demo runs
+    are other looks at it, so this one keeps a ledger of its own)."""
+    proc, claims = run_gate(tmp_path, "--looks", str(tmp_path / "looks.json"))
     assert proc.returncode == 0, proc.stdout[-5000:]
 
 
