@@ -1,17 +1,14 @@
 """Preference pairs from files or hub datasets, in any common layout, split without leakage.
 
-Layouts (after --columns renames):
-  prompt/chosen/rejected            strings, or message lists
-  system/question/chosen/rejected   orca style; the system text is kept for the chat template
-  chosen/rejected only              hh-rlhf transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...")
-                                    or message lists; the shared prefix is the prompt
+Every layout TRL documents (standard and conversational, explicit and implicit prompt) and the common hub
+layouts (binarized UltraFeedback, hh-rlhf transcripts, orca, ShareGPT) are detected row by row: see LAYOUTS,
+whose examples docs/data.md prints. --columns only renames fields before detection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,6 @@ from .locate import looks_local
 Message = tuple[str, str]  # (role, content)
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 VALID_SPLIT_NAMES = ("valid", "validation", "test", "eval", "dev")
-DROP_REASONS = ("empty", "not_text", "identical", "duplicate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,20 +193,88 @@ def _read_hub(dataset_id: str, option: str) -> dict[str, list[dict[str, Any]]]:
 # --------------------------------------------------------------------------- layouts
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in value)
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """One row shape the loader reads, detected from the row itself (no --columns needed)."""
+
+    name: str
+    used_by: str
+    example: Mapping[str, Any]
 
 
-def _to_messages(value: list[dict[str, Any]]) -> tuple[Message, ...]:
-    return tuple((str(m["role"]), m["content"]) for m in value)
+def _m(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("standard, explicit prompt", "TRL's standard preference layout; most prompt/chosen/rejected files",
+           {"prompt": "What color is the sky?", "chosen": "Blue.", "rejected": "Green."}),
+    Layout("standard, implicit prompt", "TRL's standard layout with the prompt inside both texts: the shared "
+           "beginning is the prompt (split at a space)",
+           {"chosen": "What color is the sky? Blue.", "rejected": "What color is the sky? Green."}),
+    Layout("hh-rlhf transcripts", "Anthropic/hh-rlhf: Human:/Assistant: turns, the last assistant turn is the answer",
+           {"chosen": "\n\nHuman: What color is the sky?\n\nAssistant: Blue.",
+            "rejected": "\n\nHuman: What color is the sky?\n\nAssistant: Green."}),
+    Layout("conversational, explicit prompt", "TRL's conversational layout: prompt turns, one assistant turn each",
+           {"prompt": [_m("user", "What color is the sky?")], "chosen": [_m("assistant", "Blue.")],
+            "rejected": [_m("assistant", "Green.")]}),
+    Layout("conversational, implicit prompt", "TRL's conversational layout with whole conversations: the shared "
+           "turns are the prompt",
+           {"chosen": [_m("user", "What color is the sky?"), _m("assistant", "Blue.")],
+            "rejected": [_m("user", "What color is the sky?"), _m("assistant", "Green.")]}),
+    Layout("binarized UltraFeedback", "HuggingFaceH4/ultrafeedback_binarized and trl-lib sets: a prompt string "
+           "and whole conversations; the conversation's turns are the prompt",
+           {"prompt": "What color is the sky?",
+            "chosen": [_m("user", "What color is the sky?"), _m("assistant", "Blue.")],
+            "rejected": [_m("user", "What color is the sky?"), _m("assistant", "Green.")]}),
+    Layout("orca", "Intel/orca_dpo_pairs: system/question/chosen/rejected; the system text goes to the chat template",
+           {"system": "You are a helpful assistant.", "question": "What color is the sky?", "chosen": "Blue.",
+            "rejected": "Green."}),
+    Layout("sharegpt", "LLaMA-Factory's ShareGPT ranking layout: conversations of from/value turns",
+           {"conversations": [{"from": "human", "value": "What color is the sky?"}],
+            "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}}),
+)
+LAYOUT_NAMES = tuple(layout.name for layout in LAYOUTS)
+
+DROP_REASONS: Mapping[str, str] = {
+    "empty": "a field the layout needs is missing or blank",
+    "not_text": "a field is neither text nor a list of chat turns",
+    "bad_turns": "the prompt does not end with a user turn, or an answer is not one assistant turn",
+    "no_shared_prompt": "chosen and rejected do not begin with the same prompt",
+    "prompt_mismatch": "the prompt column is not a user turn of the chosen/rejected conversations",
+    "identical": "chosen and rejected are the same text",
+    "duplicate": "the same prompt, chosen and rejected again",
+}
+
+_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+          "bot": "assistant", "system": "system"}
+
+
+def _turn(value: Any) -> Message | None:
+    """{'role', 'content'} or ShareGPT {'from', 'value'} -> (role, content); None when it is not a turn."""
+    if not isinstance(value, Mapping):
+        return None
+    role, content = (value.get("role"), value.get("content")) if "role" in value else (value.get("from"),
+                                                                                      value.get("value"))
+    if not isinstance(role, str) or role.lower() not in _ROLES or "content" not in value and "value" not in value:
+        return None
+    return _ROLES[role.lower()], content
+
+
+def _turns(value: Any) -> tuple[Message, ...] | None:
+    """A list of chat turns (or one turn) -> turns; None when `value` is not turns."""
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, list) or not items:
+        return None
+    turns = [_turn(v) for v in items]
+    return None if any(t is None for t in turns) else tuple(turns)  # type: ignore[misc]
 
 
 _HH_TURN = {"Human:": "user", "Assistant:": "assistant", "System:": "system"}
 
 
 def _parse_transcript(text: str) -> tuple[Message, ...]:
-    """hh-rlhf transcript -> turns. Text before the first marker belongs to no turn and is refused."""
+    """hh-rlhf transcript -> turns; () when the text has no turn markers or text before the first one."""
     turns: list[list[str]] = []
     for block in text.split("\n\n"):
         head = next((m for m in _HH_TURN if block.startswith(m)), None)
@@ -223,75 +287,129 @@ def _parse_transcript(text: str) -> tuple[Message, ...]:
     return tuple((r, c.strip()) for r, c in turns)
 
 
-def _layout(columns: Iterable[str]) -> str:
+def _shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """TRL's implicit prompt: the common beginning of both texts, cut back to the last space so no answer
+    starts mid-word; None when they share no prompt."""
+    n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    cut = max(chosen.rfind(" ", 0, n + 1), chosen.rfind("\n", 0, n + 1))
+    if cut <= 0 or not chosen[:cut].strip():
+        return None
+    return chosen[:cut].strip(), chosen[cut:].strip(), rejected[cut:].strip()
+
+
+def _explicit(columns: Iterable[str]) -> str:
+    """The prompt column of an explicit-prompt dataset ('' when the prompt is inside chosen/rejected)."""
     cols = set(columns)
-    if {"prompt", "chosen", "rejected"} <= cols:
-        return "prompt/chosen/rejected"
-    if {"question", "chosen", "rejected"} <= cols:
-        return "system/question/chosen/rejected"
-    if {"chosen", "rejected"} <= cols:
-        return "chosen/rejected transcripts"
-    return ""
+    return next((c for c in ("prompt", "question", "conversations") if c in cols), "")
 
 
-def _row_to_pair(row: Mapping[str, Any], layout: str) -> tuple[tuple[Message, ...], Any, Any] | str:
-    """(prompt messages, chosen, rejected), or a drop reason."""
+def _answer(value: Any) -> str | Any:
+    """A completion given as text or as one assistant turn -> its text; anything else unchanged."""
+    turns = _turns(value) if not isinstance(value, str) else None
+    if turns is not None and len(turns) == 1 and turns[0][0] == "assistant":
+        return turns[0][1]
+    return value
+
+
+def _row_to_pair(row: Mapping[str, Any], prompt_column: str) -> tuple[str, tuple[Message, ...], Any, Any] | str:
+    """(layout name, prompt turns, chosen, rejected), or a drop reason (a key of DROP_REASONS)."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
-    if layout == "chosen/rejected transcripts":
-        if _is_messages(chosen) and _is_messages(rejected):
-            c, r = _to_messages(chosen), _to_messages(rejected)
-        elif isinstance(chosen, str) and isinstance(rejected, str):
-            c, r = _parse_transcript(chosen), _parse_transcript(rejected)
-        else:
-            return "empty" if chosen is None or rejected is None else "not_text"
-        if not c or not r or c[-1][0] != "assistant" or r[-1][0] != "assistant" or c[:-1] != r[:-1]:
+    if chosen is None or rejected is None:
+        return "empty"
+    c_turns = None if isinstance(chosen, str) else _turns(chosen)
+    r_turns = None if isinstance(rejected, str) else _turns(rejected)
+    whole = (c_turns is not None and r_turns is not None
+             and any(role != "assistant" for role, _ in c_turns + r_turns))  # conversations, prompt included
+    if whole:
+        if c_turns[-1][0] != "assistant" or r_turns[-1][0] != "assistant":  # type: ignore[index]
+            return "bad_turns"
+        if c_turns[:-1] != r_turns[:-1]:  # type: ignore[index]
+            return "no_shared_prompt"
+        messages, chosen, rejected = c_turns[:-1], c_turns[-1][1], r_turns[-1][1]  # type: ignore[index]
+        if not prompt_column:
+            return "conversational, implicit prompt", messages, chosen, rejected
+        prompt = row.get(prompt_column)
+        if prompt is None:
+            return "empty"
+        given = (("user", prompt),) if isinstance(prompt, str) else _turns(prompt)
+        if given is None:
             return "not_text"
-        return c[:-1], c[-1][1], r[-1][1]
-    if layout == "system/question/chosen/rejected":
-        system, question = row.get("system"), row.get("question")
-        if question is None or not isinstance(question, str):
-            return "empty" if question is None else "not_text"
-        if system is not None and not isinstance(system, str):
-            return "not_text"
-        messages: tuple[Message, ...] = (("user", question),)
-        if isinstance(system, str) and system.strip():
-            messages = (("system", system),) + messages
+        if given != messages and not (isinstance(prompt, str) and ("user", prompt) in messages):
+            return "prompt_mismatch"
+        return "binarized UltraFeedback", messages, chosen, rejected
+    chosen, rejected = _answer(chosen), _answer(rejected)
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        return "bad_turns" if c_turns is not None or r_turns is not None else "not_text"
+    if not prompt_column:
+        c, r = _parse_transcript(chosen), _parse_transcript(rejected)
+        if c or r:
+            if not c or not r or c[-1][0] != "assistant" or r[-1][0] != "assistant":
+                return "bad_turns"
+            if c[:-1] != r[:-1]:
+                return "no_shared_prompt"
+            return "hh-rlhf transcripts", c[:-1], c[-1][1], r[-1][1]
+        split = _shared_prefix(chosen, rejected)
+        if split is None:
+            return "no_shared_prompt"
+        return "standard, implicit prompt", (("user", split[0]),), split[1], split[2]
+    prompt = row.get(prompt_column)
+    if prompt is None:
+        return "empty"
+    if prompt_column == "question":
+        layout, messages = "orca", (("user", prompt),)
+    elif isinstance(prompt, str):
+        layout, messages = "standard, explicit prompt", (("user", prompt),)
     else:
-        prompt = row.get("prompt")
-        if _is_messages(prompt):
-            messages = _to_messages(prompt)
-        elif isinstance(prompt, str):
-            messages = (("user", prompt),)
-            system = row.get("system")
-            if isinstance(system, str) and system.strip():
-                messages = (("system", system),) + messages
-        else:
-            return "empty" if prompt is None else "not_text"
-    # completions may be a one-message list in conversational datasets
-    if _is_messages(chosen) and len(chosen) == 1:
-        chosen = chosen[0]["content"]
-    if _is_messages(rejected) and len(rejected) == 1:
-        rejected = rejected[0]["content"]
-    return messages, chosen, rejected
+        turns = _turns(prompt)
+        if turns is None:
+            return "not_text"
+        layout = "sharegpt" if prompt_column == "conversations" else "conversational, explicit prompt"
+        messages = turns
+    system = row.get("system")
+    if isinstance(system, str) and system.strip() and messages[0][0] != "system":
+        messages = (("system", system),) + messages
+    elif system is not None and not isinstance(system, str):
+        return "not_text"
+    return layout, messages, chosen, rejected
 
 
 def _check_pair(messages: Sequence[Message], chosen: Any, rejected: Any) -> str | None:
     texts = [c for _, c in messages] + [chosen, rejected]
     if any(t is None for t in texts):
         return "empty"
-    if any(not isinstance(t, str) for t in texts) or any(isinstance(t, float) and math.isnan(t) for t in texts):
+    if any(not isinstance(t, str) for t in texts):
         return "not_text"
-    if not messages or messages[-1][0] != "user" or any(not t.strip() for t in texts[-2:]) \
-            or not messages[-1][1].strip():
+    if any(not t.strip() for t in texts[-2:]) or not messages or not messages[-1][1].strip():
         return "empty"
+    if messages[-1][0] != "user":
+        return "bad_turns"
     if chosen.strip() == rejected.strip():
         return "identical"
     return None
 
 
+def _shape(value: Any) -> str:
+    """How a field looks, for error messages: 'str (23 chars)', 'list of 2 turns (user, assistant)'."""
+    if isinstance(value, str):
+        return f"str ({len(value)} chars)"
+    turns = _turns(value) if isinstance(value, (list, Mapping)) else None
+    if turns is not None:
+        return f"{'list of ' if isinstance(value, list) else ''}{len(turns)} turn{'s' * (len(turns) != 1)} " \
+               f"({', '.join(r for r, _ in turns)})"
+    if isinstance(value, list):
+        return f"list of {len(value)} {', '.join(sorted({type(v).__name__ for v in value})) or 'items'}"
+    return "missing" if value is None else type(value).__name__
+
+
+def _row_shape(row: Mapping[str, Any]) -> str:
+    return "; ".join(f"{k}: {_shape(v)}" for k, v in row.items())
+
+
 def load_pairs(source: str | None, *, columns: Sequence[tuple[str, str]] = (), split_mode: str = "auto",
                valid_fraction: float = 0.2, seed: int = 0, max_samples: int | None = None) -> PairSet:
-    """Read, normalise, de-duplicate and split preference pairs; raise DataError with a fix when unusable."""
+    """Read, normalise, de-duplicate and split preference pairs; raise DataError with a fix when unusable.
+
+    The layout is detected row by row (LAYOUTS); `columns` only renames fields first."""
     if not source:
         raise DataError("--data is not set: give a .jsonl, .json, .csv or .parquet file or a hub dataset id (the "
                         "pytest plugin gates the bundled demo pairs when it is left out).")
@@ -302,28 +420,30 @@ def load_pairs(source: str | None, *, columns: Sequence[tuple[str, str]] = (), s
     if n_rows == 0:
         raise DataError(f"--data {source}: the dataset is empty (0 rows).")
     found = sorted({k for rows in named.values() for row in rows for k in row})
-    layout = _layout(found)
-    if not layout:
-        raise DataError(f"--data {source}: no preference columns. Found columns: {', '.join(found)}. "
-                        f"Expected prompt/chosen/rejected, system/question/chosen/rejected, or chosen/rejected "
-                        f"transcripts. Map yours with --columns, e.g. --columns {found[0]}=prompt,...")
+    if not {"chosen", "rejected"} <= set(found):
+        raise DataError(f"--data {source}: no chosen/rejected columns. Found columns: {', '.join(found)}. "
+                        f"Expected one of the layouts in docs/data.md (prompt/chosen/rejected strings or chat "
+                        f"turns, chosen/rejected conversations or transcripts, system/question/chosen/rejected); "
+                        f"rename yours with --columns, e.g. --columns {_columns_hint(found)}")
+    prompt_column = _explicit(found)
 
     own = split_mode != "hash" and _own_splits(named)
     if split_mode == "own" and not own:
         raise DataError(f"--split own: {source} has no train and valid splits of its own "
                         f"(found: {', '.join(repr(s) for s in named) or 'none'}). Use --split hash.")
     dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
+    layouts: Counter[str] = Counter()
     seen: set[str] = set()
     pairs: list[PreferencePair] = []
     for split_name, rows in named.items():
         if own and own[split_name] == "ignored":
             continue
         for row in rows:
-            got = _row_to_pair(row, layout)
+            got = _row_to_pair(row, prompt_column)
             if isinstance(got, str):
                 dropped[got] += 1
                 continue
-            messages, chosen, rejected = got
+            layout, messages, chosen, rejected = got
             reason = _check_pair(messages, chosen, rejected)
             if reason:
                 dropped[reason] += 1
@@ -333,11 +453,16 @@ def load_pairs(source: str | None, *, columns: Sequence[tuple[str, str]] = (), s
                 dropped["duplicate"] += 1
                 continue
             seen.add(pair.pair_id)
+            layouts[layout] += 1
             split = own[split_name] if own else hash_split(pair.prompt_key, valid_fraction, seed)
             pairs.append(PreferencePair(messages, chosen, rejected, split))
     if not pairs:
-        detail = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
-        raise DataError(f"--data {source}: none of {n_rows} rows is a usable pair (dropped {detail}).")
+        detail = "; ".join(f"{k}: {v} ({DROP_REASONS[k]})" for k, v in dropped.items() if v)
+        first = next(row for rows in named.values() for row in rows)
+        raise DataError(f"--data {source}: none of {n_rows} rows is a usable pair (dropped {detail}). The first "
+                        f"row is {{{_row_shape(first)}}}. Give each row in one of the layouts of docs/data.md "
+                        f"({', '.join(LAYOUT_NAMES)}), or map your column names with --columns.")
+    layout = ", ".join(f"{name} ({n})" if len(layouts) > 1 else name for name, n in layouts.most_common())
     both = 0
     if own:
         train_keys = {p.prompt_key for p in pairs if p.split == "train"}
@@ -365,7 +490,17 @@ def _own_splits(named: Mapping[str, list]) -> dict[str, str]:
     return {train: "train", valid: "valid"} | {n: "ignored" for n in named if n not in (train, valid)}
 
 
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "system", "question")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "system", "question", "conversations")
+
+
+def _columns_hint(found: Sequence[str]) -> str:
+    """A --columns example built from the columns the file has: text-like names first as the prompt."""
+    prompt = next((c for c in found if c.lower() in ("instruction", "input", "query", "text", "q", "context")),
+                  found[0])
+    rest = [c for c in found if c != prompt]
+    good = next((c for c in rest if any(w in c.lower() for w in ("good", "pos", "win", "prefer", "better"))), None)
+    bad = next((c for c in rest if any(w in c.lower() for w in ("bad", "neg", "los", "reject", "worse"))), None)
+    return f"{prompt}=prompt,{good or 'GOOD'}=chosen,{bad or 'BAD'}=rejected"
 
 
 def parse_columns(spec: str, option: str = "--columns", targets: tuple[str, ...] = PAIR_COLUMNS

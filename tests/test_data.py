@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpo_eval_core.data import hash_split, load_pairs
+from dpo_eval_core.data import DROP_REASONS, LAYOUTS, hash_split, load_pairs
 from dpo_eval_core.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -90,7 +90,118 @@ def test_dropped_rows_are_counted_by_reason(tmp_path):
     ]
     ps = load_pairs(write_jsonl(tmp_path / "d.jsonl", rows))
     assert len(ps.pairs) == 3
-    assert ps.dropped == {"empty": 2, "not_text": 1, "identical": 1, "duplicate": 1}
+    assert {k: v for k, v in ps.dropped.items() if v} == {"empty": 2, "not_text": 1, "identical": 1, "duplicate": 1}
+    assert set(ps.dropped) == set(DROP_REASONS)
+
+
+def m(role, content):
+    return {"role": role, "content": content}
+
+
+@pytest.mark.parametrize("row,reason", [
+    pytest.param({"chosen": [m("user", "Q"), m("assistant", "A")], "rejected": [m("user", "P"), m("assistant", "B")]},
+                 "no_shared_prompt", id="conversations-with-different-prompts"),
+    pytest.param({"prompt": "Q", "chosen": [m("user", "other"), m("assistant", "A")],
+                  "rejected": [m("user", "other"), m("assistant", "B")]}, "prompt_mismatch", id="prompt-not-in-turns"),
+    pytest.param({"prompt": [m("assistant", "Q")], "chosen": "A", "rejected": "B"}, "bad_turns",
+                 id="prompt-ends-with-assistant"),
+    pytest.param({"chosen": [m("user", "Q"), m("user", "A")], "rejected": [m("user", "Q"), m("user", "B")]},
+                 "bad_turns", id="answer-not-an-assistant-turn"),
+    pytest.param({"chosen": "Blue.", "rejected": "Green."}, "no_shared_prompt", id="implicit-without-a-prompt"),
+    pytest.param({"prompt": "Q", "chosen": {"a": 1}, "rejected": "B"}, "not_text", id="dict-answer"),
+])
+def test_each_drop_reason_is_named(tmp_path, row, reason):
+    with pytest.raises(DataError, match=f"{reason}: 1 \\({DROP_REASONS[reason]}\\)"):
+        load_pairs(write_jsonl(tmp_path / "d.jsonl", [row]))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.name.replace(", ", "-").replace(" ", "-"))
+def test_every_layout_reads_its_first_row(tmp_path, layout):
+    """docs/data.md prints these rows: each must load as the same pair, detected as its own layout."""
+    ps = load_pairs(write_jsonl(tmp_path / "d.jsonl", [dict(layout.example)]))
+    (pair,) = ps.pairs
+    assert ps.layout == layout.name
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("What color is the sky?", "Blue.", "Green.")
+
+
+def test_binarized_ultrafeedback_rows_load_without_columns(tmp_path):
+    """The layout a new user's data was refused in: a prompt string and [user, assistant] conversations."""
+    rows = [{"prompt": f"Q{i}?", "prompt_id": str(i), "score_chosen": 8.0, "score_rejected": 3.0,
+             "chosen": [m("user", f"Q{i}?"), m("assistant", f"Good {i}.")],
+             "rejected": [m("user", f"Q{i}?"), m("assistant", f"Bad {i}.")]} for i in range(40)]
+    ps = load_pairs(write_jsonl(tmp_path / "uf.jsonl", rows))
+    assert len(ps.pairs) == 40 and ps.layout == "binarized UltraFeedback"
+    assert {(p.messages, p.chosen) for p in ps.pairs} == {((("user", f"Q{i}?"),), f"Good {i}.") for i in range(40)}
+
+
+def test_mixed_layouts_are_counted(tmp_path):
+    rows = [dict(LAYOUTS[0].example), {"prompt": "Q?", "chosen": [m("user", "Q?"), m("assistant", "A")],
+                                       "rejected": [m("user", "Q?"), m("assistant", "B")]}]
+    assert load_pairs(write_jsonl(tmp_path / "d.jsonl", rows)).layout == \
+        "standard, explicit prompt (1), binarized UltraFeedback (1)"
+
+
+def test_nothing_usable_names_the_rows_shape_and_the_layouts(tmp_path):
+    rows = [{"prompt": "Q", "chosen": [1, 2], "rejected": [3]}]
+    with pytest.raises(DataError) as info:
+        load_pairs(write_jsonl(tmp_path / "d.jsonl", rows))
+    text = str(info.value)
+    assert "prompt: str (1 chars); chosen: list of 2 int; rejected: list of 1 int" in text
+    assert all(layout.name in text for layout in LAYOUTS)
+
+
+# Texts every layout can carry exactly: stripped, no blank lines, no turn markers.
+_text = st.text(st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=" .?"),
+                min_size=1, max_size=20).map(str.strip).filter(bool)
+
+
+def _render(layout: str, system, history, user, chosen, rejected):
+    """One pair in one layout, or None when the layout cannot carry it."""
+    turns = ([m("system", system)] if system else []) + [m(r, c) for r, c in history] + [m("user", user)]
+    single = not history
+    if layout == "standard, explicit prompt" and single:
+        return {"prompt": user, "chosen": chosen, "rejected": rejected} | ({"system": system} if system else {})
+    if layout == "standard, implicit prompt" and single and not system and chosen[0] != rejected[0]:
+        return {"chosen": f"{user} {chosen}", "rejected": f"{user} {rejected}"}
+    if layout == "hh-rlhf transcripts":
+        names = {"system": "System", "user": "Human", "assistant": "Assistant"}
+        text = "".join(f"\n\n{names[t['role']]}: {t['content']}" for t in turns)
+        return {"chosen": f"{text}\n\nAssistant: {chosen}", "rejected": f"{text}\n\nAssistant: {rejected}"}
+    if layout == "conversational, explicit prompt":
+        return {"prompt": turns, "chosen": [m("assistant", chosen)], "rejected": [m("assistant", rejected)]}
+    if layout == "conversational, implicit prompt":
+        return {"chosen": turns + [m("assistant", chosen)], "rejected": turns + [m("assistant", rejected)]}
+    if layout == "binarized UltraFeedback":
+        return {"prompt": user, "chosen": turns + [m("assistant", chosen)],
+                "rejected": turns + [m("assistant", rejected)]}
+    if layout == "orca" and single:
+        return {"system": system or "", "question": user, "chosen": chosen, "rejected": rejected}
+    if layout == "sharegpt":
+        names = {"system": "system", "user": "human", "assistant": "gpt"}
+        return {"conversations": [{"from": names[t["role"]], "value": t["content"]} for t in turns],
+                "chosen": {"from": "gpt", "value": chosen}, "rejected": {"from": "gpt", "value": rejected}}
+    return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(system=st.none() | _text, history=st.lists(st.tuples(_text, _text), max_size=2), user=_text,
+       chosen=_text, rejected=_text)
+def test_every_layout_of_the_same_pair_yields_the_same_pair(tmp_path_factory, system, history, user, chosen,
+                                                           rejected):
+    assume(chosen != rejected)
+    history = [(r, c) for q, a in history for r, c in (("user", q), ("assistant", a))]
+    expected = (((("system", system),) if system else ()) + tuple(history) + (("user", user),), chosen, rejected)
+    folder = tmp_path_factory.mktemp("layouts")
+    read = 0
+    for layout in LAYOUTS:
+        row = _render(layout.name, system, history, user, chosen, rejected)
+        if row is None:
+            continue
+        ps = load_pairs(write_jsonl(folder / f"{read}.jsonl", [row]))
+        assert ps.layout == layout.name
+        assert (ps.pairs[0].messages, ps.pairs[0].chosen, ps.pairs[0].rejected) == expected, layout.name
+        read += 1
+    assert read >= 4  # the conversational, hh-rlhf, UltraFeedback and ShareGPT layouts carry every pair
 
 
 def test_dataset_own_split_is_used_and_leaks_are_reported(tmp_path):
