@@ -13,7 +13,7 @@ import tomllib
 
 from .backend import GenerationSettings
 from .data import parse_columns as parse_columns  # noqa: PLC0414 (the options' parser, re-exported)
-from .errors import ConfigError, check_choice
+from .errors import ConfigError, check_choice, did_you_mean
 from .family import Family
 from .hardware import DtypeChoice, choose_dtype
 from .registry import check_claim_ids, default_gating, discover
@@ -66,7 +66,8 @@ class GateConfig:
     intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
     gating: tuple[str, ...] = field(default_factory=lambda: default_gating(installed()))
     """Claim ids that fail the run ('family[*]' for every per-item claim of a family); every other
-    claim is reported as a non-strict xfail with its measured value. Default: each kind's own `gates`."""
+    claim is reported as a non-strict xfail with its measured value. Default: each kind's own `gates`. Setting it
+    replaces the list (the summary says so); `gating+` adds to it: `--gate gating+=judge-win-rate`."""
 
     def __post_init__(self) -> None:
         for name in ("alpha", "ci_level"):
@@ -94,6 +95,14 @@ class GateConfig:
     def sized_at(self) -> float:
         """The two-sided level whose 80%-power sizes an inconclusive claim reports (the next look's)."""
         return self.ci_level if self.sizing_level is None else self.sizing_level
+
+    def gating_record(self) -> dict[str, Any]:
+        """How `gating` differs from the default list: for results.json and the summary, so that a list set to
+        one claim cannot shrink the gate silently."""
+        default = default_gating(installed())
+        return {"entries": len(self.gating), "default_entries": len(default), "replaced": set(self.gating) !=
+                set(default), "added": [g for g in self.gating if g not in default],
+                "left_out": [g for g in default if g not in self.gating]}
 
     def gates(self, claim_id: str) -> bool:
         """True when a failure of this claim fails the run."""
@@ -136,7 +145,7 @@ def _replace(family: Family, settings: Any, changes: Mapping[str, Any], source: 
         name = key.replace("-", "_")
         if name not in fields:
             raise ConfigError(f"{source}.{key}", raw, f"a setting of the {family.name} family: "
-                              + (", ".join(fields) or "it has none"))
+                              + (", ".join(fields) or "it has none"), did_you_mean(name, fields))
         values[name] = _coerce_field(f"{source}.{key}", raw, fields[name], getattr(settings, name))
     return dataclasses.replace(settings, **values)
 
@@ -177,10 +186,13 @@ def merge_tables(gate: GateConfig, families: FamilySettings, table: Mapping[str,
     gate_values: dict[str, Any] = {}
     changes: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    added: tuple[str, ...] = ()
     for key, raw in table.items():
         name = key.replace("-", "_")
         head, dot, rest = key.partition(".")
-        if key in by_name and isinstance(raw, Mapping):
+        if name.replace(" ", "") == "gating+":  # --gate gating+=ID, or "gating+" = [...] in a table
+            added += _coerce(f"{source}: {key}", raw, ())
+        elif key in by_name and isinstance(raw, Mapping):
             changes.setdefault(key, {}).update(raw)
         elif dot and head in by_name:
             changes.setdefault(head, {})[rest] = raw
@@ -195,8 +207,13 @@ def merge_tables(gate: GateConfig, families: FamilySettings, table: Mapping[str,
             notes.append(f"{source}: {key} is a setting of the {owner} family now: write it as {where}; the flat "
                          f"key is still read, and will not be in a later version")
         else:
-            raise ConfigError(f"{source}: {key}", raw, "a gate setting (" + ", ".join(sorted(shared)) + ") or a "
-                              "family's table or FAMILY.SETTING (families: " + ", ".join(by_name) + ")")
+            known = [*shared, "gating+", *(f"{f}.{s}" for f in by_name for s in by_name[f].fields())]
+            raise ConfigError(f"{source}: {key}", raw, "a gate setting (" + ", ".join(sorted(shared)) + ", or "
+                              "gating+ to add to gating) or a family's table or FAMILY.SETTING (families: "
+                              + ", ".join(by_name) + ")", did_you_mean(name, known))
+    if added:
+        base = gate_values.get("gating", gate.gating)
+        gate_values["gating"] = base + tuple(a for a in added if a not in base)
     values = {f: getattr(gate, f) for f in shared} | gate_values
     current = dict(families)
     for name, ch in changes.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class DpoEvalError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
@@ -20,6 +23,12 @@ def check_choice(option: str, value: object, allowed: tuple[str, ...]) -> None:
     """Raise ConfigError naming the allowed values unless `value` is one of them."""
     if value not in allowed:
         raise ConfigError(option, value, "one of " + ", ".join(allowed))
+
+
+def did_you_mean(value: str, known: Iterable[str]) -> str:
+    """'Did you mean 'x'?' naming the closest known values, or '' when none is close."""
+    close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.5)
+    return f"Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class DataError(DpoEvalError):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True, slots=True)
 class DtypeChoice:
@@ -63,3 +65,41 @@ def threads_per_process(processes: int, cores: int | None = None) -> int:
     running as many OpenMP threads as there are cores spin at every barrier while the other holds the core:
     on 2 cores a [32, 576] x [576, 16] product took 4 ms instead of microseconds."""
     return max(1, (cores or os.cpu_count() or 1) // max(1, processes))
+
+
+CUDA_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cu124"
+
+
+def check_device(device: str, quant: str) -> None:
+    """Raise ConfigError, naming the cause and the fix, when this environment cannot run what was asked: CUDA on
+    a torch built without it or with no GPU visible, a GPU index that is not there, or --quant with a
+    bitsandbytes that cannot quantize on the device. Called before any claim runs, so an environment problem
+    never reads as a failed adapter."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.backends.cuda.is_built():
+            raise ConfigError("--device", device, "a device this torch can use",
+                              f"This torch ({torch.__version__}) was built without CUDA: install a CUDA build "
+                              f"({CUDA_TORCH}, or the index for your CUDA version), or use --device cpu.")
+        if not torch.cuda.is_available():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError("--device", device, "a device this torch can use",
+                              "No GPU is visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None
+                                                     else "") + ": check `nvidia-smi` and the driver, or use "
+                              "--device cpu.")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError("--device", device, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+                              "Pick a GPU this process sees (CUDA_VISIBLE_DEVICES renumbers them from 0).")
+    if quant == "none":
+        return
+    try:
+        import bitsandbytes.functional as bnbf
+
+        bnbf.quantize_4bit(torch.ones(64, device=device, dtype=torch.float32))  # the backend, not only the import
+    except Exception as e:  # an import error, a missing native library, an unsupported device: all mean the same
+        raise ConfigError("--quant", quant, "a bitsandbytes that quantizes on " + device,
+                          f"bitsandbytes failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                          "Install a build for this machine (pip install -U bitsandbytes), or use --quant none."
+                          ) from None

@@ -12,14 +12,13 @@ Everything that needs to know which claims exist asks here: the gate config's de
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
 from typing import Iterable, Sequence
 
 from . import families as builtin
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .family import Family, Kind
 
 ENTRY_POINTS = "dpo_eval.families"
@@ -94,7 +93,6 @@ def check_claim_ids(families: Sequence[Family], ids: Iterable[str], option: str)
     known = sorted({k.gating_entry for k in kinds(families)})
     for cid in ids:
         if resolve(families, cid) is None:
-            close = difflib.get_close_matches(cid, known, n=3, cutoff=0.5)
-            hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            hint = did_you_mean(cid, known)
             raise ConfigError(option, cid, "a claim id or family[*] of the installed claim families",
-                              f"{hint}Known: {', '.join(known)}.")
+                              f"{hint} Known: {', '.join(known)}.".strip())

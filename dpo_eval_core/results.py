@@ -49,6 +49,7 @@ def run_facts(run: Any) -> dict[str, Any]:
     for name, key in (("base_fingerprint", "base_fingerprint"), ("adapter_fingerprint", "adapter_sha256")):
         if name in sec:
             facts[key] = sec[name]
+    facts["gating"] = run.cfg.gate.gating_record()
     if "plan" in run.stages:
         facts["plan"] = run.stages["plan"].record()
     if "gate" in run.__dict__:  # a claim was decided on this look: which one, at what level, what came before
@@ -229,6 +230,12 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
     claims = results["claims"]
     gating = [c for c in claims if c["gating"] and c["applicable"] and not per_item(c["id"])]
     lines = [judged_line(facts)]
+    if (entries := facts.get("gating")) and entries["replaced"]:
+        lines.append(f"gating: {entries['entries']} entr{'ies' if entries['entries'] != 1 else 'y'}, replaced the "
+                     f"default {entries['default_entries']}" + (f"; left out: {', '.join(entries['left_out'])}"
+                                                                if entries["left_out"] else "")
+                     + (f"; added: {', '.join(entries['added'])}" if entries["added"] else "")
+                     + " (gating+=ID adds to the default instead)")
     if look := facts.get("look"):
         lines.append(f"look {look['number']} on this adapter: decided at one-sided {look['tail']:.4g} of "
                      f"{look['total']:.4g} across its looks (a run on more or other data is look {look['number'] + 1}, "

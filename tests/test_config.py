@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dpo_eval_core.config import EvalConfig, GateConfig, family_settings, load_gate_file, merge_tables, parse_columns
 from dpo_eval_core.errors import ConfigError
 from dpo_eval_core.hardware import choose_dtype
+from dpo_eval_core.results import console_summary
 
 
 def test_defaults_are_valid_and_frozen():
@@ -83,5 +86,22 @@ def test_bad_gate_values_name_the_key(overrides, fragment):
 
 def test_columns_parse_and_reject_unknown_targets():
     assert parse_columns("q=prompt, good=chosen") == (("q", "prompt"), ("good", "chosen"))
-    with pytest.raises(ConfigError, match="TARGET one of chosen, prompt, question, rejected, system"):
+    with pytest.raises(ConfigError, match="TARGET one of chosen, conversations, prompt, question, rejected, system"):
         parse_columns("q=query")
+
+
+def test_gating_plus_adds_to_the_default_and_a_replaced_list_says_what_it_left_out():
+    default = GateConfig().gating
+    added, _, _ = merge_tables(GateConfig(), family_settings(), {"gating+": "judge-win-rate"}, "--gate")
+    assert added.gating == (*default, "judge-win-rate")
+    assert added.gating_record()["left_out"] == [] and added.gating_record()["added"] == ["judge-win-rate"]
+    replaced, _, _ = merge_tables(GateConfig(), family_settings(), {"gating": "judge-win-rate"}, "--gate")
+    record = replaced.gating_record()
+    assert record["replaced"] and record["entries"] == 1 and record["left_out"] == list(default)
+    assert not GateConfig().gating_record()["replaced"]
+
+
+def test_a_replaced_gating_list_is_said_in_the_summary():
+    record = merge_tables(GateConfig(), family_settings(), {"gating": "adapter-loads"}, "--gate")[0].gating_record()
+    lines = console_summary({"facts": {"gating": record}, "claims": []}, Path("results.json"), {}, None)
+    assert f"gating: 1 entry, replaced the default {record['default_entries']}; left out: " in "\n".join(lines)

@@ -179,6 +179,20 @@ def test_fault_ends_in_a_clear_message_and_leaves_cache_and_results_intact(pytes
         assert results == before[1] or json.loads(results)["claims"]
         if status == 4:
             assert results == before[1]
+            assert "_pytest" not in out and "dpo-eval: " in result.stderr.str()  # one format, none of pytest's
+
+
+def test_a_stop_under_xdist_is_exit_4_with_the_reason_not_a_crash_or_a_failed_claim(pytester, ctx):
+    """An adapter for another base, found once workers run: the run ends as the serial one does."""
+    before = snapshot(ctx)
+    pytester.makepyfile(test_gate=GATE)
+    wide = str(make_base(ctx.tmp / "wide", hidden=96))
+    result = pytester.runpytest_subprocess(*PLUGINS, "-n", "2", *ctx.args("--base-model", wide))
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 4, out[-3000:]
+    assert "does not fit the base" in result.stderr.str() and "INTERNALERROR" not in out and "_pytest" not in out
+    assert " failed" not in result.stdout.str().splitlines()[-1]
+    assert snapshot(ctx) == before
 
 
 def test_duplicates_are_counted_in_results(pytester, ctx):

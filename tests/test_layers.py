@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "locate", "stats", "hardware"),
+    ("errors",),
+    ("locate", "stats", "hardware"),
     ("cache", "chat", "data", "decide", "agreement", "looks"),
     ("mcq", "operating"),
     ("endpoint", "plan"),

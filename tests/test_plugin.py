@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import write_pairs
 
+_UNUSABLE_CUDA = "cuda:99" if torch.cuda.is_available() else "cuda"
+"""A CUDA device this machine cannot use: any on a CPU-only torch, an index past the GPUs on a CUDA one."""
 PLUGINS = ["-p", "no:cacheprovider"]  # the dpo-eval plugin comes from its pytest11 entry point
 GATE_TEST = """
 import pytest
@@ -33,18 +36,36 @@ def pairs_file(tmp_path: Path) -> Path:
     (["--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
     (["--valid-fraction", "1.5"], "--valid-fraction=1.5 is invalid"),
     (["--device", "tpu"], "--device='tpu' is invalid: expected auto, cpu, cuda or cuda:N"),
-    (["--batch-size", "many"], "--batch-size='many': expected an integer"),
+    (["--batch-size", "many"], "--batch-size='many' is invalid: expected an integer"),
+    (["--gate", "rewards.betta=1"], "--gate: rewards.betta='1' is invalid: expected a setting of the rewards family: "
+     "min_reward_accuracy, beta, reward_tie_tolerance, max_reward_accuracy_drop, max_margin_drop. Did you mean 'beta'?"),
+    (["--device", _UNUSABLE_CUDA], f"--device='{_UNUSABLE_CUDA}' is invalid: expected "),
     (["--columns", "q:prompt"], "--columns='q:prompt' is invalid"),
     (["--gate", "alhpa=0.1"], "--gate: alhpa='0.1' is invalid: expected a gate setting (alpha"),
     (["--gate", "gating=reward-acuracy,data-signal"], "gate.gating='reward-acuracy' is invalid: expected a claim id "
      "or family[*] of the installed claim families. Did you mean 'reward-accuracy'"),
 ], ids=["max-samples-0", "unknown-quant", "max-new-tokens-0", "valid-fraction", "device", "batch-size",
-        "columns", "unknown-gate-key", "misspelt-gating-claim"])
+        "misspelt-family-setting", "cuda-this-torch-cannot-use", "columns", "unknown-gate-key",
+        "misspelt-gating-claim"])
 def test_invalid_options_stop_at_start_up_naming_option_and_allowed(pytester, args, fragment):
+    """One format: `dpo-eval: <what> is invalid: expected ... <fix>` as the only stderr line, nothing of pytest's."""
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert fragment in result.stderr.str()
+    err = [line for line in result.stderr.lines if line.strip()]
+    assert len(err) == 1 and err[0].startswith("dpo-eval: ") and fragment in err[0], err
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_cuda_on_a_torch_that_cannot_use_it_is_exit_4_before_any_claim_runs(pytester, tiny_adapter, pairs_file):
+    """The persona's CPU-only torch with --device cuda: one message with the fix, no claim reported failed."""
+    pytester.makepyfile(test_gate=GATE_TEST)
+    result = run(pytester, "--adapter", str(tiny_adapter), "--data", str(pairs_file), "--device", _UNUSABLE_CUDA,
+                 "-k", "adapter")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "failed" not in result.stdout.str() and "passed" not in result.stdout.str()
+    fix = "install a CUDA build" if not torch.backends.cuda.is_built() else (
+        "No GPU is visible" if not torch.cuda.is_available() else "Pick a GPU this process sees")
+    assert fix in result.stderr.str()
 
 
 def test_your_adapter_without_data_is_refused_rather_than_gated_on_the_demo_pairs(pytester, tiny_adapter):
