@@ -179,15 +179,18 @@ def _split_column(rows: list[Any]) -> dict[str, list[dict[str, Any]]]:
     return {"": rows}
 
 
-def _read_hub(dataset_id: str, option: str) -> dict[str, list[dict[str, Any]]]:
+def _read_hub(source: str, option: str) -> dict[str, list[dict[str, Any]]]:
+    """A hub dataset, `ID` or `ID:CONFIG` for datasets with several configurations (allenai/ai2_arc:ARC-Easy)."""
     import datasets
 
+    dataset_id, _, name = source.partition(":")
     try:
-        loaded = datasets.load_dataset(dataset_id)
-    except Exception as e:  # network, missing dataset, auth: all end the same way for the user
-        raise DataError(f"{option} {dataset_id}: cannot load it as a hub dataset ({type(e).__name__}: {e}). "
-                        f"Check the id and your network, or pass a local file.") from None
-    return {str(name): list(split) for name, split in loaded.items()}
+        loaded = datasets.load_dataset(dataset_id, name or None)
+    except Exception as e:  # network, missing dataset, auth, a missing configuration: all end the same way
+        raise DataError(f"{option} {source}: cannot load it as a hub dataset ({type(e).__name__}: {e}). Check the "
+                        f"id and your network, or pass a local file; a dataset with several configurations needs "
+                        f"one as ID:CONFIG, e.g. allenai/ai2_arc:ARC-Easy or cais/mmlu:clinical_knowledge.") from None
+    return {str(split): list(rows) for split, rows in loaded.items()}
 
 
 # --------------------------------------------------------------------------- layouts

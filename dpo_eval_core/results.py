@@ -230,6 +230,12 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
     claims = results["claims"]
     gating = [c for c in claims if c["gating"] and c["applicable"] and not per_item(c["id"])]
     lines = [judged_line(facts)]
+    if (selection := facts.get("selection")) and selection["partial"]:
+        chosen = " ".join(f"{flag} {selection[key]!r}" for flag, key in (("-k", "keyword"), ("-m", "markexpr"))
+                          if selection.get(key))
+        lines.append(f"partial run ({chosen or 'a selection'}"
+                     + (f", {selection['deselected']} gate tests deselected" if selection["deselected"] else "") + "): "
+                     "results.json holds only the selected claims; a --baseline compares only those")
     if (entries := facts.get("gating")) and entries["replaced"]:
         lines.append(f"gating: {entries['entries']} entr{'ies' if entries['entries'] != 1 else 'y'}, replaced the "
                      f"default {entries['default_entries']}" + (f"; left out: {', '.join(entries['left_out'])}"

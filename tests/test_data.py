@@ -277,3 +277,14 @@ def test_no_prompt_lands_in_both_splits(tmp_path_factory, n, repeats, seed):
     ps = load_pairs(write_jsonl(tmp_path_factory.mktemp("h") / "d.jsonl", rows), seed=seed, valid_fraction=0.3)
     train = {p.prompt for p in ps.split("train")}
     assert not train & {p.prompt for p in ps.split("valid")}
+
+
+def test_a_hub_id_may_name_its_configuration(monkeypatch):
+    """cais/mmlu and allenai/ai2_arc have several configurations: ID:CONFIG picks one (no hub at test time)."""
+    import datasets
+
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: asked.append(args) or {"train": [ROWS[0]]})
+    load_pairs("org/prefs:clean")
+    load_pairs("org/prefs")
+    assert asked == [("org/prefs", "clean"), ("org/prefs", None)]

@@ -128,3 +128,22 @@ def test_reward_margin(claim_id, check_claim):
     assert result.ret == 0
     assert data["facts"]["data"]["pairs"]["train"] + data["facts"]["data"]["pairs"]["valid"] == 24
     assert data["config"]["gate"]["gating"] == ["adapter-loads"]
+
+
+@pytest.mark.parametrize("keyword,selected", [
+    ("reward-margin", ["test_margin"]), ("checkpoint", ["test_loads"]), ("rewards", ["test_margin"]),
+    ("not rewards", ["test_loads"])], ids=["claim-id", "family", "other-family", "not-family"])
+def test_k_selects_gate_tests_by_claim_id_and_family(pytester, keyword, selected):
+    pytester.makepyfile(test_gate="""
+import pytest
+
+@pytest.mark.claim("adapter-loads")
+def test_loads(claim_id, check_claim):
+    check_claim(claim_id)
+
+@pytest.mark.claim("reward-margin")
+def test_margin(claim_id, check_claim):
+    check_claim(claim_id)
+""")
+    result = run(pytester, "--collect-only", "-q", "-k", keyword)
+    assert [line.split("::")[1] for line in result.outlines if "::" in line] == selected
