@@ -18,7 +18,8 @@ from .family import Family
 from .hardware import DtypeChoice, choose_dtype
 from .registry import check_claim_ids, default_gating, discover
 
-Quant = Literal["none", "8bit", "4bit"]
+Quant = Literal["none", "8bit", "4bit", "4bit-dq", "4bit-fp4", "4bit-fp4-dq"]
+"""4bit is NF4; -dq adds double quantization (QLoRA's recipe: bnb_4bit_use_double_quant=True); fp4 the FP4 type."""
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SplitMode = Literal["auto", "own", "hash"]
 ServePrompt = Literal["local", "server"]
@@ -467,7 +468,7 @@ class EvalConfig:
     def warnings(self) -> list[str]:
         """Legal but risky combinations the user should hear about."""
         out = []
-        if self.quant == "4bit" and self.resolved_dtype == "float16":
+        if self.quant.startswith("4bit") and self.resolved_dtype == "float16":
             out.append("--quant 4bit with --compute-dtype float16 is a known NaN trap with left padding "
                        "(fully masked rows through sdpa); use bfloat16 on GPU or float32 on CPU.")
         if self.quant != "none" and not self.on_cuda:

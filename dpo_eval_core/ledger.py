@@ -72,7 +72,7 @@ def out_of_memory(e: BaseException, phase: str, cfg: EvalConfig) -> ResourceErro
     options = [f"--batch-tokens {max(256, cfg.resolved_batch_tokens // 4)} (scoring and prefill in smaller batches; "
                f"now {cfg.resolved_batch_tokens})",
                f"--batch-size {max(1, cfg.batch_size // 4)} (fewer answers decoding together; now {cfg.batch_size})"]
-    if cfg.quant != "4bit":
+    if not cfg.quant.startswith("4bit"):
         options.insert(0, "--quant 4bit (the base's weights in a quarter of the bf16 memory)")
     if "quantization" in phase:
         options.append('-k "not quantization" to leave the quantization probes out, or a --gate gating list '

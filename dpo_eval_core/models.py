@@ -112,15 +112,17 @@ def torch_dtype(name: str) -> Any:
 
 
 def quantization_config(quant: str, compute_dtype: str) -> Any:
-    """bitsandbytes settings: 8-bit, or 4-bit NF4 with an explicit compute dtype; None for full precision."""
+    """bitsandbytes settings: 8-bit, or 4-bit (NF4, or FP4 for '4bit-fp4', double-quantized for '-dq', as the
+    adapter was trained) with an explicit compute dtype; None for full precision."""
     if quant == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     if quant == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype), bnb_4bit_use_double_quant=False)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if "fp4" in quant else "nf4",
+                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+                              bnb_4bit_use_double_quant=quant.endswith("-dq"))
 
 
 def _causes(e: BaseException) -> list[BaseException]:
@@ -177,6 +179,28 @@ def load_tokenizer(base: str) -> Any:
                                   f"generation needs one. Set tokenizer.pad_token and save it.")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def tokenizer_source(spec: CheckpointSpec) -> str:
+    """Where the gate's tokenizer comes from: the adapter's directory when it saved one (its chat template is
+    the one it was trained with: TRL's trainers save the tokenizer beside the adapter), else the base."""
+    return str(spec.adapter) if (Path(spec.adapter) / "tokenizer_config.json").is_file() else spec.base
+
+
+def load_gate_tokenizer(spec: CheckpointSpec) -> Any:
+    """The tokenizer (tokenizer_source) with a chat template; an adapter's tokenizer that adds tokens the base
+    has no embedding for is refused, naming both sizes."""
+    source = tokenizer_source(spec)
+    tokenizer = load_chat_tokenizer(source)
+    if source != spec.base:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(spec.base, trust_remote_code=False).vocab_size
+        if len(tokenizer) > vocab:
+            raise CheckpointError(f"--adapter {spec.adapter}: its tokenizer has {len(tokenizer)} tokens, the base "
+                                  f"{spec.base} embeds {vocab}: the adapter was trained with added tokens. Save "
+                                  f"the resized embeddings with the adapter (modules_to_save) or gate the merged model.")
+    return tokenizer
 
 
 def load_chat_tokenizer(base: str) -> Any:

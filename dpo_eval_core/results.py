@@ -46,6 +46,8 @@ def run_facts(run: Any) -> dict[str, Any]:
     if "spec" in sec:
         spec = sec["spec"]
         facts.update(base_model=spec.base_declared, base_loaded=spec.base, adapter=str(spec.adapter))
+        if "tokenizer" in run.__dict__:  # the adapter's own when it saved one (its chat template), else the base's
+            facts["tokenizer"] = run.tokenizer.name_or_path
     for name, key in (("base_fingerprint", "base_fingerprint"), ("adapter_fingerprint", "adapter_sha256")):
         if name in sec:
             facts[key] = sec[name]

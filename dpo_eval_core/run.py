@@ -96,7 +96,7 @@ class GateRun:
 
     @functools.cached_property
     def tokenizer(self) -> Any:
-        return self.host.tokenizer if self.host else M.load_chat_tokenizer(self.spec.base)
+        return self.host.tokenizer if self.host else M.load_gate_tokenizer(self.spec)
 
     @functools.cached_property
     def system_ok(self) -> bool:

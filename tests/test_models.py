@@ -22,7 +22,7 @@ from dpo_eval_core.chat import (
 )
 from dpo_eval_core.config import EvalConfig
 from dpo_eval_core.errors import CheckpointError
-from dpo_eval_core.models import attach_adapter, load_base, load_tokenizer, resolve
+from dpo_eval_core.models import attach_adapter, load_base, load_gate_tokenizer, load_tokenizer, resolve, tokenizer_source
 
 MESSAGES = (("system", "Be brief."), ("user", "What is DNA?"))
 
@@ -317,3 +317,31 @@ def test_a_missing_file_is_named_and_remote_code_is_only_blamed_when_it_was_the_
     with pytest.raises(CheckpointError, match="a file is missing: config") as e:
         load_base("ckpt/base", "none", "float32", "cpu")
     assert "remote code" not in str(e.value) and "gated" not in str(e.value)
+
+
+@pytest.mark.parametrize("quant,quant_type,double", [
+    ("4bit", "nf4", False), ("4bit-dq", "nf4", True), ("4bit-fp4", "fp4", False), ("4bit-fp4-dq", "fp4", True)])
+def test_the_base_loads_with_the_4bit_settings_the_adapter_was_trained_with(tiny_llama, quant, quant_type, double):
+    """QLoRA's recipe double-quantizes NF4; the gate scores the adapter on that same base, not a look-alike."""
+    model = load_base(str(tiny_llama), quant, "float32", "cpu")
+    qc = model.config.quantization_config
+    assert (qc.bnb_4bit_quant_type, qc.bnb_4bit_use_double_quant) == (quant_type, double)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_a_tokenizer_saved_with_the_adapter_is_the_one_the_gate_uses(tiny_llama, tiny_adapter, tmp_path):
+    """TRL saves the tokenizer beside the adapter; its chat template is the one the adapter was trained with."""
+    adapter = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_adapter, adapter)
+    spec = resolve(EvalConfig(adapter=adapter))
+    assert tokenizer_source(spec) == spec.base  # none saved: the base's
+    tokenizer = load_tokenizer(str(tiny_llama))
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    tokenizer.save_pretrained(adapter)
+    gate_tokenizer = load_gate_tokenizer(spec)
+    assert tokenizer_source(spec) == str(adapter) and gate_tokenizer.chat_template == tokenizer.chat_template
+
+    tokenizer.add_tokens([f"<new{i}>" for i in range(400)])  # trained with added tokens the base cannot embed
+    tokenizer.save_pretrained(adapter)
+    with pytest.raises(CheckpointError, match="trained with added tokens"):
+        load_gate_tokenizer(spec)
