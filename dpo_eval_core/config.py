@@ -29,11 +29,11 @@ Inconclusive = Literal["fail", "warn"]
 
 CACHE_ENV = "DPO_EVAL_CACHE_DIR"
 CPU_BATCH_TOKENS = 512
-"""Default scoring budget on CPU (rows x longest row): see README "Performance" for the measurement."""
+"""Default scoring budget on CPU (rows x longest row): see docs/performance.md for the measurement."""
 CUDA_BATCH_TOKENS = 16384
 """Default scoring and prefill budget on CUDA: a 7B GQA model in bf16 (14.5 GB of weights) scores 16k
 tokens with at most 3 GB of KV cache (the shared prompts and one sub-batch's copy) and about 2.5 GB of
-transient activations (README "Performance" has the arithmetic), inside 24 GB."""
+transient activations (docs/performance.md has the arithmetic), inside 24 GB."""
 
 
 def default_cache_dir() -> Path:

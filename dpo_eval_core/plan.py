@@ -66,7 +66,7 @@ class Plan:
     def lines(self) -> list[str]:
         """The plan as console lines."""
         out = [f"plan: the chance that a good adapter passes each gating claim with this data (assuming "
-               f"{self.assumptions.describe()}):"]
+               f"{self.assumptions.describe()}; the words: docs/glossary.md):"]
         if self.look is not None:
             out.append(f"  {self.look.line()}")
         for c in self.claims:

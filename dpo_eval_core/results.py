@@ -15,6 +15,8 @@ from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
 
+GLOSSARY = "docs/glossary.md"
+"""The page that says what the console's statistical words mean: the summary and the plan point at it."""
 SCHEMA_VERSION = 2
 """2: the configuration holds each claim family's settings under `families` (1 held them as flat fields); the
 claims, facts and measurement sections are as in 1."""
@@ -276,6 +278,7 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
     wall = facts.get("wall_s")
     where = [f"results.json: {path}"] + ([f"report: {html}"] if html else [])
     lines.append((f"wall time {wall:.0f} s; " if isinstance(wall, (int, float)) else "") + "; ".join(where))
+    lines.append(f"the words above (look, bounds, margin, inconclusive, ...), one line each: {GLOSSARY}")
     return lines
 
 

@@ -1,6 +1,6 @@
 """Layers only import downward: a lower module never imports a higher one, so each can be read alone.
 
-The order, bottom to top (README "Layout"): foundations (errors, cache, chat, statistics, data) ->
+The order, bottom to top (docs/layout.md): foundations (errors, cache, chat, statistics, data) ->
 model identity and text features -> models, generation, rewards, quantization, the judge -> the shared
 claim constructors and the family API -> the claim families (one module each) -> the registry and the
 configuration -> the run (GateRun) -> the public API -> apps above the run (the demo, its scripts, the
