@@ -24,6 +24,13 @@ WORKFLOWS = sorted((ROOT / "docs" / "ci").glob("*.yml"))
 LEFT_OUT = ("(GPU)", "(secret)")
 
 
+def _not_a_checkout(folder: str, names: list[str]) -> set[str]:
+    """What a fresh checkout of dpo-eval lacks: environments, build output, caches, this run's results."""
+    top = {".git", ".venv", ".ci", ".hypothesis", ".pytest_cache", "build", "dist", "results.json", "results.html",
+           "bench.json", ".dpo-eval-cache"} if Path(folder) == ROOT else set()
+    return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
+
+
 def job(path: Path) -> dict:
     (only,) = yaml.safe_load(path.read_text(encoding="utf-8"))["jobs"].values()
     return only
@@ -55,8 +62,7 @@ def test_the_workflow_steps_run_as_written_in_a_fresh_environment(workflow, tmp_
     workspace, runner_temp = tmp_path / "workspace", tmp_path / "runner"
     (workspace / "data").mkdir(parents=True)
     runner_temp.mkdir()
-    shutil.copytree(ROOT, workspace / "dpo-eval", ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".ci", "*.egg-info", "__pycache__", "build", "dist", "results.*"))
+    shutil.copytree(ROOT, workspace / "dpo-eval", ignore=_not_a_checkout)
     shutil.copytree(DEMO_ADAPTER_DIR, workspace / "adapters" / "candidate")
     rows = []
     for pair in demo_pairs():
