@@ -115,7 +115,8 @@ def demo_differences(tmp_path_factory):
 
 
 @pytest.mark.parametrize("isotropic", [False, True], ids=["data-covariance", "isotropic"])
-@pytest.mark.parametrize("n_valid", [20, 67, 500])
+@pytest.mark.parametrize("n_valid", [pytest.param(20, marks=pytest.mark.slow), 67,
+                                     pytest.param(500, marks=pytest.mark.slow)])  # the demo's own n in CI
 def test_a_random_direction_adapter_passes_at_most_the_nominal_rate_on_the_demo_table(demo_differences, n_valid,
                                                                                        isotropic):
     d, names, scale = demo_differences
