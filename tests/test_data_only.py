@@ -40,6 +40,7 @@ for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
 """
 
 
+@pytest.mark.slow  # a full gate and a data-only gate (110 s); the data-signal claims stay in the demo run in CI
 def test_data_signal_alone_loads_no_model_and_agrees_with_the_full_run(tmp_path, data, tiny_adapter):
     """(No pytester fixture here: on teardown it unloads every module the test imported, and this test
     imports spaCy, whose compiled registries cannot be imported twice in one process.)"""

@@ -130,6 +130,7 @@ def test_the_gate_writes_a_markdown_table_of_gating_claims_to_the_github_job_sum
     assert "| `data-signal[" not in summary  # per-feature claims do not gate by default
 
 
+@pytest.mark.slow  # two more demo gate runs (240 s); test_report's zeroed-adapter and own-baseline tests keep --baseline in CI
 def test_ci_baseline_scenario_swapped_preferences_regress_same_adapter_does_not(demo_small, tmp_path):
     """CI gates a new adapter against the last release's results.json: an adapter trained on
     reversed preferences fails the regression claims, naming them; the released adapter fails none."""

@@ -36,7 +36,7 @@ def test_every_claim_is_documented():
 def test_readme_is_a_front_page_that_links_every_page():
     assert len(README.splitlines()) <= 200
     assert not [name for name in DOCS if f"(docs/{name})" not in README]
-    assert "pytest evals" in README and 'pytest tests -n 2 -m "not slow"' in README
+    assert "pytest evals" in README and 'pytest tests -n 2 --dist loadfile -m "not slow"' in README
 
 
 def test_the_docs_hold_measurements_without_commit_ids():

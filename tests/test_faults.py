@@ -271,6 +271,7 @@ def test_features_nan_for_every_row_fail_the_data_claims(pytester, ctx, monkeypa
     assert "0 of 69 features differ" in out
 
 
+@pytest.mark.slow  # two gates at once on 2 cores (66 s)
 def test_two_runs_sharing_one_cache_at_once_agree(ctx, tmp_path):
     test_file = tmp_path / "runs" / "test_gate.py"
     test_file.parent.mkdir()

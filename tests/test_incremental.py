@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import dataclasses
 import json
 from pathlib import Path
@@ -22,6 +24,7 @@ def whole_gate(cfg: EvalConfig) -> GateRun:
     return run
 
 
+@pytest.mark.slow  # every claim of the tiny model, quantization probes included, computed twice (260 s on 2 cores); test_compare's second-adapter test keeps the incremental path in CI
 def test_new_adapter_recomputes_tuned_answers_their_features_policy_logps_and_probes_only(
         tmp_path: Path, tiny_llama: Path, tiny_adapter: Path) -> None:
     data = tmp_path / "pairs.jsonl"

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import false_discovery_control, wilcoxon
@@ -96,14 +96,15 @@ def test_swapping_chosen_and_rejected_flips_signs_and_keeps_p_values(t):
         assert x.r_cr == pytest.approx(-y.r_cr, nan_ok=True)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(tables(), st.floats(0.01, 100))
 def test_scaling_a_feature_leaves_normalised_averages_unchanged(t, c):
     vals, split, names = t
     a = feature_stats(vals, split, names)
     b = feature_stats({r: v * c for r, v in vals.items()}, split, names)
     for x, y in zip(a, b):
-        assume(x.scale > 1e-6)
+        if x.scale <= 1e-6:  # a constant feature has no scale to normalise by (a per-feature skip, not a
+            continue         # rejected example: hypothesis then spent minutes looking for tables without one)
         for f in ("cr_train", "tb_train", "cr_valid", "tb_valid"):
             assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-6, abs=1e-9)
 
