@@ -264,7 +264,7 @@ def _turn(value: Any) -> Message | None:
     return _ROLES[role.lower()], content
 
 
-def _turns(value: Any) -> tuple[Message, ...] | None:
+def as_turns(value: Any) -> tuple[Message, ...] | None:
     """A list of chat turns (or one turn) -> turns; None when `value` is not turns."""
     items = [value] if isinstance(value, Mapping) else value
     if not isinstance(items, list) or not items:
@@ -276,7 +276,7 @@ def _turns(value: Any) -> tuple[Message, ...] | None:
 _HH_TURN = {"Human:": "user", "Assistant:": "assistant", "System:": "system"}
 
 
-def _parse_transcript(text: str) -> tuple[Message, ...]:
+def parse_transcript(text: str) -> tuple[Message, ...]:
     """hh-rlhf transcript -> turns; () when the text has no turn markers or text before the first one."""
     turns: list[list[str]] = []
     for block in text.split("\n\n"):
@@ -308,7 +308,7 @@ def _explicit(columns: Iterable[str]) -> str:
 
 def _answer(value: Any) -> str | Any:
     """A completion given as text or as one assistant turn -> its text; anything else unchanged."""
-    turns = _turns(value) if not isinstance(value, str) else None
+    turns = as_turns(value) if not isinstance(value, str) else None
     if turns is not None and len(turns) == 1 and turns[0][0] == "assistant":
         return turns[0][1]
     return value
@@ -319,8 +319,8 @@ def _row_to_pair(row: Mapping[str, Any], prompt_column: str) -> tuple[str, tuple
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if chosen is None or rejected is None:
         return "empty"
-    c_turns = None if isinstance(chosen, str) else _turns(chosen)
-    r_turns = None if isinstance(rejected, str) else _turns(rejected)
+    c_turns = None if isinstance(chosen, str) else as_turns(chosen)
+    r_turns = None if isinstance(rejected, str) else as_turns(rejected)
     whole = (c_turns is not None and r_turns is not None
              and any(role != "assistant" for role, _ in c_turns + r_turns))  # conversations, prompt included
     if whole:
@@ -334,7 +334,7 @@ def _row_to_pair(row: Mapping[str, Any], prompt_column: str) -> tuple[str, tuple
         prompt = row.get(prompt_column)
         if prompt is None:
             return "empty"
-        given = (("user", prompt),) if isinstance(prompt, str) else _turns(prompt)
+        given = (("user", prompt),) if isinstance(prompt, str) else as_turns(prompt)
         if given is None:
             return "not_text"
         if given != messages and not (isinstance(prompt, str) and ("user", prompt) in messages):
@@ -344,7 +344,7 @@ def _row_to_pair(row: Mapping[str, Any], prompt_column: str) -> tuple[str, tuple
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         return "bad_turns" if c_turns is not None or r_turns is not None else "not_text"
     if not prompt_column:
-        c, r = _parse_transcript(chosen), _parse_transcript(rejected)
+        c, r = parse_transcript(chosen), parse_transcript(rejected)
         if c or r:
             if not c or not r or c[-1][0] != "assistant" or r[-1][0] != "assistant":
                 return "bad_turns"
@@ -363,7 +363,7 @@ def _row_to_pair(row: Mapping[str, Any], prompt_column: str) -> tuple[str, tuple
     elif isinstance(prompt, str):
         layout, messages = "standard, explicit prompt", (("user", prompt),)
     else:
-        turns = _turns(prompt)
+        turns = as_turns(prompt)
         if turns is None:
             return "not_text"
         layout = "sharegpt" if prompt_column == "conversations" else "conversational, explicit prompt"
@@ -395,7 +395,7 @@ def _shape(value: Any) -> str:
     """How a field looks, for error messages: 'str (23 chars)', 'list of 2 turns (user, assistant)'."""
     if isinstance(value, str):
         return f"str ({len(value)} chars)"
-    turns = _turns(value) if isinstance(value, (list, Mapping)) else None
+    turns = as_turns(value) if isinstance(value, (list, Mapping)) else None
     if turns is not None:
         return f"{'list of ' if isinstance(value, list) else ''}{len(turns)} turn{'s' * (len(turns) != 1)} " \
                f"({', '.join(r for r, _ in turns)})"

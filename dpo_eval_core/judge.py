@@ -163,6 +163,9 @@ class Judge(Protocol):
 
     def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]: ...
 
+    def conversations(self, conversations: Sequence[Sequence[Message]], max_tokens: int
+                      ) -> Iterator[tuple[int, Reply]]: ...
+
 
 class LocalJudge:
     """A causal LM through the gate's backend, greedy, its chat template around each judge prompt. `load`
@@ -178,10 +181,15 @@ class LocalJudge:
         return {"local": self._identity, "settings": dataclasses.asdict(self.settings)}
 
     def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]:
+        return self.conversations([(("user", p),) for p in prompts], max_tokens)
+
+    def conversations(self, conversations: Sequence[Sequence[Message]], max_tokens: int
+                      ) -> Iterator[tuple[int, Reply]]:
+        """Each conversation through the model's chat template (a moderation model's template turns one ending
+        in an assistant turn into its moderation prompt)."""
         settings = dataclasses.replace(self.settings, max_new_tokens=max_tokens)
         try:
-            for i, g in self._load().generate_stream([(("user", p),) for p in prompts], adapter=False,
-                                                     settings=settings):
+            for i, g in self._load().generate_stream(conversations, adapter=False, settings=settings):
                 yield i, Reply(g.text, None, "length" if g.truncated else "stop")
         finally:
             self._release()
@@ -198,15 +206,19 @@ class EndpointJudge:
         return {"endpoint": self.endpoint.identity()}
 
     def replies(self, prompts: Sequence[str], max_tokens: int) -> Iterator[tuple[int, Reply]]:
+        return self.conversations([(("user", p),) for p in prompts], max_tokens)
+
+    def conversations(self, conversations: Sequence[Sequence[Message]], max_tokens: int
+                      ) -> Iterator[tuple[int, Reply]]:
         """Each reply as it arrives; a request the server refuses (too long for its context, say) becomes an
-        empty reply that says why, so its pair is counted as unparseable instead of stopping the run."""
-        def one(prompt: str) -> Reply:
+        empty reply that says why, so its item is counted as unparseable instead of stopping the run."""
+        def one(messages: Sequence[Message]) -> Reply:
             try:
-                return self.endpoint.generate((("user", prompt),), max_tokens=max_tokens)
+                return self.endpoint.generate(messages, max_tokens=max_tokens)
             except RequestRefused as e:
                 return Reply("", None, None, str(e))
 
-        return self.endpoint.many(one, prompts)
+        return self.endpoint.many(one, conversations)
 
 
 def make_judge(js: JudgeSource, cfg: EvalConfig, spec: CheckpointSpec, gate_backend: Callable[[], Backend],

@@ -131,14 +131,15 @@ def agreement_chance(cid: str, directions: int, min_agreement: float, tail: floa
         "whose chosen and rejected differ show more of them)")
 
 
-def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: float, a: Assumptions) -> ClaimChance:
-    """No forgetting on one set with no true drop (exact trinomial; the 80% size by the normal approximation)."""
+def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: float, a: Assumptions,
+                      units: str = "questions") -> ClaimChance:
+    """A paired non-inferiority of two proportions with no true drop, `a.discordance` of the items changing: no
+    forgetting on one set, no more harmful answers (exact trinomial; the 80% size by the normal approximation)."""
     from scipy.stats import norm
 
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
     half = a.discordance / 2
-    return ClaimChance(cid, questions, "questions",
-                       O.paired_pass_rate(questions, half, half, max_forgetting, tail),
+    return ClaimChance(cid, questions, units, O.paired_pass_rate(questions, half, half, max_forgetting, tail),
                        _normal_size(z, a.discordance, max_forgetting))
 
 

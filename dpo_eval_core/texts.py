@@ -5,12 +5,12 @@ what it got)."""
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .backend import Generation
-from .chat import prompt_ids
+from .chat import Message, prompt_ids
 from .features import FeatureSettings, build_pipeline, feature_table
 from .generation import generate_answers
 from .serving import Served, connect, serve_answers
@@ -27,19 +27,27 @@ def served(run: GateRun) -> dict[str, Served]:
 def answer(run: GateRun) -> dict[str, list[Generation | None]]:
     """{tuned, base: one answer per pair (None where not asked)}: every valid pair and --train-answers train
     pairs; the adapter on for tuned, off for base (one loaded model)."""
-    prompts, out = [p.messages for p in run.pairs.pairs], {}
-    only, settings = run.pairs.answered(run.cfg.train_answers, run.cfg.seed), run.cfg.generation
+    return answer_prompts(run, [p.messages for p in run.pairs.pairs],
+                          run.pairs.answered(run.cfg.train_answers, run.cfg.seed))
+
+
+def answer_prompts(run: GateRun, prompts: Sequence[Sequence[Message]], only: Sequence[int] | None = None,
+                   of: str = "") -> dict[str, list[Generation | None]]:
+    """{tuned, base: the answer to each prompt (at `only`'s indices; None elsewhere)}, from the loaded model
+    (adapter on, then off) or the --serve-url server, with the gate's generation settings; each answer cached
+    as it finishes. `of` names the prompts in the progress bar and the timings ("safety: harmful")."""
+    out, settings, label = {}, run.cfg.generation, f" ({of})" if of else ""
     for role, identity in (("tuned", run.identity), ("base", run.identity.without_adapter())):
-        with run.ledger.phase(f"generate {role}"):
+        with run.ledger.phase(f"generate {role}{label}"):
             if run.cfg.serve_url:
                 render = functools.partial(prompt_ids, run.tokenizer, system_ok=run.system_ok)
                 out[role], n = serve_answers(served(run)[role], prompts, settings=settings, cache=run.cache,
-                                             desc=f"generate {role} (server)", only=only,
+                                             desc=f"generate {role}{label} (server)", only=only,
                                              prompt_ids=render if run.cfg.serve_prompt == "local" else None,
                                              count_tokens=lambda t: len(run.tokenizer(t)["input_ids"]))
             else:
                 out[role], n = generate_answers(run.model.backend, prompts, model=identity, settings=settings,
-                                                cache=run.cache, desc=f"generate {role}", only=only)
+                                                cache=run.cache, desc=f"generate {role}{label}", only=only)
             run.ledger.count(f"generations_{role}", n)
     return out
 
