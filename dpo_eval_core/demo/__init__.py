@@ -24,6 +24,9 @@ DEMO_SWAPPED_DIR = ASSETS / "controls" / "swapped"
 DEMO_MCQ = ASSETS / "mcq" / "arc_easy_sample.jsonl"
 """200 ARC-Easy questions (CC BY-SA 4.0, README beside it): a set the demo base partly knows, asked in cloze
 form and gated on acc_norm, so a destroyed adapter has something to forget."""
+DEMO_SAFETY = ASSETS / "safety" / "xstest_sample.csv"
+"""80 XSTest prompts (CC-BY-4.0, README beside it), 40 unsafe and 40 safe look-alikes: what `--safety-prompts demo`
+and `--benign-prompts demo` read (the file's `label` column splits them)."""
 
 
 def demo_data_path(cache_dir: Path) -> Path:
@@ -59,13 +62,18 @@ def require_data(cfg: EvalConfig) -> None:
 
 def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
     """The config with the demo adapter and the demo pairs when both --adapter and --data are left out (or
-    --data demo), and the demo's ARC-Easy sample when the demo adapter is gated without --mcq. Your own
+    --data demo), the demo's ARC-Easy sample when the demo adapter is gated without --mcq, and its XSTest sample
+    for `--safety-prompts demo` / `--benign-prompts demo`. Your own
     --adapter without --data is refused (ConfigError): a gate must never judge your adapter on someone else's
     pairs by default."""
     require_data(cfg)
     data = str(demo_data_path(cfg.cache_dir)) if cfg.data in (None, DEMO_DATA) else cfg.data
     if cfg.adapter is None and not cfg.settings_of("forgetting").sets:
         cfg = cfg.with_settings("forgetting", sets=(str(DEMO_MCQ),))
+    safety = cfg.settings_of("safety")
+    for name in ("harmful", "benign"):
+        if getattr(safety, name) == DEMO_DATA:
+            cfg = cfg.with_settings("safety", **{name: str(DEMO_SAFETY)})
     return dataclasses.replace(cfg, adapter=cfg.adapter or DEMO_ADAPTER_DIR, data=data)
 
 
@@ -74,5 +82,5 @@ def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
     return {DEMO_BASE_ID: lambda: demo_base_dir(cache_dir)}
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SAFETY", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
            "local_bases", "require_data", "with_demo_defaults"]
