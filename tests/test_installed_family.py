@@ -41,6 +41,8 @@ def test_its_option_is_in_the_help(package):
     assert proc.returncode == 0 and "--forbidden-pattern" in proc.stdout and "[privacy]" in proc.stdout
 
 
+@pytest.mark.slow  # two gates (45 s); the option test above keeps the entry point in CI, the built-in safety
+# family's end-to-end run in test_safety keeps a family's section, report and claims
 def test_it_gates_is_recorded_reported_and_checked_against_the_baseline(package, tiny_adapter, tmp_path):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 30)
     common = ("--adapter", str(tiny_adapter), "--data", str(pairs), "--eval-cache-dir", str(tmp_path / "cache"),

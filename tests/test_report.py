@@ -145,10 +145,10 @@ def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, n
         assert fact in html, fact
 
 
-def test_html_report_off_with_p_no_html_still_gates(tiny_adapter, pairs, tmp_path):
+def test_html_report_off_with_p_no_html_still_gates(runs, tiny_adapter, pairs, tmp_path):
     """`-p no:html` turns the report off (the gate's pytest-html hooks are optional), nothing else."""
-    proc, results = gate(tmp_path, tiny_adapter, pairs, tmp_path / "cache", "-k", "checkpoint",
-                         "-p", "no:html")
+    proc, results = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k",
+                         "checkpoint", "-p", "no:html")  # the warm cache: only the report is in question
     assert proc.returncode == 0 and "INTERNALERROR" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
     assert "3 passed" in proc.stdout and results.is_file() and not results.with_suffix(".html").exists()
 

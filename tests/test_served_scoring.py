@@ -78,7 +78,8 @@ def local(tiny_adapter: Path, data: tuple[Path, Path], tmp_path_factory: pytest.
     return run
 
 
-@pytest.mark.parametrize("mode", ["prompt_logprobs", "echo", "echo_text"])
+@pytest.mark.parametrize("mode", ["prompt_logprobs", pytest.param("echo", marks=pytest.mark.slow),  # 15 s each;
+                                  pytest.param("echo_text", marks=pytest.mark.slow)])  # their parsing: unit tests below
 def test_served_log_probs_equal_local_float32_and_no_local_model_is_loaded(mode, backend, local, tiny_adapter, data,
                                                                           tmp_path):
     server = serve(backend, (mode,))  # echo_text: a text-only server, as llama-cpp-python's
