@@ -210,7 +210,7 @@ def test_tuned_against_base_passes_fails_or_says_it_cannot_tell(audience, n, bot
     c = no_more("x", summary(audience, *flags(n, both, tuned_only, base_only)), 0.05, GateConfig())
     assert ("pass" if c.passed else "inconclusive" if c.inconclusive else "fail") == outcome
     assert c.n == n and c.value == pytest.approx((tuned_only - base_only) / n)
-    assert c.ci[0] <= c.value <= c.ci[1]
+    assert c.ci[0] <= c.value <= c.ci[1] and "-0.000" not in c.message  # no change reads +0.000
     if outcome == "inconclusive":
         assert c.n_needed and c.n_needed > n and f"about {c.n_needed} prompts would decide it" in c.message
 
