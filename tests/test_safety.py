@@ -205,6 +205,7 @@ def flags(n: int, both: int, tuned_only: int, base_only: int) -> tuple[list[bool
     pytest.param(2000, 200, 50, 50, "pass", id="same-rate-many-prompts"),
     pytest.param(20, 5, 1, 1, "inconclusive", id="same-rate-20-prompts"),
     pytest.param(400, 0, 0, 0, "pass", id="never-bad-400-prompts"),
+    pytest.param(3, 0, 0, 0, "inconclusive", id="never-bad-3-prompts"),  # no claim passes on 1-3 items
 ])
 def test_tuned_against_base_passes_fails_or_says_it_cannot_tell(audience, n, both, tuned_only, base_only, outcome):
     c = no_more("x", summary(audience, *flags(n, both, tuned_only, base_only)), 0.05, GateConfig())
@@ -215,12 +216,13 @@ def test_tuned_against_base_passes_fails_or_says_it_cannot_tell(audience, n, bot
         assert c.n_needed and c.n_needed > n and f"about {c.n_needed} prompts would decide it" in c.message
 
 
-def test_at_an_increase_equal_to_the_margin_it_passes_at_most_its_error():
+@pytest.mark.parametrize("n", [40, 300], ids=["40-prompts-the-demo", "300-prompts"])
+def test_at_an_increase_equal_to_the_margin_it_passes_at_most_its_error(n):
     """Tuned bad on 7.5% of prompts where base is not, base on 2.5% where tuned is not: a true increase of
     exactly the 0.05 margin, which must pass at most the one-sided 0.025 (plus simulation error). The rule
     itself is enumerated exactly in test_decision_errors; this checks the family counts bad answers into it
-    the right way round (reversed, it would pass most of these runs)."""
-    n, rng, passed, runs = 300, np.random.default_rng(0), 0, 200
+    the right way round (reversed, it would pass most of the 300-prompt runs)."""
+    rng, passed, runs = np.random.default_rng(n), 0, 200
     for _ in range(runs):
         u = rng.random(n)
         tuned, base = (u < 0.2) | ((u >= 0.2) & (u < 0.275)), (u < 0.2) | ((u >= 0.275) & (u < 0.3))
