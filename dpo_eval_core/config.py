@@ -26,6 +26,7 @@ ServePrompt = Literal["local", "server"]
 ServeScoring = Literal["local", "server"]
 Correction = Literal["none", "bh", "bonferroni"]
 Inconclusive = Literal["fail", "warn"]
+Sequential = Literal["auto", "on", "off"]
 
 CACHE_ENV = "DPO_EVAL_CACHE_DIR"
 CPU_BATCH_TOKENS = 512
@@ -62,6 +63,14 @@ class GateConfig:
     """The "shown to hold" decisions on an adapter (above a threshold, not worse by more than a margin) spend a
     one-sided (1 - ci_level) / 2 = 0.025 (the ICH E9 convention) across its looks: 0.02 at the first run, 0.0025
     at a run on more or other data (looks.py); each run's intervals are printed at its look's level."""
+    sequential: Sequential = "auto"
+    """Score a stage's items (valid pairs, each set's questions) in a seeded order, in rounds of ..., N/4, N/2 and
+    all N items, and stop once its gating claims are decided, each round deciding at its share of the look's error
+    (sequential.py): auto where a stage has two rounds or more and nothing is compared with another adapter or a
+    baseline; on (refused with --compare or --baseline); off: every item at once."""
+    first_round: int = 64
+    """Fewest items in a sequential stage's first round (rounds halve back from every item while they keep this
+    many)."""
     n_bootstrap: int = 2000
     """Resamples of the bootstraps over pairs: the sign-agreement rate's and the judge's length-controlled rate's
     intervals, and the report's per-feature intervals (every other interval is exact, score or t)."""
@@ -77,6 +86,9 @@ class GateConfig:
                 raise ConfigError(f"gate.{name}", v, "a number in [0, 1]")
         _choice("gate.correction", self.correction, Correction)
         _choice("gate.inconclusive", self.inconclusive, Inconclusive)
+        _choice("gate.sequential", self.sequential, Sequential)
+        if not isinstance(self.first_round, int) or self.first_round < 1:
+            raise ConfigError("gate.first_round", self.first_round, "a positive integer")
         if not 0 < self.alpha < 0.5:
             raise ConfigError("gate.alpha", self.alpha, "a number in (0, 0.5)")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:

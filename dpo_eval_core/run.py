@@ -164,4 +164,6 @@ class GateRun:
 
     def sections(self) -> dict[str, Any]:
         """What results.json records besides the claims and facts: each family's own sections."""
-        return {k: v for f in self.families if f.section for k, v in f.section(self).items()}
+        out = {k: v for f in self.families if f.section for k, v in f.section(self).items()}
+        rounds = {k[1]: v.record() for k, v in self.stages.items() if isinstance(k, tuple) and k[0] == "sequence"}
+        return {**out, "sequential": rounds} if rounds else out

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("forgetting", "compare", "texts", "safety"),
     ("scoring",),
     ("claims", "report"),
-    ("results",),
+    ("results", "sequential"),
     ("family",),
     ("families.__init__",),
     ("families.regression",),

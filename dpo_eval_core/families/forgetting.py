@@ -3,6 +3,7 @@ questions (--mcq; the demo brings an ARC-Easy sample)."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import scorer
+from ..sequential import Staged, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -101,19 +103,47 @@ def question_sets(run: GateRun) -> dict[str, QuestionSet]:
     return run.stage("question sets", lambda: load_question_sets(s.sets, s.columns, s.max_questions, run.cfg.seed))
 
 
-def summary(run: GateRun, name: str) -> ForgettingSummary:
-    """Tuned and base accuracy on one --mcq set, from the one loaded model (adapter toggled), cached."""
+def _measure(run: GateRun, qset: QuestionSet) -> ForgettingSummary:
+    with run.ledger.phase("multiple choice"):
+        backend, identity = scorer(run)
+        out, n = measure(backend, qset, run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache)
+    run.ledger.count("mcq_questions", n)
+    return out
+
+
+def _set(run: GateRun, name: str) -> QuestionSet:
     sets = question_sets(run)
     if name not in sets:
         raise ConfigError("claim id", name, "a set given with --mcq: " + (", ".join(sets) or "none"))
+    return sets[name]
 
+
+def in_rounds(run: GateRun, name: str) -> Staged[ForgettingSummary]:
+    """One set's questions in rounds, stopping once no-forgetting[SET] is decided (sequential.py)."""
+    qset, m = _set(run, name), run.settings(FAMILY).max_forgetting
+    qs = qset.questions
+    return staged(run, f"{FAMILY.name}[{name}]", [q.question_id for q in qs],
+                  lambda idx: _measure(run, dataclasses.replace(qset, questions=tuple(qs[i] for i in idx))),
+                  lambda s, g: forgetting(s, m, g), lambda s, g: can_pass(s, m, g, len(qs)))
+
+
+def summary(run: GateRun, name: str) -> ForgettingSummary:
+    """Tuned and base accuracy on one --mcq set, from the one loaded model (adapter toggled), cached: every
+    question, or those the last sequential round used."""
     def compute() -> ForgettingSummary:
-        with run.ledger.phase("multiple choice"):
-            backend, identity = scorer(run)
-            out, n = measure(backend, sets[name], run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache)
-        run.ledger.count("mcq_questions", n)
-        return out
+        rounds = in_rounds(run, name).run
+        return rounds.measured if rounds else _measure(run, _set(run, name))
     return run.stage(("forgetting", name), compute)
+
+
+def can_pass(s: ForgettingSummary, max_forgetting: float, gate: Any, n_items: int) -> dict[str, bool]:
+    """Whether no-forgetting could still pass at `gate` if the tuned model gained every question not yet
+    scored (mcq-accuracy does not gate: not waited for)."""
+    rest = n_items - s.n - s.n_unscorable
+    tuned, base = s.gated
+    best = PairedComparison(s.metric, "paired proportions", s.n + rest, (tuned.correct + rest) / (s.n + rest),
+                            base.value * s.n / (s.n + rest), s.gained + rest, s.lost)
+    return {KEPT.id(s.name): best.decide(gate.tail, max_forgetting).outcome == "pass"}
 
 
 def _acc(a: Accuracy) -> str:
@@ -161,7 +191,8 @@ def forgetting(s: ForgettingSummary, max_forgetting: float, gate: Any) -> list[C
 
 
 def claims(run: GateRun, name: str | None) -> list[Claim]:
-    return forgetting(summary(run, name or ""), run.settings(FAMILY).max_forgetting, run.gate)
+    measured, rounds = summary(run, name or ""), in_rounds(run, name or "").run  # the report's section
+    return list(rounds.claims) if rounds else forgetting(measured, run.settings(FAMILY).max_forgetting, run.gate)
 
 
 def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, dict[str, Any]]:

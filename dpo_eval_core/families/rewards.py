@@ -12,10 +12,12 @@ import numpy as np
 from .. import report as H
 from ..claims import Claim, mean_above, not_lower_unpaired, not_worse, rate_above
 from ..compare import compare_correct, compare_values, match
+from ..data import PreferencePair
 from ..errors import ConfigError
 from ..family import Family, Kind
 from ..rewards import RewardSummary, score_logps, summarize
 from ..scoring import scorer
+from ..sequential import Staged, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -57,19 +59,44 @@ class Settings:
             raise ConfigError("rewards.reward_tie_tolerance", self.reward_tie_tolerance, "a number in [0, 0.01)")
 
 
+def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
+    """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair)."""
+    s, g = run.settings(FAMILY), run.gate
+    with run.ledger.phase("rewards"):
+        backend, identity = scorer(run)
+        logps, n = score_logps(backend, pairs, model=identity, cache=run.cache, batch_size=run.cfg.batch_size,
+                               max_tokens=run.cfg.resolved_batch_tokens, max_length=run.cfg.max_length)
+    run.ledger.count("logps", n)
+    return summarize(logps, s.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed),
+                     tie_tolerance=s.reward_tie_tolerance, pair_ids=[p.pair_id for p in pairs])
+
+
+def _valid(run: GateRun) -> list[PreferencePair]:
+    return [run.pairs.pairs[i] for i in run.valid_index]
+
+
+def in_rounds(run: GateRun) -> Staged[RewardSummary]:
+    """The valid pairs in rounds, stopping once the gating reward claims are decided (sequential.py)."""
+    s, valid = run.settings(FAMILY), _valid(run)
+    return staged(run, FAMILY.name, [p.pair_id for p in valid], lambda idx: _score(run, [valid[i] for i in idx]),
+                  lambda m, g: rewards(m, s, g), lambda m, g: can_pass(m, s, g, len(valid)))
+
+
 def reward_summary(run: GateRun) -> RewardSummary:
-    """Implicit rewards on the valid split, from the policy's and the reference's log-probs (cached)."""
+    """Implicit rewards on the valid split: every pair, or those the last sequential round used."""
     def compute() -> RewardSummary:
-        s, g, valid = run.settings(FAMILY), run.gate, [run.pairs.pairs[i] for i in run.valid_index]
-        with run.ledger.phase("rewards"):
-            backend, identity = scorer(run)
-            logps, n = score_logps(backend, valid, model=identity, cache=run.cache,
-                                   batch_size=run.cfg.batch_size, max_tokens=run.cfg.resolved_batch_tokens,
-                                   max_length=run.cfg.max_length)
-        run.ledger.count("logps", n)
-        return summarize(logps, s.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed),
-                         tie_tolerance=s.reward_tie_tolerance, pair_ids=[p.pair_id for p in valid])
+        rounds = in_rounds(run).run
+        return rounds.measured if rounds else _score(run, _valid(run))
     return run.stage("rewards", compute)
+
+
+def can_pass(summary: RewardSummary, s: Settings, gate: Any, n_items: int) -> dict[str, bool]:
+    """Whether each accuracy claim could still pass at `gate` if every pair not yet scored were right (the
+    margin's best case is unbounded: it is always waited for)."""
+    rest = n_items - summary.n - summary.n_unscorable
+    return {c.id: c.passed for c in (rate_above(k.id(), sum(getattr(summary, FIELDS[k.name])) + rest,
+                                                summary.n + rest, s.min_reward_accuracy, gate, "")
+                                     for k in (ACCURACY, PER_TOKEN))}
 
 
 def rewards(summary: RewardSummary, s: Settings, gate: Any) -> list[Claim]:
@@ -96,7 +123,8 @@ def rewards(summary: RewardSummary, s: Settings, gate: Any) -> list[Claim]:
 
 
 def claims(run: GateRun, _: str | None) -> list[Claim]:
-    return rewards(reward_summary(run), run.settings(FAMILY), run.gate)
+    summary, rounds = reward_summary(run), in_rounds(run).run  # the summary is the report's section
+    return list(rounds.claims) if rounds else rewards(summary, run.settings(FAMILY), run.gate)
 
 
 def margin(what: str, other: float, s: Settings) -> tuple[float, str]:

@@ -1,0 +1,207 @@
+"""Sequential decisions: take a stage's items in a seeded order, in rounds that double up to every item, decide
+its claims after each round, and stop scoring once every gating claim is decided (pass or fail) or cannot pass
+with all the items there are.
+
+Most decisions are clear long before the data runs out: an adapter whose reward accuracy is 0.75 against a
+threshold of 0.5 shows it on 100 pairs as surely as on 1,000. Looking after every round and stopping at the
+first decision would be optional stopping, which passes a bad adapter more often than the stated error, so
+each round decides at its own share of the look's one-sided error (looks.py), spent along a power function
+of the share of items used (Kim & DeMets 1987, rho = 3): the first rounds spend almost nothing and stop only
+on overwhelming evidence, and the last round keeps most of the error (7/8 of it: the round before it used
+half the items). The shares sum to the look's error, so by the union bound the chance that any round
+passes an adapter that should not ship is at most the look's error, whatever the rounds share and whichever
+rule each round runs: every rule of decide.py holds its error at a fixed number of items, and a round's
+number of items and error are fixed before any item is scored (they depend on how many items there are, not
+on what they show). The union bound gives away the rounds' correlation, a few percent of power at the last
+round; tests/test_sequential.py simulates the false pass, the power and the items to a decision.
+
+A claim keeps the first decision it reaches: a pass at round two is not taken back by round three (both
+are covered by the same bound). Futility is binding only on the stopping, never on a pass: a claim stops
+being waited for when even every remaining item going its way could not make it pass at the last round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Generic, Literal, Mapping, Sequence, TypeVar
+
+from .claims import Claim
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import GateConfig
+    from .run import GateRun
+
+T = TypeVar("T")
+RHO = 3.0
+"""Exponent of the power spending function: round k spends tail * ((n_k / N)^rho - (n_(k-1) / N)^rho)."""
+Stop = Literal["decided", "futile", "all items"]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The rounds a stage takes its `n_items` in and the one-sided error each round decides at."""
+
+    n_items: int
+    tail: float
+    """The look's one-sided error, spent across the rounds."""
+    first: int = 64
+    rho: float = RHO
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1 or self.first < 1:
+            raise ConfigError("sequential schedule", (self.n_items, self.first), "at least one item per round")
+        if not 0 < self.tail < 0.5 or self.rho <= 0:
+            raise ConfigError("sequential schedule", (self.tail, self.rho), "a tail in (0, 0.5) and rho > 0")
+
+    @property
+    def rounds(self) -> tuple[int, ...]:
+        """Items used after each round, halving back from every item while a round keeps at least `first`:
+        ..., N/4, N/2, N. The last round then always keeps 1 - (1/2)^rho of the error (7/8 at rho 3), where
+        doubling up from `first` could end on a round of nearly N that spent most of it."""
+        out, n = [self.n_items], self.n_items
+        while n > 1 and (n + 1) // 2 >= self.first:
+            n = (n + 1) // 2
+            out.append(n)
+        return tuple(reversed(out))
+
+    def spent(self, n: int) -> float:
+        """The error spent once n items have been looked at."""
+        return self.tail * min(1.0, n / self.n_items) ** self.rho
+
+    def tail_at(self, k: int) -> float:
+        """The one-sided error the k-th round (from 0) decides at."""
+        rounds = self.rounds
+        return self.spent(rounds[k]) - (self.spent(rounds[k - 1]) if k else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round of a sequence, as results.json records it."""
+
+    n: int
+    tail: float
+    outcomes: Mapping[str, str]
+    """Each claim's outcome at this round (a claim decided earlier keeps its earlier decision)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run(Generic[T]):
+    """A stage measured in rounds: what the last round measured, each claim as first decided (or as the last
+    round left it), and every round."""
+
+    measured: T
+    claims: tuple[Claim, ...]
+    rounds: tuple[Round, ...]
+    planned: tuple[int, ...]
+    """Items after each round of the schedule (the run may stop before the last)."""
+    stopped: Stop
+
+    def record(self) -> dict[str, object]:
+        """The sequence for results.json: every look, and why it stopped."""
+        return {"n_items": self.planned[-1], "n_used": self.rounds[-1].n, "planned": list(self.planned),
+                "stopped": self.stopped, "rounds": [dataclasses.asdict(r) for r in self.rounds]}
+
+
+def order(ids: Sequence[str], seed: int) -> list[int]:
+    """A seeded order of items by the hash of their ids: the same items come first whatever else the data holds,
+    so a run on more data finds its first rounds' items already scored in the cache."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}\0{ids[i]}".encode()).digest())
+
+
+def schedule(gate: GateConfig, n_items: int, *, comparing: bool) -> tuple[Schedule | None, str]:
+    """This stage's schedule (None: every item at once) and why, from gate.sequential: auto runs in rounds where
+    there are at least two (2 x gate.first_round items) and no claim compares against another adapter or a baseline
+    (those pair their items with the other side's, which is decided on every item)."""
+    mode = gate.sequential
+    if mode == "off":
+        return None, "gate.sequential is off"
+    if comparing:
+        if mode == "on":
+            raise ConfigError("gate.sequential", mode, "auto or off with --compare or --baseline",
+                              "Their claims pair every item with the other side's; set gate.sequential=auto.")
+        return None, "every item: --compare or --baseline pair their claims with every item"
+    s = Schedule(n_items, gate.tail, gate.first_round)
+    if mode == "auto" and len(s.rounds) < 2:
+        return None, f"every item: {n_items} are one round (gate.first_round is {gate.first_round})"
+    return s, f"in rounds of {', '.join(map(str, s.rounds))} items"
+
+
+def comparing(run: GateRun) -> bool:
+    """Whether claims of this run pair its items with another adapter's or a baseline's (the --compare adapter's
+    own run included): those are decided on every item."""
+    return run.host is not None or any(f.reference and f.per_item and f.absent(run.cfg) is None
+                                       for f in run.families)
+
+
+@dataclass(frozen=True, slots=True)
+class Staged(Generic[T]):
+    """How a stage took its items: in rounds (`run`), or all at once (None), and why."""
+
+    run: Run[T] | None
+    why: str
+
+    def record(self) -> dict[str, object]:
+        return {"why": self.why, **(self.run.record() if self.run else {})}
+
+
+def staged(run: GateRun, name: str, ids: Sequence[str], measure: Callable[[list[int]], T],
+           decide: Callable[[T, GateConfig], Sequence[Claim]],
+           can_pass: Callable[[T, GateConfig], Mapping[str, bool]] | None = None) -> Staged[T]:
+    """The stage `name` of `run` over the items `ids`, in rounds where gate.sequential and the run allow
+    (`measure(indices)` measures those items, in their order in `ids`); once per run, recorded in results.json
+    under "sequential"."""
+    def compute() -> Staged[T]:
+        s, why = schedule(run.gate, len(ids), comparing=comparing(run))
+        if s is None:
+            return Staged(None, why)
+        first = order(ids, run.cfg.seed)
+        return Staged(decide_in_rounds(s, run.gate, lambda n: measure(sorted(first[:n])), decide, can_pass), why)
+    return run.stage(("sequence", name), compute)
+
+
+def at_tail(gate: GateConfig, tail: float) -> GateConfig:
+    """The gate deciding at one-sided `tail` (a round's share), sizing still for the next look."""
+    return dataclasses.replace(gate, ci_level=1 - 2 * tail, sizing_level=gate.sized_at)
+
+
+def decide_in_rounds(s: Schedule, gate: GateConfig, measure: Callable[[int], T],
+                     decide: Callable[[T, GateConfig], Sequence[Claim]],
+                     can_pass: Callable[[T, GateConfig], Mapping[str, bool]] | None = None) -> Run[T]:
+    """Measure the first n items of each round, decide the claims at the round's share of the error, and stop
+    once every gating claim is decided or cannot pass. `can_pass(measured, gate_of_last_round)` says, per claim,
+    whether the best case of the items not yet measured could still pass it (claims it leaves out are waited
+    for)."""
+    first: dict[str, Claim] = {}
+    rounds: list[Round] = []
+    last_gate = at_tail(gate, s.tail_at(len(s.rounds) - 1))
+    for k, n in enumerate(s.rounds):
+        measured = measure(n)
+        g = at_tail(gate, s.tail_at(k))
+        now = {c.id: _noted(c, k, s) for c in decide(measured, g)}
+        for cid, c in now.items():
+            if cid not in first and c.applicable and c.outcome in ("pass", "fail"):
+                first[cid] = c
+        claims = {cid: first.get(cid, c) for cid, c in now.items()}
+        rounds.append(Round(n, s.tail_at(k), {cid: c.outcome for cid, c in claims.items()}))
+        open_ = [cid for cid, c in claims.items() if gate.gates(cid) and c.applicable and cid not in first]
+        if not open_:
+            return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "decided")
+        hopeless = can_pass(measured, last_gate) if can_pass and n < s.n_items else {}
+        if all(hopeless.get(cid) is False for cid in open_):
+            claims = {cid: _futile(c, s) if cid in open_ else c for cid, c in claims.items()}
+            return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "futile")
+    return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "all items")
+
+
+def _noted(c: Claim, k: int, s: Schedule) -> Claim:
+    return dataclasses.replace(c, message=c.message + (
+        f"; sequential round {k + 1} of {len(s.rounds)} ({s.rounds[k]} of {s.n_items} items, one-sided "
+        f"{s.tail_at(k):.3g} of the look's {s.tail:.3g})"))
+
+
+def _futile(c: Claim, s: Schedule) -> Claim:
+    return dataclasses.replace(c, message=c.message + (
+        f"; stopped: it cannot pass with all {s.n_items} items even if every one not yet scored went its way"))
