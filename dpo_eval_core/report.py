@@ -181,10 +181,22 @@ def facts(results: Results) -> list[tuple[str, str]]:
         ("libraries", ", ".join(f"{k} {v}" for k, v in f.get("libraries", {}).items())),
         ("durations (s)", ", ".join(f"{k} {v}" for k, v in {**f.get("timings_s", {}),
                                                             "wall": f.get("wall_s", "-")}.items())),
+        ("sequential rounds", "; ".join(sequential_lines(results.get("sequential") or {})) or
+         "none: no stage of this run scored items one by one (gate.sequential, docs/decisions.md)"),
         ("cache", f"hits {f.get('cache', {}).get('hits', {})}, misses {f.get('cache', {}).get('misses', {})}; "
                   f"recomputed {f.get('computed', {})}; processes {f.get('processes', 1)}"),
     ]
     return rows
+
+
+def sequential_lines(stages: Mapping[str, Any]) -> list[str]:
+    """One line per stage whose items could come in rounds: how many it scored of how many and why it stopped,
+    or why it took every item at once."""
+    why = {"decided": "every gating claim decided", "futile": "no open gating claim can pass with every item",
+           "all items": "a gating claim stayed open to the last round"}
+    return [f"{name} scored {s['n_used']} of {s['n_items']} items in {len(s['rounds'])} of {len(s['planned'])} "
+            f"rounds ({why[s['stopped']]})" if s.get("rounds") else f"{name}: {s['why']}"
+            for name, s in sorted(stages.items())]
 
 
 def accuracy(a: Mapping[str, Any]) -> str:

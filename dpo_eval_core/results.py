@@ -14,6 +14,7 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
+from .report import sequential_lines
 
 GLOSSARY = "docs/glossary.md"
 """The page that says what the console's statistical words mean: the summary and the plan point at it."""
@@ -250,7 +251,7 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
         lines.append(f"look {look['number']} on this adapter: decided at one-sided {look['tail']:.4g} of "
                      f"{look['total']:.4g} across its looks (a run on more or other data is look {look['number'] + 1}, "
                      f"at {look['next_tail']:.4g}; docs/decisions.md)")
-    lines += sequential_lines(results.get("sequential") or {})
+    lines += [f"sequential: {line}" for line in sequential_lines(results.get("sequential") or {})]
     words = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for c in sorted(gating, key=lambda c: c["id"]):
         word = f"{words.get(outcome_of(c), '-'):>12}"
@@ -281,15 +282,6 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
     lines.append((f"wall time {wall:.0f} s; " if isinstance(wall, (int, float)) else "") + "; ".join(where))
     lines.append(f"the words above (look, bounds, margin, inconclusive, ...), one line each: {GLOSSARY}")
     return lines
-
-
-def sequential_lines(stages: Mapping[str, Any]) -> list[str]:
-    """One line per stage that took its items in rounds: how many it used of how many, and why it stopped."""
-    why = {"decided": "every gating claim decided", "futile": "no open gating claim can pass with every item",
-           "all items": "a gating claim stayed open to the last round"}
-    return [f"sequential: {name} scored {s['n_used']} of {s['n_items']} items in {len(s['rounds'])} of "
-            f"{len(s['planned'])} rounds ({why[s['stopped']]}; sequential.py)"
-            for name, s in sorted(stages.items()) if s.get("rounds")]
 
 
 def _short(x: Any) -> str:

@@ -162,6 +162,14 @@ def staged(run: GateRun, name: str, ids: Sequence[str], measure: Callable[[list[
     return run.stage(("sequence", name), compute)
 
 
+def planned_tail(run: GateRun, n_items: int) -> float:
+    """The one-sided error the plan before the work sizes a stage of `n_items` at: its last round's (7/8 of the
+    look's) where it runs in rounds, the look's otherwise; a pass at an earlier round only adds to the chance."""
+    gate = dataclasses.replace(run.cfg.gate, ci_level=1 - 2 * run.look.tail)
+    s, _ = schedule(gate, n_items, comparing=comparing(run))
+    return s.tail_at(len(s.rounds) - 1) if s else run.look.tail
+
+
 def at_tail(gate: GateConfig, tail: float) -> GateConfig:
     """The gate deciding at one-sided `tail` (a round's share), sizing still for the next look."""
     return dataclasses.replace(gate, ci_level=1 - 2 * tail, sizing_level=gate.sized_at)

@@ -19,7 +19,7 @@ from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import scorer
-from ..sequential import Staged, staged
+from ..sequential import Staged, planned_tail, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -238,7 +238,7 @@ def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, forgetting_chance
 
     m = run.settings(FAMILY).max_forgetting
-    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, run.look.tail, Assumptions())
+    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, planned_tail(run, len(qs.questions)), Assumptions())
             for name, qs in question_sets(run).items()]
 
 

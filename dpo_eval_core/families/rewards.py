@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..family import Family, Kind
 from ..rewards import RewardSummary, score_logps, summarize
 from ..scoring import scorer
-from ..sequential import Staged, staged
+from ..sequential import Staged, planned_tail, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -193,7 +193,8 @@ def plan(run: GateRun) -> list[Any]:
     from .regression import LOWER, active_baseline
 
     s, a, n = run.settings(FAMILY), Assumptions(), len(run.valid_index)
-    rows = reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), n, s.min_reward_accuracy, run.look.tail, a)
+    rows = reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), n, s.min_reward_accuracy,
+                          planned_tail(run, n), a)
     old = (active_baseline(run) or {}).get(FAMILY.name) or {}
     for kind in (ACCURACY, PER_TOKEN):
         if values := old.get(FIELDS[kind.name]):
