@@ -119,11 +119,15 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def merge_sections(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Sections of several xdist workers as one: counters and timings add up, everything else is
-    the same in every worker (same options, same inputs) and is taken from the first that has it."""
+    """Sections of several xdist workers as one: counters and timings add up, each worker's sequential stages
+    join the others' (the stages a worker computed are its own), everything else is the same in every worker
+    (same options, same inputs) and is taken from the first that has it."""
     out: dict[str, Any] = {}
     for part in parts:
         for key, value in part.items():
+            if key == "sequential":
+                out[key] = {**value, **out.get(key, {})}
+                continue
             if key != "facts":
                 out.setdefault(key, value)
                 continue

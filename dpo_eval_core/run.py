@@ -24,6 +24,7 @@ from .ledger import Ledger, memory_errors
 from .looks import Look, commit, find, inputs_digest
 from .quantization import free
 from .registry import check_claim_ids, resolve
+from .sequential import Staged
 from .texts import answer, features
 
 
@@ -126,6 +127,10 @@ class GateRun:
 
     @functools.cached_property
     def answers(self) -> dict[str, list[Generation | None]]:
+        """Tuned and base answers to every valid prompt (and the train prompts answered): never in rounds, since
+        the claims on answers are not decided item by item (results.json says so under "sequential")."""
+        self.stage(("sequence", "answers"), lambda: Staged(None, "every valid prompt answered: the claims on "
+                                                                 "answers are not decided item by item"))
         return answer(self)
 
     @functools.cached_property

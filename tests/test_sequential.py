@@ -255,3 +255,16 @@ def test_a_gate_run_in_rounds_scores_only_the_pairs_its_rounds_used(tiny_adapter
     print(f"\nrandom adapter: {record['n_used']} of {n} pairs, {record['stopped']}, "
           f"{[(c.id, c.outcome) for c in claims.values()]}")
     json.dumps(record)  # the record is results.json material
+
+
+def test_each_xdist_workers_stages_reach_results_json_and_the_console():
+    from dpo_eval_core.report import sequential_lines
+    from dpo_eval_core.results import merge_sections
+
+    rounds = decide_in_rounds(Schedule(500, TAIL), GATE, lambda n: n, lambda n, g: [claim("reward-accuracy", "pass")])
+    parts = [{"sequential": {"rewards": {"why": "in rounds of 125, 250, 500 items", **rounds.record()}}},
+             {"sequential": {"forgetting[arc]": {"why": "every item: 90 are one round"}}}]
+    merged = merge_sections(parts)["sequential"]
+    assert set(merged) == {"rewards", "forgetting[arc]"}
+    assert sequential_lines(merged) == ["forgetting[arc]: every item: 90 are one round",
+                                        "rewards scored 125 of 500 items in 1 of 3 rounds (every gating claim decided)"]
