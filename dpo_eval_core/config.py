@@ -68,6 +68,10 @@ class GateConfig:
     all N items, and stop once its gating claims are decided, each round deciding at its share of the look's error
     (sequential.py): auto where a stage has two rounds or more and nothing is compared with another adapter or a
     baseline; on (refused with --compare or --baseline); off: every item at once."""
+    max_items: int | None = None
+    """Score at most this many items per sequential stage: the rounds past it wait (their claims stay open), and a
+    re-run with a larger cap continues the same rounds at the same shares (the cache has the items; it is the
+    same look). None: up to every item."""
     first_round: int = 64
     """Fewest items in a sequential stage's first round (rounds halve back from every item while they keep this
     many)."""
@@ -89,6 +93,8 @@ class GateConfig:
         _choice("gate.sequential", self.sequential, Sequential)
         if not isinstance(self.first_round, int) or self.first_round < 1:
             raise ConfigError("gate.first_round", self.first_round, "a positive integer")
+        if self.max_items is not None and (not isinstance(self.max_items, int) or self.max_items < 1):
+            raise ConfigError("gate.max_items", self.max_items, "a positive integer", "Leave it out to score every item.")
         if not 0 < self.alpha < 0.5:
             raise ConfigError("gate.alpha", self.alpha, "a number in (0, 0.5)")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:

@@ -33,6 +33,11 @@ FIRST = 0.8
 """Share of the total one-sided error the first look on an adapter spends; every later look spends half of
 what is left before it."""
 
+SEQUENTIAL_DEFAULT = ("auto", 64)
+"""gate.sequential and gate.first_round as they come: a run with other ones decides the same data in other rounds,
+so it is another look (left out of the digest at the default, so that ledgers kept before rounds existed still
+count their looks); gate.max_items is not: a larger cap continues the same rounds."""
+
 GENERATION_FIELDS = ("train_answers", "max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "seed")
 """EvalConfig fields that change the answers a look decides on (besides the pairs and the families' settings)."""
 
@@ -100,9 +105,9 @@ class Look:
 
 def inputs_digest(pairs_fingerprint: str, cfg: Any, file_digest: Callable[[Path], str],
                   references: frozenset[str] = frozenset()) -> str:
-    """What a look decides on, as one digest: the pairs (and split), the generation settings, and every family's
-    settings with the files they name read by content (a multiple-choice set that gained questions is a new
-    look even at the same path), except the families in `references`, whose settings name what the adapter is
+    """What a look decides on, as one digest: the pairs (and split), the generation settings, the rounds
+    (sequential.py, when not the default), and every family's settings with the files they name read by content
+    (a multiple-choice set that gained questions is a new look even at the same path), except the families in `references`, whose settings name what the adapter is
     measured against or by (--baseline, --compare, --judge), not data it is judged on."""
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
@@ -115,6 +120,9 @@ def inputs_digest(pairs_fingerprint: str, cfg: Any, file_digest: Callable[[Path]
 
     parts = {"pairs": pairs_fingerprint, "generation": {k: plain(getattr(cfg, k)) for k in GENERATION_FIELDS},
              "families": [[name, plain(settings)] for name, settings in cfg.families if name not in references]}
+    rounds = (cfg.gate.sequential, cfg.gate.first_round)
+    if rounds != SEQUENTIAL_DEFAULT:  # another way of deciding on the same data is another chance: another look
+        parts["sequential"] = list(rounds)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -193,7 +193,8 @@ def sequential_lines(stages: Mapping[str, Any]) -> list[str]:
     """One line per stage whose items could come in rounds: how many it scored of how many and why it stopped,
     or why it took every item at once."""
     why = {"decided": "every gating claim decided", "futile": "no open gating claim can pass with every item",
-           "all items": "a gating claim stayed open to the last round"}
+           "all items": "a gating claim stayed open to the last round",
+           "cap": "stopped at gate.max_items: a larger cap continues these rounds"}
     return [f"{name} scored {s['n_used']} of {s['n_items']} items in {len(s['rounds'])} of {len(s['planned'])} "
             f"rounds ({why[s['stopped']]})" if s.get("rounds") else f"{name}: {s['why']}"
             for name, s in sorted(stages.items())]

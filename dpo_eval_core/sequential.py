@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 RHO = 3.0
 """Exponent of the power spending function: round k spends tail * ((n_k / N)^rho - (n_(k-1) / N)^rho)."""
-Stop = Literal["decided", "futile", "all items"]
+Stop = Literal["decided", "futile", "all items", "cap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +179,14 @@ def decide_in_rounds(s: Schedule, gate: GateConfig, measure: Callable[[int], T],
                      decide: Callable[[T, GateConfig], Sequence[Claim]],
                      can_pass: Callable[[T, GateConfig], Mapping[str, bool]] | None = None) -> Run[T]:
     """Measure the first n items of each round, decide the claims at the round's share of the error, and stop
-    once every gating claim is decided or cannot pass. `can_pass(measured, gate_of_last_round)` says, per claim,
-    whether the best case of the items not yet measured could still pass it (claims it leaves out are waited
-    for)."""
+    once every gating claim is decided or cannot pass, or before a round past gate.max_items (the first round
+    always runs). `can_pass(measured, gate_of_last_round)` says, per claim, whether the best case of the items
+    not yet measured could still pass it (claims it leaves out are waited for)."""
     first: dict[str, Claim] = {}
     rounds: list[Round] = []
     last_gate = at_tail(gate, s.tail_at(len(s.rounds) - 1))
-    for k, n in enumerate(s.rounds):
+    allowed = [n for k, n in enumerate(s.rounds) if k == 0 or gate.max_items is None or n <= gate.max_items]
+    for k, n in enumerate(allowed):
         measured = measure(n)
         g = at_tail(gate, s.tail_at(k))
         now = {c.id: _noted(c, k, s) for c in decide(measured, g)}
@@ -201,6 +202,9 @@ def decide_in_rounds(s: Schedule, gate: GateConfig, measure: Callable[[int], T],
         if all(hopeless.get(cid) is False for cid in open_):
             claims = {cid: _futile(c, s) if cid in open_ else c for cid, c in claims.items()}
             return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "futile")
+    if len(allowed) < len(s.rounds):
+        claims = {cid: _capped(c, gate.max_items) if cid in open_ else c for cid, c in claims.items()}
+        return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "cap")
     return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "all items")
 
 
@@ -208,6 +212,11 @@ def _noted(c: Claim, k: int, s: Schedule) -> Claim:
     return dataclasses.replace(c, message=c.message + (
         f"; sequential round {k + 1} of {len(s.rounds)} ({s.rounds[k]} of {s.n_items} items, one-sided "
         f"{s.tail_at(k):.3g} of the look's {s.tail:.3g})"))
+
+
+def _capped(c: Claim, cap: int | None) -> Claim:
+    return dataclasses.replace(c, message=c.message + (
+        f"; stopped at gate.max_items {cap}: a run with a larger cap continues these rounds"))
 
 
 def _futile(c: Claim, s: Schedule) -> Claim:

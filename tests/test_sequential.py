@@ -268,3 +268,28 @@ def test_each_xdist_workers_stages_reach_results_json_and_the_console():
     assert set(merged) == {"rewards", "forgetting[arc]"}
     assert sequential_lines(merged) == ["forgetting[arc]: every item: 90 are one round",
                                         "rewards scored 125 of 500 items in 1 of 3 rounds (every gating claim decided)"]
+
+
+def test_a_cap_stops_before_the_round_past_it_and_a_larger_cap_continues_the_same_rounds():
+    rng = np.random.default_rng(4)
+    right = rng.random(1000) < 0.53  # a claim that stays open: the rounds run on while allowed
+    decide = lambda x, g: [rate_above("reward-accuracy", int(x.sum()), x.size, 0.5, g, "")]  # noqa: E731
+    runs = {}
+    for cap in (300, 600, None):
+        seen: list[int] = []
+        gate = dataclasses.replace(GATE, max_items=cap)
+        runs[cap] = (decide_in_rounds(Schedule(1000, TAIL), gate, lambda n: seen.append(n) or right[:n], decide),
+                     seen)  # noqa: B023
+    assert runs[300][1] == [125, 250] and runs[600][1] == [125, 250, 500] and runs[None][1] == [125, 250, 500, 1000]
+    assert runs[300][0].stopped == "cap" and "stopped at gate.max_items 300" in runs[300][0].claims[0].message
+    assert runs[None][0].rounds[:3] == runs[600][0].rounds and runs[600][0].rounds[:2] == runs[300][0].rounds
+
+
+def test_other_rounds_on_the_same_data_are_another_look_and_a_cap_is_not():
+    from dpo_eval_core.looks import inputs_digest
+
+    def digest(**gate):
+        return inputs_digest("pairs", EvalConfig(gate=GateConfig(**gate)), lambda p: "")
+
+    assert digest() == digest(max_items=300) == digest(sequential="auto", first_round=64)
+    assert len({digest(), digest(sequential="off"), digest(sequential="on"), digest(first_round=32)}) == 4
