@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..family import Family, Kind
 from ..rewards import RewardSummary, score_logps, summarize
 from ..scoring import scorer
-from ..sequential import Staged, planned_tail, staged
+from ..sequential import Staged, planned_tail, rate_may_pass, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -91,12 +91,11 @@ def reward_summary(run: GateRun) -> RewardSummary:
 
 
 def can_pass(summary: RewardSummary, s: Settings, gate: Any, n_items: int) -> dict[str, bool]:
-    """Whether each accuracy claim could still pass at `gate` if every pair not yet scored were right (the
-    margin's best case is unbounded: it is always waited for)."""
-    rest = n_items - summary.n - summary.n_unscorable
-    return {c.id: c.passed for c in (rate_above(k.id(), sum(getattr(summary, FIELDS[k.name])) + rest,
-                                                summary.n + rest, s.min_reward_accuracy, gate, "")
-                                     for k in (ACCURACY, PER_TOKEN))}
+    """Whether each accuracy claim may still pass at `gate` with the pairs not yet scored
+    (sequential.rate_may_pass; the margin's best case is unbounded: it is always waited for)."""
+    total = n_items - summary.n_unscorable
+    return {k.id(): rate_may_pass(sum(getattr(summary, FIELDS[k.name])), summary.n, total, s.min_reward_accuracy,
+                                  gate) for k in (ACCURACY, PER_TOKEN)}
 
 
 def rewards(summary: RewardSummary, s: Settings, gate: Any) -> list[Claim]:
