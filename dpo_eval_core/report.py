@@ -192,7 +192,7 @@ def facts(results: Results) -> list[tuple[str, str]]:
 def sequential_lines(stages: Mapping[str, Any]) -> list[str]:
     """One line per stage whose items could come in rounds: how many it scored of how many and why it stopped,
     or why it took every item at once."""
-    why = {"decided": "every gating claim decided", "futile": "no open gating claim can pass with every item",
+    why = {"decided": "every gating claim decided", "futile": "no open gating claim would pass with every item (futility)",
            "all items": "a gating claim stayed open to the last round",
            "cap": "stopped at gate.max_items: a larger cap continues these rounds"}
     return [f"{name} scored {s['n_used']} of {s['n_items']} items in {len(s['rounds'])} of {len(s['planned'])} "

@@ -247,4 +247,5 @@ def _capped(c: Claim, cap: int | None) -> Claim:
 
 def _futile(c: Claim, s: Schedule) -> Claim:
     return dataclasses.replace(c, message=c.message + (
-        f"; stopped: it cannot pass with all {s.n_items} items even if every one not yet scored went its way"))
+        f"; stopped waiting: with all {s.n_items} items it could not pass, or would with a chance under "
+        f"{FUTILITY:.0%} were the items left like these (futility: no pass, no false pass)"))

@@ -219,7 +219,7 @@ def test_a_stage_stops_when_no_open_claim_can_pass_and_says_so():
                                                                                         "inconclusive")],
                            lambda n, g: {"reward-accuracy": n < 100})
     assert run.stopped == "futile" and run.rounds[-1].n == 125
-    assert not run.claims[0].passed and "cannot pass with all 500 items" in run.claims[0].message
+    assert not run.claims[0].passed and "with all 500 items it could not pass" in run.claims[0].message
 
 
 def test_a_claim_is_decided_at_its_rounds_share_of_the_error():
