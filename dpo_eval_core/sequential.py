@@ -125,6 +125,8 @@ def schedule(gate: GateConfig, n_items: int, *, comparing: bool) -> tuple[Schedu
             raise ConfigError("gate.sequential", mode, "auto or off with --compare or --baseline",
                               "Their claims pair every item with the other side's; set gate.sequential=auto.")
         return None, "every item: --compare or --baseline pair their claims with every item"
+    if n_items == 0:
+        return None, "no items"
     s = Schedule(n_items, gate.tail, gate.first_round)
     if mode == "auto" and len(s.rounds) < 2:
         return None, f"every item: {n_items} are one round (gate.first_round is {gate.first_round})"

@@ -232,6 +232,7 @@ def test_a_claim_is_decided_at_its_rounds_share_of_the_error():
 
 def test_auto_takes_every_item_at_once_where_rounds_cannot_help_and_on_is_refused_with_a_comparison():
     assert schedule(GATE, 109, comparing=False)[0] is None  # one round of 109 at first_round 64
+    assert schedule(dataclasses.replace(GATE, sequential="on"), 0, comparing=False) == (None, "no items")
     assert schedule(GATE, 1000, comparing=False)[0].rounds == (125, 250, 500, 1000)
     assert schedule(GATE, 1000, comparing=True)[0] is None
     assert schedule(dataclasses.replace(GATE, sequential="off"), 1000, comparing=False)[0] is None
