@@ -19,7 +19,7 @@ from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import scorer
-from ..sequential import Staged, planned_tail, staged
+from ..sequential import Staged, paired_may_pass, planned_tail, staged
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -137,13 +137,9 @@ def summary(run: GateRun, name: str) -> ForgettingSummary:
 
 
 def can_pass(s: ForgettingSummary, max_forgetting: float, gate: Any, n_items: int) -> dict[str, bool]:
-    """Whether no-forgetting could still pass at `gate` if the tuned model gained every question not yet
-    scored (mcq-accuracy does not gate: not waited for)."""
-    rest = n_items - s.n - s.n_unscorable
-    tuned, base = s.gated
-    best = PairedComparison(s.metric, "paired proportions", s.n + rest, (tuned.correct + rest) / (s.n + rest),
-                            base.value * s.n / (s.n + rest), s.gained + rest, s.lost)
-    return {KEPT.id(s.name): best.decide(gate.tail, max_forgetting).outcome == "pass"}
+    """Whether no-forgetting may still pass at `gate` with the questions not yet scored
+    (sequential.paired_may_pass; mcq-accuracy does not gate: not waited for)."""
+    return {KEPT.id(s.name): paired_may_pass(s.gained, s.lost, s.n, n_items - s.n_unscorable, max_forgetting, gate)}
 
 
 def _acc(a: Accuracy) -> str:
