@@ -79,7 +79,8 @@ def in_rounds(run: GateRun) -> Staged[RewardSummary]:
     """The valid pairs in rounds, stopping once the gating reward claims are decided (sequential.py)."""
     s, valid = run.settings(FAMILY), _valid(run)
     return staged(run, FAMILY.name, [p.pair_id for p in valid], lambda idx: _score(run, [valid[i] for i in idx]),
-                  lambda m, g: rewards(m, s, g), lambda m, g: can_pass(m, s, g, len(valid)))
+                  lambda m, g: rewards(m, s, g), lambda m, g: can_pass(m, s, g, len(valid)),
+                  last_round_pass=frozenset({MARGIN.id()}))
 
 
 def reward_summary(run: GateRun) -> RewardSummary:
