@@ -59,7 +59,8 @@ def test_installed_dpo_eval_gates_the_demo_from_another_directory(wheel: Path, t
     assert where[2] == "None None"
     results = tmp_path / "out" / "results.json"
     proc = subprocess.run([str(venv / "bin" / "dpo-eval"), "-k", "checkpoint", "-q", "--results", str(results),
-                           "--eval-cache-dir", str(default_cache_dir())], cwd=elsewhere, env=env,
+                           "--eval-cache-dir", str(default_cache_dir()), "--looks", str(tmp_path / "looks.json")],
+                          cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     claims = {c["id"]: c for c in json.loads(results.read_text())["claims"]}
