@@ -240,8 +240,8 @@ def decide_in_rounds(s: Schedule, gate: GateConfig, measure: Callable[[int], T],
                      last_round_pass: frozenset[str] = frozenset()) -> Run[T]:
     """Measure the first n items of each round, decide the claims at the round's share of the error, and stop
     once every gating claim is decided or cannot pass, or before a round past gate.max_items (the first round
-    always runs). `can_pass(measured, gate_of_last_round)` says, per claim, whether the best case of the items
-    not yet measured could still pass it (claims it leaves out are waited for). A claim in `last_round_pass` can
+    always runs). `can_pass(measured, gate_of_last_round)` says, per claim, whether it may still pass with the
+    items not yet measured (rate_may_pass, paired_may_pass; claims it leaves out are waited for). A claim in `last_round_pass` can
     fail at any round but pass only at the last: a mean of unbounded per-item values, whose skew guard does not
     hold an early round's tiny share on a long tail (an early pass there is inconclusive and waits)."""
     first: dict[str, Claim] = {}
@@ -261,8 +261,8 @@ def decide_in_rounds(s: Schedule, gate: GateConfig, measure: Callable[[int], T],
         open_ = [cid for cid, c in claims.items() if gate.gates(cid) and c.applicable and cid not in first]
         if not open_:
             return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "decided")
-        hopeless = can_pass(measured, last_gate) if can_pass and n < s.n_items else {}
-        if all(hopeless.get(cid) is False for cid in open_):
+        may_pass = can_pass(measured, last_gate) if can_pass and n < s.n_items else {}
+        if all(may_pass.get(cid) is False for cid in open_):
             claims = {cid: _futile(c, s) if cid in open_ else c for cid, c in claims.items()}
             return Run(measured, tuple(claims.values()), tuple(rounds), s.rounds, "futile")
     if len(allowed) < len(s.rounds):
