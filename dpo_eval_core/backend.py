@@ -108,15 +108,34 @@ def left_pad(ids: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, 
 class HFBackend:
     """A loaded PEFT model and its tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, system_ok: bool, device: str, adapter_name: str = "default"
-                 ) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, system_ok: bool, device: str, adapter_name: str = "default",
+                 cast: str | None = None) -> None:
         self.model, self.tokenizer, self.system_ok, self.device = model, tokenizer, system_ok, device
         self.adapter_name = adapter_name
         """The PEFT adapter that adapter=True means (a model may carry several: --compare)."""
+        self.cast = cast
+        """The dtype the weights are cast to for this backend's passes (bfloat16, from float32 weights kept
+        aside); None: the weights as loaded."""
 
     def with_adapter(self, name: str) -> "HFBackend":
         """The same loaded model and tokenizer with another of its adapters as the one adapter=True means."""
-        return HFBackend(self.model, self.tokenizer, system_ok=self.system_ok, device=self.device, adapter_name=name)
+        return HFBackend(self.model, self.tokenizer, system_ok=self.system_ok, device=self.device, adapter_name=name,
+                         cast=self.cast)
+
+    def exact(self) -> "HFBackend":
+        """The same loaded model run in the dtype its weights were loaded in: what float32 verdicts are scored
+        with (precision.py)."""
+        return HFBackend(self.model, self.tokenizer, system_ok=self.system_ok, device=self.device,
+                         adapter_name=self.adapter_name)
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The weights in this backend's dtype for the passes inside (cast_weights); refused inside another
+        backend's cast of the same model, whose passes would silently run in the wrong dtype."""
+        if self.cast is None:
+            if getattr(self.model, CAST_FLAG, None) is not None:
+                raise RuntimeError("HFBackend.exact: the model's weights are cast for another pass")
+            return contextlib.nullcontext()
+        return cast_weights(self.model, self.cast)
 
     def adapter_context(self, adapter: bool) -> contextlib.AbstractContextManager:
         """This backend's adapter on, or every adapter off. A plain model (a local judge) has none: adapter=False
@@ -159,7 +178,7 @@ class HFBackend:
         ids = [self.prompt_ids(m) for m in prompts]
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         eos = self._eos_ids()
-        with torch.inference_mode(), self.adapter_context(adapter):
+        with torch.inference_mode(), self.adapter_context(adapter), self.precision():
             for j, row in decode(self.model, [ids[i] for i in order], pad=self.tokenizer.pad_token_id, eos=eos,
                                  settings=settings, device=self.device):
                 stop = next((i for i, t in enumerate(row) if t in eos), None)
@@ -244,6 +263,12 @@ class HFBackend:
         and one token each (a question's letter choices) needs no continuation pass: its log-probs are
         read from the prompt's last position, several prompts per batch. Equal to `row_logprobs` up to
         float error (tests: 1e-5 relative in fp32)."""
+        with self.precision():  # the weights cast once for the whole call
+            yield from self._group_logprobs(groups, adapter=adapter, batch_size=batch_size, max_tokens=max_tokens,
+                                            max_length=max_length)
+
+    def _group_logprobs(self, groups: Sequence[Sequence[Row]], *, adapter: bool, batch_size: int,
+                        max_tokens: int | None, max_length: int | None) -> Iterator[tuple[int, list[float]]]:
         import torch
 
         one_token = [i for i, g in enumerate(groups) if next_token_group(g, max_length)]
@@ -301,8 +326,43 @@ class HFBackend:
     def _inference(self, adapter: bool) -> Iterator[None]:
         import torch
 
-        with torch.inference_mode(), self.adapter_context(adapter):
+        with torch.inference_mode(), self.adapter_context(adapter), self.precision():
             yield
+
+
+CAST_FLAG = "_dpo_eval_cast"
+
+
+@contextlib.contextmanager
+def cast_weights(model: Any, dtype: str) -> Iterator[None]:
+    """`model`'s floating-point parameters in `dtype` inside, as loaded again outside (the loaded tensors are
+    kept aside, so nothing is rounded for good), and bitsandbytes' 4-bit layers computing in it (they cast
+    their input to their own compute dtype). Re-entering is free. Casting the weights once per scoring call
+    runs bfloat16 matrix products at full speed; autocast, which casts activations at every layer, gained
+    1.26x over float32 where this gains 1.72x (40 UltraFeedback pairs, demo model, 2 cores with AMX)."""
+    import torch
+
+    fast = getattr(torch, dtype)
+    if getattr(model, CAST_FLAG, None) == fast:
+        yield
+        return
+    params = [p for p in model.parameters() if p.is_floating_point() and p.dtype != fast]
+    kept = [p.data for p in params]
+    layers = [m for m in model.modules() if isinstance(getattr(m, "compute_dtype", None), torch.dtype)]
+    before = [m.compute_dtype for m in layers]
+    try:
+        for p in params:
+            p.data = p.data.to(fast)
+        for m in layers:
+            m.compute_dtype = fast
+        setattr(model, CAST_FLAG, fast)
+        yield
+    finally:
+        for p, d in zip(params, kept):
+            p.data = d
+        for m, d in zip(layers, before):
+            m.compute_dtype = d
+        setattr(model, CAST_FLAG, None)
 
 
 def scorable(row: Row, max_length: int | None) -> bool:

@@ -461,8 +461,8 @@ class EvalConfig:
 
     @property
     def dtype_choice(self) -> DtypeChoice:
-        """The dtype models run in, and why (auto: bfloat16 on CUDA of compute capability 8+, float32 on CPU)."""
-        return choose_dtype(self.compute_dtype, self.resolved_device)
+        """The dtype models run in, the one their weights load in, and why (hardware.choose_dtype)."""
+        return choose_dtype(self.compute_dtype, self.resolved_device, self.quant)
 
     @property
     def resolved_dtype(self) -> str:

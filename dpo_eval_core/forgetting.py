@@ -14,9 +14,10 @@ convention: choices of different lengths), selectable with --mcq-metric.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +27,7 @@ from .cache import Cache, memoized
 from .decide import clopper_pearson, tango_interval
 from .identity import ModelIdentity, mcq_key
 from .mcq import McqItem, McqSettings, QuestionSet, items
+from .precision import Rescored, unsettled_choice
 
 if TYPE_CHECKING:
     from .config import EvalConfig
@@ -85,6 +87,8 @@ class ForgettingSummary:
     tuned_right: tuple[bool, ...]
     base_right: tuple[bool, ...]
     """Per question, right under the gated metric."""
+    rescored: Rescored | None = None
+    """Under a bfloat16 pass with float32 verdicts: how many questions were scored again in float32."""
 
     @property
     def metric(self) -> str:
@@ -109,16 +113,14 @@ def score_questions(backend: Backend, qitems: Sequence[McqItem], settings: McqSe
     With the chat template, the prompt is the user turn and each choice (without its leading space)
     starts the assistant's reply."""
     chat = settings.prompt == "chat"
-    conts = [tuple(c.lstrip(" ") for c in it.continuations) if chat else it.continuations for it in qitems]
+    conts = continuation_texts(qitems, settings)
     jobs = [(i, adapter) for adapter in (True, False) for i in range(len(qitems))]
     identity = {True: model, False: model.without_adapter()}
     keys = [mcq_key(identity[a], qitems[i].prompt, conts[i], chat, max_length) for i, a in jobs]
 
     def compute(missing: list[int]) -> Iterator[tuple[int, Any]]:
-        rows = {}  # each question tokenized once, for both adapter states
-        for i in sorted({jobs[k][0] for k in missing}):
-            context = (("user", qitems[i].prompt),) if chat else qitems[i].prompt
-            rows[i] = backend.text_rows([context] * len(conts[i]), conts[i], max_length)
+        needed = sorted({jobs[k][0] for k in missing})  # each question tokenized once, for both adapter states
+        rows = dict(zip(needed, question_rows(backend, [qitems[i] for i in needed], settings, max_length)))
         with tqdm(total=len(missing), desc="multiple choice", unit="question", leave=False) as bar:
             for adapter in (True, False):  # one adapter state per batch
                 todo = [k for k in missing if jobs[k][1] == adapter]
@@ -133,6 +135,37 @@ def score_questions(backend: Backend, qitems: Sequence[McqItem], settings: McqSe
     for (i, adapter), e in zip(jobs, entries):
         out[i][adapter] = [math.nan if v is None else float(v) for v in e["logps"]]
     return out, computed
+
+
+def continuation_texts(qitems: Sequence[McqItem], settings: McqSettings) -> list[tuple[str, ...]]:
+    """Each question's choices as scored: after the chat template's reply start without their leading space."""
+    chat = settings.prompt == "chat"
+    return [tuple(c.lstrip(" ") for c in it.continuations) if chat else it.continuations for it in qitems]
+
+
+def question_rows(backend: Backend, qitems: Sequence[McqItem], settings: McqSettings, max_length: int | None
+                  ) -> list[list[tuple[list[int], list[int]]]]:
+    """Each question's (context ids, continuation ids) per choice, as score_questions scores them."""
+    chat = settings.prompt == "chat"
+    return [backend.text_rows([(("user", q.prompt),) if chat else q.prompt] * len(c), c, max_length)
+            for q, c in zip(qitems, continuation_texts(qitems, settings))]
+
+
+def settle_questions(backend: Backend, qitems: Sequence[McqItem], scores: list[dict[bool, list[float]]],
+                     settings: McqSettings, max_length: int | None,
+                     rescore: Callable[[list[int]], list[dict[bool, list[float]]]]
+                     ) -> tuple[list[dict[bool, list[float]]], list[int]]:
+    """`scores` of a bfloat16 pass with the questions where a float32 pass could pick another choice on the gated
+    metric, for either model (precision.unsettled_choice), replaced by `rescore`'s float32 scores: the answers
+    the claims are decided on are float32's (the other metric's accuracy, reported beside, may not be)."""
+    rows = question_rows(backend, qitems, settings, max_length)
+    idx = [i for i, s in enumerate(scores) if any(
+        unsettled_choice(s[a], [len(k) for _, k in rows[i]], qitems[i].norm_lengths, settings.metric)
+        for a in (True, False))]
+    out = list(scores)
+    for i, x in zip(idx, rescore(idx) if idx else ()):
+        out[i] = x
+    return out, idx
 
 
 def predictions(logps: Sequence[float], norm_lengths: Sequence[int]) -> tuple[int, int]:
@@ -168,11 +201,28 @@ def summarize(qset: QuestionSet, qitems: Sequence[McqItem], scores: Sequence[dic
 
 
 def measure(backend: Backend, qset: QuestionSet, mcq: McqSettings, cfg: EvalConfig, *, model: ModelIdentity,
-            cache: Cache) -> tuple[ForgettingSummary, int]:
+            cache: Cache, exact: tuple[Backend, ModelIdentity] | None = None
+            ) -> tuple[ForgettingSummary, int]:
     """Score one set for tuned and base (cached) with these prompt settings and the run's batching, and summarize
-    it; returns (summary, question-and-state scores computed)."""
+    it; returns (summary, question-and-state scores computed). With `exact` (a float32 pass and its identity),
+    the questions the bfloat16 pass cannot settle are scored again by it, so every answer is float32's."""
     settings = mcq.resolved(qset.layout)
     qitems = items(qset, settings)
-    scores, computed = score_questions(backend, qitems, settings, model=model, cache=cache, batch_size=cfg.batch_size,
-                                       max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)
-    return summarize(qset, qitems, scores, settings, cfg.gate.ci_level), computed
+
+    def score(how: tuple[Backend, ModelIdentity], these: Sequence[McqItem]) -> tuple[list[dict[bool, list[float]]], int]:
+        return score_questions(how[0], these, settings, model=how[1], cache=cache, batch_size=cfg.batch_size,
+                               max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)
+
+    scores, computed = score((backend, model), qitems)
+    summary = summarize(qset, qitems, scores, settings, cfg.gate.ci_level)
+    if exact is None:
+        return summary, computed
+    counted = [0]
+
+    def rescore(idx: list[int]) -> list[dict[bool, list[float]]]:
+        out, counted[0] = score(exact, [qitems[i] for i in idx])
+        return out
+
+    scores, idx = settle_questions(backend, qitems, scores, settings, cfg.max_length, rescore)
+    return dataclasses.replace(summarize(qset, qitems, scores, settings, cfg.gate.ci_level),
+                               rescored=Rescored(len(qitems), len(idx))), computed + counted[0]

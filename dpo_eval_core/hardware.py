@@ -1,14 +1,16 @@
 """The compute dtype `--compute-dtype auto` picks on this machine, and why.
 
-bfloat16 on CUDA devices of compute capability 8.0 and up (float32 on older ones: they have no
-native bfloat16, and float16 is the NaN trap of 4-bit weights with left padding). float32 on CPUs,
-including those whose PyTorch reports AMX or AVX512-BF16: there bfloat16 runs faster (measured on
-2 cores with AVX512-BF16: 1.4x the whole UltraFeedback gate) but moves the reward claims. On the
-600-pair UltraFeedback gate, bfloat16 changed reward margins by a median 0.097 and up to 0.375
-(relative median 2.9%), flipped 3 of 109 valid pairs and moved reward-accuracy from inconclusive to
-fail: a margin is a difference of four sums over hundreds of tokens, and bfloat16's residual stream
-rounds every layer. `--compute-dtype bfloat16` stays available where that trade is wanted.
-Logits become log-probabilities in float32 and are summed in float64 whichever dtype ran.
+bfloat16 where the hardware multiplies it natively: CUDA devices of compute capability 8.0 and up,
+and CPUs whose PyTorch reports AMX or AVX512-BF16. A bfloat16 forward pass moves reward margins (on
+the 600-pair UltraFeedback gate by a median 0.097 and up to 0.375, flipping 3 of 109 pairs: a
+margin is a difference of four sums over hundreds of tokens, and the residual stream rounds at
+every layer), so `auto` keeps float32 verdicts: the weights load in float32, each pass runs on a
+bfloat16 cast of them (backend.cast_weights), and every pair or question the measured bfloat16 error
+band cannot settle is scored again in float32 on the weights as loaded (precision.py). On CUDA with `--quant none` the weights load in bfloat16
+(float32 weights would double a 7B model's 14 GB), and the verdicts are bfloat16's; the reason says
+so. float32 on older GPUs (float16 is the NaN trap of 4-bit weights with left padding) and on CPUs
+without native bfloat16 (it would be emulated and slower). Logits become log-probabilities in
+float32 and are summed in float64 whichever dtype ran.
 """
 
 from __future__ import annotations
@@ -24,12 +26,33 @@ class DtypeChoice:
     """The dtype models run in and the one-line reason, for results.json facts and the report header."""
 
     dtype: str
+    """The dtype the forward pass runs in."""
     reason: str
+    weights: str = ""
+    """The dtype the weights load in; "" when it is `dtype`. float32 under a bfloat16 pass: the pass runs on a
+    bfloat16 cast of them, and the near ties are scored again in float32 on the weights as loaded."""
+
+    @property
+    def loads(self) -> str:
+        """The dtype the weights load in."""
+        return self.weights or self.dtype
+
+    @property
+    def cast(self) -> str | None:
+        """The dtype the weights are cast to for a pass, when they load in another; None otherwise."""
+        return self.dtype if self.loads != self.dtype else None
+
+    @property
+    def identity(self) -> str:
+        """The dtype cache keys name: a pass on weights cast from float32 is kept apart from one on weights
+        loaded in bfloat16 (a checkpoint stored in another dtype rounds differently)."""
+        return self.dtype if self.cast is None else f"{self.dtype} cast from {self.loads} weights"
 
 
-def choose_dtype(requested: str, device: str) -> DtypeChoice:
-    """`requested` itself unless it is "auto"; then bfloat16 on CUDA of compute capability 8+, float32 on older
-    GPUs and on every CPU (the reason says what the CPU could run and at what cost)."""
+def choose_dtype(requested: str, device: str, quant: str = "none") -> DtypeChoice:
+    """`requested` itself unless it is "auto"; then bfloat16 with float32 verdicts on CPUs with AMX or
+    AVX512-BF16 and on CUDA of compute capability 8+ with quantized weights, plain bfloat16 on such GPUs with
+    `--quant none`, float32 elsewhere (the reason says which, and why)."""
     if requested != "auto":
         return DtypeChoice(requested, f"--compute-dtype {requested}")
     import torch
@@ -38,16 +61,23 @@ def choose_dtype(requested: str, device: str) -> DtypeChoice:
         index = torch.device(device).index or 0
         major, minor = torch.cuda.get_device_capability(index)
         name = torch.cuda.get_device_name(index)
+        if major >= 8 and quant != "none":
+            return DtypeChoice("bfloat16", f"auto: {name} (compute capability {major}.{minor}) has bfloat16 tensor "
+                                           f"cores; float32 verdicts: pairs and questions within the bfloat16 error "
+                                           f"band are scored again in float32", weights="float32")
         if major >= 8:
-            return DtypeChoice("bfloat16", f"auto: {name} (compute capability {major}.{minor}) has bfloat16 tensor cores")
+            return DtypeChoice("bfloat16", f"auto: {name} (compute capability {major}.{minor}) has bfloat16 tensor "
+                                           f"cores; bfloat16 verdicts: float32 ones would load float32 weights (4 "
+                                           f"bytes a parameter): pass --compute-dtype float32 where memory allows")
         return DtypeChoice("float32", f"auto: {name} (compute capability {major}.{minor}) has no native bfloat16; "
                                       "float16 is a NaN trap with 4-bit weights and left padding")
     features = cpu_bf16_features()
     capability = torch.backends.cpu.get_cpu_capability()
     if features:
-        return DtypeChoice("float32", f"auto: float32 on CPU; this one multiplies bfloat16 natively "
-                                      f"({', '.join(features)}; PyTorch capability {capability}), and "
-                                      "--compute-dtype bfloat16 runs faster but moves reward margins (docs/performance.md)")
+        return DtypeChoice("bfloat16", f"auto: bfloat16 passes with float32 verdicts; this CPU multiplies "
+                                       f"bfloat16 natively ({', '.join(features)}; PyTorch capability {capability}); "
+                                       f"pairs and questions within the bfloat16 error band are scored again in "
+                                       f"float32", weights="float32")
     return DtypeChoice("float32", f"auto: float32 on CPU; this one has no AMX or AVX512-BF16 (PyTorch capability "
                                   f"{capability}), so bfloat16 would be emulated and slower")
 

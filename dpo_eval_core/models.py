@@ -333,9 +333,12 @@ class LoadedModel:
 
 
 def load_gate_model(spec: CheckpointSpec, cfg: EvalConfig, tokenizer: Any, system_ok: bool) -> LoadedModel:
-    """The base with the adapter, quantized and in the dtype and on the device the run asks for."""
-    model, report = load_adapted(spec, cfg.quant, cfg.resolved_dtype, cfg.resolved_device)
-    return LoadedModel(HFBackend(model, tokenizer, system_ok=system_ok, device=cfg.resolved_device), report)
+    """The base with the adapter, quantized and in the dtype and on the device the run asks for (float32 weights
+    cast to bfloat16 for each pass where the verdicts are float32's: hardware.choose_dtype)."""
+    choice = cfg.dtype_choice
+    model, report = load_adapted(spec, cfg.quant, choice.loads, cfg.resolved_device)
+    return LoadedModel(HFBackend(model, tokenizer, system_ok=system_ok, device=cfg.resolved_device,
+                                 cast=choice.cast), report)
 
 
 def join(host: LoadedModel, spec: CheckpointSpec) -> LoadedModel:

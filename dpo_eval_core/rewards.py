@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +26,7 @@ from .cache import Cache, memoized
 from .data import PreferencePair
 from .decide import clopper_pearson, mean_bounds
 from .identity import ModelIdentity, logp_key
+from .precision import Rescored, margin_reach, unsettled_pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class RewardSummary:
     with another adapter or a baseline match pairs by id."""
     correct: tuple[bool, ...] = ()
     correct_per_token: tuple[bool, ...] = ()
+    rescored: Rescored | None = None
+    """Under a bfloat16 pass with float32 verdicts: how many pairs were scored again in float32."""
 
 
 def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: ModelIdentity, cache: Cache,
@@ -114,6 +117,27 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
     return [PairLogps(values[(i, "chosen", True)], values[(i, "rejected", True)], values[(i, "chosen", False)],
                       values[(i, "rejected", False)], n_tokens[(i, "chosen")], n_tokens[(i, "rejected")])
             for i in range(len(pairs))], computed
+
+
+def settle(logps: Sequence[PairLogps], rescore: Callable[[list[int]], list[PairLogps]]
+           ) -> tuple[list[PairLogps], list[int]]:
+    """`logps` of a bfloat16 pass with the pairs whose correctness (summed or per token) a float32 pass could
+    reverse (precision.unsettled_pairs) replaced by `rescore`'s float32 log-probs of those pairs."""
+    idx = unsettled_pairs([(x.policy_chosen - x.reference_chosen, x.policy_rejected - x.reference_rejected)
+                           for x in logps], [(x.n_chosen, x.n_rejected) for x in logps])
+    out = list(logps)
+    for i, x in zip(idx, rescore(idx) if idx else ()):
+        out[i] = x
+    return out, idx
+
+
+def margin_error(logps: Sequence[PairLogps], exact: set[int], beta: float) -> np.ndarray:
+    """How far each scorable pair's reward margin (summarize's order) may lie from float32's: 0 for the pairs
+    scored in float32, precision.margin_reach for the others."""
+    keep = [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
+        x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
+    reach = margin_reach([(logps[i].n_chosen, logps[i].n_rejected) for i in keep], beta)
+    return np.where([i in exact for i in keep], 0.0, reach) if keep else reach
 
 
 def log_ratio(policy: float, reference: float, tie_tolerance: float) -> float:

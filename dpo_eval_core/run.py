@@ -106,7 +106,7 @@ class GateRun:
     @functools.cached_property
     def identity(self) -> ModelIdentity:
         c = self.cfg
-        return ModelIdentity.of(self.base_fingerprint, self.adapter_fingerprint, c.quant, c.resolved_dtype,
+        return ModelIdentity.of(self.base_fingerprint, self.adapter_fingerprint, c.quant, c.dtype_choice.identity,
                                 c.resolved_device, self.tokenizer.chat_template)
 
     @property

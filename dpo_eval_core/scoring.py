@@ -4,6 +4,7 @@ under."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,16 @@ def scorer(run: GateRun) -> tuple[Any, ModelIdentity]:
             run.stage("serve check", lambda: parity(run, served_scorer))
         return served_scorer, scoring_identity(tuned, base, mode, run.tokenizer.chat_template)
     return run.stage("scorer", make)
+
+
+def exact_scorer(run: GateRun) -> tuple[Any, ModelIdentity] | None:
+    """The float32 pass that settles what a bfloat16 pass cannot (precision.py): the loaded model on its weights
+    as loaded, keyed under the identity a float32 run caches its log-probs under (so either run reuses the
+    other's); None where the verdicts are the pass's own (no cast, or the server scores)."""
+    choice = run.cfg.dtype_choice
+    if choice.cast is None or run.cfg.serve_scoring == "server":
+        return None
+    return run.model.backend.exact(), dataclasses.replace(run.identity, dtype=choice.loads)
 
 
 RELATIVE, ABSOLUTE = 0.02, 1.0

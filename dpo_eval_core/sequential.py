@@ -181,6 +181,13 @@ def planned_tail(run: GateRun, n_items: int) -> float:
     return s.tail_at(len(s.rounds) - 1) if s else run.look.tail
 
 
+def tails(run: GateRun, n_items: int) -> tuple[float, ...]:
+    """Every one-sided error a stage of `n_items` may be decided at: the look's, and each round's where it runs in
+    rounds (a check that must hold at whichever level decides, as precision.mean_settled, checks them all)."""
+    s, _ = schedule(run.gate, n_items, comparing=comparing(run))
+    return (run.gate.tail, *((s.tail_at(k) for k in range(len(s.rounds))) if s else ()))
+
+
 FUTILITY = 0.01
 """From the round that holds half the items on, a claim whose chance to pass by the last round is below this, were
 the items not yet scored like those scored so far, is no longer waited for (stochastic curtailment). Stopping

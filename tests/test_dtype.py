@@ -3,7 +3,7 @@
 The equality tests against TRL and lm-evaluation-harness pin float32 on both sides. bfloat16 against
 float32 on real pairs is measured, not asserted, here: on the 600-pair UltraFeedback gate it moved
 reward margins by up to 0.375 and flipped 3 of 109 pairs (docs/performance.md), which is why `auto`
-keeps float32 on CPU.
+keeps float32 verdicts (tests/test_precision.py).
 """
 
 from __future__ import annotations
@@ -23,28 +23,36 @@ from dpo_eval_core.run import GateRun
     pytest.param({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, id="avx512-bf16"),
     pytest.param({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False}, id="neither"),
 ])
-def test_auto_keeps_float32_on_every_cpu_and_says_what_the_cpu_could_do(monkeypatch, features):
+def test_auto_on_cpu_runs_bfloat16_with_float32_verdicts_only_where_the_cpu_multiplies_it(monkeypatch, features):
     for name, value in features.items():
         monkeypatch.setattr(torch.cpu, name, lambda v=value: v)
     choice = choose_dtype("auto", "cpu")
-    assert choice.dtype == "float32" and choice.reason.startswith("auto: float32 on CPU")
     names = [n for n, f in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
              if features[f]]
-    assert (f"({', '.join(names)};" in choice.reason) == bool(names)
-    assert ("moves reward margins" in choice.reason) == bool(names)
+    if names:  # the pass in bfloat16 over float32 weights, the near ties again in float32
+        assert (choice.dtype, choice.loads, choice.cast) == ("bfloat16", "float32", "bfloat16")
+        assert f"({', '.join(names)};" in choice.reason and "float32 verdicts" in choice.reason
+        assert choice.identity != "bfloat16"  # a pass on cast weights is cached apart from a bfloat16-weights one
+    else:
+        assert (choice.dtype, choice.loads, choice.cast) == ("float32", "float32", None)
+        assert choice.reason.startswith("auto: float32 on CPU")
     assert torch.backends.cpu.get_cpu_capability() in choice.reason
 
 
-@pytest.mark.parametrize(("capability", "expected"), [
-    pytest.param((9, 0), "bfloat16", id="hopper"), pytest.param((8, 0), "bfloat16", id="ampere"),
-    pytest.param((7, 5), "float32", id="turing"),
+@pytest.mark.parametrize(("capability", "quant", "expected"), [
+    pytest.param((9, 0), "4bit", ("bfloat16", "float32"), id="hopper-4bit-float32-verdicts"),
+    pytest.param((9, 0), "none", ("bfloat16", "bfloat16"), id="hopper-full-bfloat16-weights"),
+    pytest.param((8, 0), "8bit", ("bfloat16", "float32"), id="ampere-8bit-float32-verdicts"),
+    pytest.param((7, 5), "4bit", ("float32", "float32"), id="turing"),
 ])
-def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, expected):
+def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, quant, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "a test GPU")
-    choice = choose_dtype("auto", "cuda:1")
-    assert choice.dtype == expected and "a test GPU" in choice.reason
+    choice = choose_dtype("auto", "cuda:1", quant)
+    assert (choice.dtype, choice.loads) == expected and "a test GPU" in choice.reason
     assert f"{capability[0]}.{capability[1]}" in choice.reason
+    if expected == ("bfloat16", "bfloat16"):  # says what float32 verdicts would cost, and how to ask for them
+        assert "bfloat16 verdicts" in choice.reason and "--compute-dtype float32" in choice.reason
 
 
 def test_an_explicit_dtype_is_kept_and_says_so():
@@ -96,11 +104,14 @@ def test_log_probs_are_summed_in_float64_from_float32_log_softmax_whatever_the_m
 
 
 @pytest.mark.parametrize(("dtype", "loads"), [pytest.param("bfloat16", ["float32"], id="bf16-gate-loads-an-fp32-reference"),
-                                              pytest.param("float32", [], id="fp32-gate-is-its-own-reference")])
+                                              pytest.param("float32", [], id="fp32-gate-is-its-own-reference"),
+                                              pytest.param("auto", [], id="bf16-pass-gate-lends-its-fp32-weights")])
 def test_quantization_probes_compare_against_a_float32_reference_whatever_the_gate_runs_in(
         tiny_adapter, tmp_path, monkeypatch, dtype, loads):
     """On CPU the reference the variants are compared with is float32 ("full precision, unmerged"), never the
-    gate's bfloat16 model; a float32 gate lends its own model instead of loading a second copy."""
+    gate's bfloat16 model; a gate whose weights are float32 (float32 itself, or auto's bfloat16 passes on a
+    CPU that multiplies bfloat16) lends its own model instead of loading a second copy."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     from tiny import write_pairs
 
     from dpo_eval_core import quantization as Q
@@ -111,7 +122,7 @@ def test_quantization_probes_compare_against_a_float32_reference_whatever_the_ga
                                                                                                   **k))[1])
     run = GateRun(EvalConfig(adapter=tiny_adapter, data=str(write_pairs(tmp_path / "p.jsonl", 12)), device="cpu",
                              compute_dtype=dtype, cache_dir=tmp_path / "cache"))
-    assert next(run.model.backend.model.parameters()).dtype == getattr(torch, dtype)
+    assert next(run.model.backend.model.parameters()).dtype == getattr(torch, run.cfg.dtype_choice.loads)
     from dpo_eval_core.families.quantization import reference_probe
 
     probe = reference_probe(run)

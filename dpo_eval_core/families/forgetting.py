@@ -18,7 +18,7 @@ from ..errors import ConfigError, check_choice
 from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
-from ..scoring import scorer
+from ..scoring import exact_scorer, scorer
 from ..sequential import Staged, paired_may_pass, planned_tail, staged
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ def question_sets(run: GateRun) -> dict[str, QuestionSet]:
 def _measure(run: GateRun, qset: QuestionSet) -> ForgettingSummary:
     with run.ledger.phase("multiple choice"):
         backend, identity = scorer(run)
-        out, n = measure(backend, qset, run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache)
+        out, n = measure(backend, qset, run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache,
+                         exact=exact_scorer(run))
     run.ledger.count("mcq_questions", n)
     return out
 

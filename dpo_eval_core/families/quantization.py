@@ -42,7 +42,7 @@ def reference_probe(run: GateRun) -> Q.Probe:
     was loaded that way, else one loaded for the purpose."""
     def probe() -> Q.Probe:
         dtype = run.cfg.resolved_dtype if run.cfg.on_cuda else "float32"
-        own = run.loaded is not None and run.cfg.quant == "none" and run.cfg.resolved_dtype == dtype
+        own = run.loaded is not None and run.cfg.quant == "none" and run.cfg.dtype_choice.loads == dtype
         return Q.reference_probe(run.spec, dtype, run.cfg.resolved_device, probe_inputs(run),
                                  run.loaded.backend.model if own and run.loaded else None)
     return run.stage("reference probe", probe)

@@ -15,9 +15,10 @@ from ..compare import compare_correct, compare_values, match
 from ..data import PreferencePair
 from ..errors import ConfigError
 from ..family import Family, Kind
-from ..rewards import RewardSummary, score_logps, summarize
-from ..scoring import scorer
-from ..sequential import Staged, planned_tail, rate_may_pass, staged
+from ..precision import Rescored, mean_settled
+from ..rewards import PairLogps, RewardSummary, margin_error, score_logps, settle, summarize
+from ..scoring import exact_scorer, scorer
+from ..sequential import Staged, at_tail, planned_tail, rate_may_pass, staged, tails
 
 if TYPE_CHECKING:
     from ..run import GateRun
@@ -60,14 +61,40 @@ class Settings:
 
 
 def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
-    """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair)."""
+    """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair). Under a
+    bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32, and every pair
+    is when the margin's verdict could move within the band (precision.py)."""
     s, g = run.settings(FAMILY), run.gate
+    exact = exact_scorer(run)
     with run.ledger.phase("rewards"):
-        backend, identity = scorer(run)
-        logps, n = score_logps(backend, pairs, model=identity, cache=run.cache, batch_size=run.cfg.batch_size,
-                               max_tokens=run.cfg.resolved_batch_tokens, max_length=run.cfg.max_length)
+        logps = _logps(run, scorer(run), pairs)
+        if exact is not None:
+            logps, idx = settle(logps, lambda idx: _logps(run, exact, [pairs[i] for i in idx]))
+    summary = _summary(run, logps, pairs)
+    if exact is None:
+        return summary
+    levels = [at_tail(g, t) for t in tails(run, len(run.valid_index))]
+    outcome = lambda x: tuple(mean_above(MARGIN.id(), x, 0.0, lv, "").outcome for lv in levels)  # noqa: E731
+    if mean_settled(np.array(summary.margins), margin_error(logps, set(idx), s.beta), outcome):
+        return dataclasses.replace(summary, rescored=Rescored(len(pairs), len(idx)))
+    with run.ledger.phase("rewards"):
+        rest = [i for i in range(len(pairs)) if i not in set(idx)]
+        for i, x in zip(rest, _logps(run, exact, [pairs[i] for i in rest])):
+            logps[i] = x
+    return dataclasses.replace(_summary(run, logps, pairs), rescored=Rescored(len(pairs), len(pairs), True))
+
+
+def _logps(run: GateRun, scoring: tuple[Any, Any], pairs: list[PreferencePair]) -> list[PairLogps]:
+    backend, identity = scoring
+    logps, n = score_logps(backend, pairs, model=identity, cache=run.cache, batch_size=run.cfg.batch_size,
+                           max_tokens=run.cfg.resolved_batch_tokens, max_length=run.cfg.max_length)
     run.ledger.count("logps", n)
-    return summarize(logps, s.beta, g.ci_level, g.n_bootstrap, np.random.default_rng(run.cfg.seed),
+    return logps
+
+
+def _summary(run: GateRun, logps: list[PairLogps], pairs: list[PreferencePair]) -> RewardSummary:
+    s = run.settings(FAMILY)
+    return summarize(logps, s.beta, run.gate.ci_level, run.gate.n_bootstrap, np.random.default_rng(run.cfg.seed),
                      tie_tolerance=s.reward_tie_tolerance, pair_ids=[p.pair_id for p in pairs])
 
 

@@ -1,0 +1,114 @@
+"""bfloat16 speed with float32 verdicts: which items a bfloat16 pass cannot settle, by a measured error band.
+
+A bfloat16 forward pass moves a sum of n token log-probabilities away from float32's by up to a `Band` of
+sqrt(n) (fitted to the largest differences measured on UltraFeedback, the demo's pairs, ARC-Easy and MMLU,
+times a safety factor; docs/performance.md). What the reward and forgetting claims read from log-probs are signs of differences: a
+pair is right when its chosen log-ratio beats its rejected one (summed, and per token), a question is answered
+with the choice of the largest log-likelihood (acc) or log-likelihood per character (acc_norm). Where such a
+difference is larger than the two bands together, float32 cannot reverse it; where it is not, the item is
+scored again in float32 on the same weights (HFBackend.exact), so every pair's correctness and every
+question's answer are float32's, and so are the rate verdicts built on them.
+
+A mean of per-pair values (reward-margin) moves with every pair's error, not only the near ties': its
+verdict is kept only when it is the same with every margin moved to the edges of its band (all down, all up,
+spread out, pulled in: the moves that shift the mean and the spread its interval is made of); else every pair
+is scored in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """factor x scale x sqrt(n): how far a bfloat16 pass may move a sum of about n token log-probabilities (a
+    sum of n rounding errors grows as sqrt(n)). `scale` is the largest |bfloat16 - float32| / sqrt(n) measured,
+    `factor` the safety factor for data and models unlike the measured ones."""
+
+    scale: float
+    factor: float
+
+    def __call__(self, n: float) -> float:
+        return self.factor * self.scale * math.sqrt(max(float(n), 0.0))
+
+
+SUMMED = Band(scale=0.22, factor=2.0)
+"""A pair's margin in nats, (chosen log-ratio) - (rejected log-ratio), n = chosen + rejected tokens: the two
+continue one prompt, and their errors partly cancel. Measured largest |error| / sqrt(n): 0.146 on 40
+UltraFeedback pairs (263 tokens a completion at the median), 0.217 on 40 of the demo's pairs."""
+PER_TOKEN = Band(scale=0.27, factor=2.0)
+"""A pair's per-token margin, chosen log-ratio / its tokens - rejected log-ratio / its tokens, n = 1/chosen
+tokens + 1/rejected tokens (each side's error / its tokens shrinks as 1/sqrt(tokens)). Measured largest: 0.269
+on the UltraFeedback pairs, 0.242 on the demo's."""
+CHOICE = Band(scale=0.315, factor=2.0)
+"""One multiple-choice continuation's log-likelihood, n = its tokens (acc_norm divides each by its own length,
+so each side's error counts). Measured largest: 0.315 on 150 ARC-Easy questions (cloze), 0.223 on 150 MMLU
+medical ones (letters), both models."""
+CHOICES = Band(scale=0.28, factor=2.0)
+"""The difference of two choices' log-likelihoods (acc), n = their tokens together: they continue one prompt.
+Measured largest: 0.280 on the ARC-Easy questions, 0.224 on the MMLU ones."""
+
+
+def unsettled_pairs(ratios: Sequence[tuple[float, float]], n_tokens: Sequence[tuple[int, int]]) -> list[int]:
+    """The pairs whose correctness a float32 pass could reverse: the (chosen, rejected) log-ratios' difference
+    within SUMMED's band, or their per-token difference within PER_TOKEN's. NaN pairs (unscorable) are not."""
+    out = []
+    for i, ((c, r), (nc, nr)) in enumerate(zip(ratios, n_tokens)):
+        if math.isnan(c) or math.isnan(r):
+            continue
+        nc, nr = max(nc, 1), max(nr, 1)
+        if abs(c - r) <= SUMMED(nc + nr) or abs(c / nc - r / nr) <= PER_TOKEN(1 / nc + 1 / nr):
+            out.append(i)
+    return out
+
+
+def margin_reach(n_tokens: Sequence[tuple[int, int]], beta: float) -> np.ndarray:
+    """How far each pair's reward margin (beta x nats) may lie from float32's: beta x SUMMED's band."""
+    return np.array([beta * SUMMED(max(nc, 1) + max(nr, 1)) for nc, nr in n_tokens])
+
+
+def unsettled_choice(logps: Sequence[float], n_tokens: Sequence[int], norm_lengths: Sequence[int], metric: str
+                     ) -> bool:
+    """Whether a float32 pass could pick another choice than the best one here on `metric`: by log-likelihood
+    (acc: another choice within CHOICES' band of the difference), or by log-likelihood per character (acc_norm:
+    within the two choices' CHOICE bands, each divided by its length)."""
+    lp = np.asarray(logps, dtype=float)
+    if np.isnan(lp).any() or lp.size < 2:
+        return False
+    n = np.asarray(n_tokens, dtype=float)
+    if metric == "acc_norm":
+        chars = np.asarray(norm_lengths, dtype=float)
+        values, reach = lp / chars, np.array([CHOICE(k) for k in n]) / chars
+        top = int(np.argmax(values))
+        return any(values[top] - values[j] <= reach[top] + reach[j] for j in range(lp.size) if j != top)
+    top = int(np.argmax(lp))
+    return any(lp[top] - lp[j] <= CHOICES(n[top] + n[j]) for j in range(lp.size) if j != top)
+
+
+def mean_settled(values: np.ndarray, reach: np.ndarray, outcomes: Callable[[np.ndarray], Hashable]) -> bool:
+    """Whether `outcomes` (a mean claim's decisions, at every level it is decided at) is the same for `values`
+    and for the values moved by up to `reach` each: all down, all up, away from the mean, toward it."""
+    x, b = np.asarray(values, dtype=float), np.asarray(reach, dtype=float)
+    if not x.size or not b.any():
+        return True
+    away = np.sign(x - x.mean())
+    seen = outcomes(x)
+    return all(outcomes(y) == seen for y in (x - b, x + b, x + away * b, x - away * np.minimum(b, np.abs(x - x.mean()))))
+
+
+@dataclass(frozen=True, slots=True)
+class Rescored:
+    """How many items of a stage the bfloat16 pass left to float32, and why, for results.json."""
+
+    items: int
+    rescored: int
+    every_item: bool = False
+    """The mean's verdict could move within the band, so every item was scored in float32."""
+
+    def record(self) -> dict[str, object]:
+        return {"items": self.items, "rescored_float32": self.rescored, "every_item": self.every_item}
