@@ -109,6 +109,3 @@ class Rescored:
     rescored: int
     every_item: bool = False
     """The mean's verdict could move within the band, so every item was scored in float32."""
-
-    def record(self) -> dict[str, object]:
-        return {"items": self.items, "rescored_float32": self.rescored, "every_item": self.every_item}

@@ -181,12 +181,23 @@ def facts(results: Results) -> list[tuple[str, str]]:
         ("libraries", ", ".join(f"{k} {v}" for k, v in f.get("libraries", {}).items())),
         ("durations (s)", ", ".join(f"{k} {v}" for k, v in {**f.get("timings_s", {}),
                                                             "wall": f.get("wall_s", "-")}.items())),
+        ("float32 verdicts", "; ".join(precision_lines(results)) or "none: no bfloat16 pass settled by float32"),
         ("sequential rounds", "; ".join(sequential_lines(results.get("sequential") or {})) or
          "none: no stage of this run scored items one by one (gate.sequential, docs/decisions.md)"),
         ("cache", f"hits {f.get('cache', {}).get('hits', {})}, misses {f.get('cache', {}).get('misses', {})}; "
                   f"recomputed {f.get('computed', {})}; processes {f.get('processes', 1)}"),
     ]
     return rows
+
+
+def precision_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per stage a bfloat16 pass scored with float32 verdicts: how many of its items were scored again
+    in float32 (precision.py)."""
+    stages = [("rewards", results.get("rewards"), "pairs"),
+              *((f"forgetting[{k}]", v, "questions") for k, v in (results.get("forgetting") or {}).items())]
+    return [f"{name}: {r['rescored']} of {r['items']} {unit} scored again in float32"
+            + (" (every one: the margin's verdict was within the band)" if r.get("every_item") else "")
+            for name, stage, unit in stages if isinstance(stage, Mapping) and (r := stage.get("rescored"))]
 
 
 def sequential_lines(stages: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
-from .report import sequential_lines
+from .report import precision_lines, sequential_lines
 
 GLOSSARY = "docs/glossary.md"
 """The page that says what the console's statistical words mean: the summary and the plan point at it."""
@@ -256,6 +256,7 @@ def console_summary(results: Mapping[str, Any], path: Path, not_checked: Mapping
                      f"{look['total']:.4g} across its looks (a run on more or other data is look {look['number'] + 1}, "
                      f"at {look['next_tail']:.4g}; docs/decisions.md)")
     lines += [f"sequential: {line}" for line in sequential_lines(results.get("sequential") or {})]
+    lines += [f"float32 verdicts: {line}" for line in precision_lines(results)]
     words = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for c in sorted(gating, key=lambda c: c["id"]):
         word = f"{words.get(outcome_of(c), '-'):>12}"

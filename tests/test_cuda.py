@@ -90,3 +90,29 @@ def test_auto_picks_bfloat16_on_this_gpu_and_its_next_token_logits_match_the_mod
         theirs = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
     assert torch.isfinite(ours).all()
     assert torch.allclose(ours, theirs, atol=1e-2 if choice.dtype == "bfloat16" else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_auto_on_a_gpu_with_quantized_weights_gives_float32_verdicts(tiny_adapter, tmp_path, quant):
+    """auto with --quant on a GPU of compute capability 8.0+: bfloat16 passes on float32-loaded weights (the 4-bit
+    layers compute in bfloat16 inside a pass and in float32 outside it), and every pair's correctness equals a
+    float32 run's."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("auto runs float32 on GPUs below compute capability 8.0")
+    from tiny import write_pairs
+
+    from dpo_eval_core.families.rewards import reward_summary
+    from dpo_eval_core.run import GateRun
+
+    data = str(write_pairs(tmp_path / "pairs.jsonl", 48))
+    runs = {d: GateRun(EvalConfig(adapter=tiny_adapter, data=data, device="cuda", quant=quant, compute_dtype=d,
+                                  valid_fraction=0.5, cache_dir=tmp_path / d)) for d in ("auto", "float32")}
+    backend = runs["auto"].model.backend
+    assert backend.cast == "bfloat16" and runs["auto"].cfg.dtype_choice.loads == "float32"
+    layers = [m for m in backend.model.modules() if isinstance(getattr(m, "compute_dtype", None), torch.dtype)]
+    with backend.precision():
+        assert all(m.compute_dtype == torch.bfloat16 for m in layers)
+    assert all(m.compute_dtype == torch.float32 for m in layers)
+    fast, exact = reward_summary(runs["auto"]), reward_summary(runs["float32"])
+    assert fast.rescored is not None and fast.correct == exact.correct
+    assert fast.correct_per_token == exact.correct_per_token

@@ -66,6 +66,7 @@ def test_the_config_resolves_auto_through_the_same_choice():
     assert EvalConfig(device="cpu", compute_dtype="float32").resolved_dtype == "float32"
 
 
+@pytest.mark.real_cpu
 def test_this_machine_reports_what_the_auto_choice_uses():
     """Not a tautology: the CPU this suite runs on must agree with /proc/cpuinfo where Linux has one."""
     cpuinfo = Path("/proc/cpuinfo")

@@ -162,3 +162,19 @@ def test_the_bfloat16_pass_runs_in_bfloat16_and_leaves_the_weights_as_loaded(tin
     assert a != b and abs(a - b) < 1.0  # another pass, the same model
     assert {p.dtype for p in exact.model.parameters()} == {torch.float32}
 
+
+
+def test_results_json_and_the_console_say_how_many_items_float32_settled(tiny_adapter, tmp_path, bf16_cpu):
+    import json
+
+    from dpo_eval_core.families.rewards import reward_summary
+    from dpo_eval_core.report import precision_lines
+    from dpo_eval_core.results import _jsonable
+
+    run = gate_run(tiny_adapter, write_pairs(tmp_path / "pairs.jsonl", 48), tmp_path / "cache", "auto")
+    done = reward_summary(run).rescored
+    results = json.loads(json.dumps(_jsonable({"rewards": reward_summary(run)})))
+    assert results["rewards"]["rescored"] == {"items": done.items, "rescored": done.rescored,
+                                              "every_item": done.every_item}
+    assert precision_lines(results)[0].startswith(f"rewards: {done.rescored} of {done.items} pairs scored again")
+    assert precision_lines({"rewards": {"n": 3}}) == []  # a float32 run's section has none
