@@ -40,6 +40,8 @@ from .demo import DEMO_ADAPTER_DIR, DEMO_DATA, DEMO_MCQ, demo_base_dir, local_ba
 from .demo.controls import noise_adapter
 from .families.checkpoint import probe_inputs
 from .features import FeatureSettings, build_pipeline, doc_features, extract
+from .report import precision_lines
+from .results import jsonable
 from .run import GateRun
 
 
@@ -235,7 +237,8 @@ def timed_gate(cfg: EvalConfig, cache_dir: Path) -> dict[str, Any]:
     claims = gate_claims(run)
     seconds = time.perf_counter() - start
     run.free()
-    return {"seconds": seconds, "computed": dict(run.computed), "timings": dict(run.timings), "claims": claims}
+    return {"seconds": seconds, "computed": dict(run.computed), "timings": dict(run.timings), "claims": claims,
+            "dtype": run.cfg.dtype_choice.identity, "float32_verdicts": precision_lines(jsonable(run.sections()))}
 
 
 def fresh_cache(root: Path, cache_dir: Path) -> Path:
@@ -410,10 +413,12 @@ def dtype_rows(summary: dict[str, Any], gate: dict[str, Any]) -> list[Row]:
     f32, b16 = runs["float32"], runs["bfloat16"]
     moved = gate["verdicts_moved"]
     gating = sorted(k for k, v in moved.items() if v["gating"])
+    settled = "; ".join(b16.get("float32_verdicts") or []) or "no float32 verdicts"
     rows.append(Row("gate, cold: bf16 / fp32", f32["seconds"] / b16["seconds"],
-                    f"{b16['seconds']:.1f} s vs {f32['seconds']:.1f} s; verdicts moved: {len(gating)} gating "
-                    f"({', '.join(gating) or 'none'}), {len(moved) - len(gating)} other of {len(f32['claims'])}; "
-                    f"seconds by phase {_phases(b16)} (float32: {_phases(f32)})"))
+                    f"{b16['seconds']:.1f} s ({b16.get('dtype', 'bfloat16')}; {settled}) vs {f32['seconds']:.1f} s; "
+                    f"verdicts moved: {len(gating)} gating ({', '.join(gating) or 'none'}), "
+                    f"{len(moved) - len(gating)} other of {len(f32['claims'])}; seconds by phase {_phases(b16)} "
+                    f"(float32: {_phases(f32)})"))
     return rows
 
 

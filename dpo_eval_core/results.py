@@ -25,13 +25,14 @@ READABLE = (1, 2)
 """Versions a baseline may have: what a baseline is compared on (claims, facts, per-item values) is the same."""
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """`obj` as JSON values: dataclasses as dicts of their fields, paths as strings, non-finite floats as null."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -68,7 +69,8 @@ def run_facts(run: Any) -> dict[str, Any]:
     if "identity" in sec:
         facts["model_key"] = sec["identity"].fields()
         choice = run.cfg.dtype_choice
-        facts["compute"] = {"dtype": choice.dtype, "reason": choice.reason, "device": run.cfg.resolved_device}
+        facts["compute"] = {"dtype": choice.dtype, "weights": choice.loads, "reason": choice.reason,
+                            "device": run.cfg.resolved_device}
     if "answers" in sec:
         facts["answers_from"] = ({"server": run.cfg.serve_url, "tuned": run.cfg.serve_model,
                                   "base": run.cfg.serve_base_model,
@@ -98,14 +100,14 @@ def run_facts(run: Any) -> dict[str, Any]:
 
 def claim_record(claim: Claim, gating: bool) -> dict[str, Any]:
     """One claim as results.json stores it (JSON types only, so it also crosses xdist's wire)."""
-    return dict(_jsonable(claim), gating=gating, family=claim.family(), outcome=claim.outcome)
+    return dict(jsonable(claim), gating=gating, family=claim.family(), outcome=claim.outcome)
 
 
 def run_sections(run: Any) -> dict[str, Any]:
     """What one process (the session, or one xdist worker) measured: config, facts, and each family's sections
     (features, rewards, forgetting, judge, comparison...)."""
-    config = _jsonable(run.cfg) | {"families": {name: _jsonable(s) for name, s in run.cfg.families}}
-    return {"config": config, "facts": run_facts(run), **_jsonable(run.sections())}
+    config = jsonable(run.cfg) | {"families": {name: jsonable(s) for name, s in run.cfg.families}}
+    return {"config": config, "facts": run_facts(run), **jsonable(run.sections())}
 
 
 _SUMMED = ("timings_s", "cache", "computed")

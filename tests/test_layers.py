@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("locate", "stats", "hardware"),
+    ("locate", "stats", "hardware", "precision"),
     ("cache", "chat", "data", "decide", "agreement", "looks"),
     ("mcq", "operating"),
     ("endpoint", "plan"),

@@ -169,11 +169,11 @@ def test_results_json_and_the_console_say_how_many_items_float32_settled(tiny_ad
 
     from dpo_eval_core.families.rewards import reward_summary
     from dpo_eval_core.report import precision_lines
-    from dpo_eval_core.results import _jsonable
+    from dpo_eval_core.results import jsonable
 
     run = gate_run(tiny_adapter, write_pairs(tmp_path / "pairs.jsonl", 48), tmp_path / "cache", "auto")
     done = reward_summary(run).rescored
-    results = json.loads(json.dumps(_jsonable({"rewards": reward_summary(run)})))
+    results = json.loads(json.dumps(jsonable({"rewards": reward_summary(run)})))
     assert results["rewards"]["rescored"] == {"items": done.items, "rescored": done.rescored,
                                               "every_item": done.every_item}
     assert precision_lines(results)[0].startswith(f"rewards: {done.rescored} of {done.items} pairs scored again")

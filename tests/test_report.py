@@ -76,6 +76,7 @@ def test_results_json_round_trips_byte_for_byte(runs, tmp_path):
     assert again.read_bytes() == runs["serial"].read_bytes()
 
 
+@pytest.mark.real_cpu  # the gate ran in a subprocess, on this machine's CPU as it is
 def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     data = json.loads(runs["serial"].read_text())
     assert data["schema_version"] == 2 and len(data["features"]) == 69
@@ -86,8 +87,9 @@ def test_results_hold_every_per_feature_value_and_the_run_facts(runs):
     assert len(facts["data"]["fingerprint"]) == 64 and facts["data"]["pairs"]["train"] > 0
     assert len(data["rewards"]["margins"]) == data["rewards"]["n"] > 0
     expected = choose_dtype(data["config"]["compute_dtype"], "cpu")  # the dtype that ran, and why, not "auto"
-    assert facts["compute"] == {"dtype": expected.dtype, "reason": expected.reason, "device": "cpu"}
-    assert facts["model_key"]["dtype"] == expected.dtype
+    assert facts["compute"] == {"dtype": expected.dtype, "weights": expected.loads, "reason": expected.reason,
+                                "device": "cpu"}
+    assert facts["model_key"]["dtype"] == expected.identity
     # the plan printed before the work: a chance per statistical gating claim, and the whole gate's
     plan = facts["plan"]
     assert {c["claim"] for c in plan["claims"]} >= {"reward-accuracy", "reward-margin", "sign-agreement-rate"}
@@ -129,6 +131,7 @@ def fetched_urls(html: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["serial", "xdist"])
+@pytest.mark.real_cpu
 def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, name):
     report = runs[name].with_suffix(".html")
     html = report.read_text()
@@ -140,7 +143,8 @@ def test_html_report_is_one_file_with_the_claim_table_and_embedded_plots(runs, n
         assert f'data-column-type="{column.lower()}"' in html
     # the rows live in the report's embedded JSON; each carries its claim cells
     assert "col-claim" in html and "reward-accuracy" in html and "sign-agreement-rate" in html
-    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed", "auto: float32 on CPU",
+    for fact in ("Run facts", "weights sha256", "fingerprint", "transformers", "recomputed",
+                 choose_dtype("auto", "cpu").reason.split(";")[0],
                  "Judge: tuned vs base answers", "length-controlled win rate", "reply, base shown first"):
         assert fact in html, fact
 
@@ -162,6 +166,7 @@ def test_pytest_on_the_unit_tests_writes_no_report(tmp_path):
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "results.html").exists()
 
 
+@pytest.mark.real_cpu
 def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_checked_and_where(runs, tiny_adapter,
                                                                                              pairs, tmp_path):
     proc, results = gate(tmp_path, tiny_adapter, pairs, runs["serial"].parent / "cache", "-k",
@@ -170,7 +175,7 @@ def test_the_console_summary_says_what_was_judged_what_blocks_what_was_not_check
     summary = out[out.index("dpo-eval gate"):]
     doc = json.loads(results.read_text())
     judged = next(line for line in summary.splitlines() if line.startswith("judged: "))
-    assert f"adapter {tiny_adapter}" in judged and f"data {pairs}" in judged and f"{choose_dtype('auto', 'cpu').dtype} on cpu" in judged
+    assert f"adapter {tiny_adapter}" in judged and f"data {pairs}" in judged and f"{choose_dtype('auto', 'cpu').identity} on cpu" in judged
     assert f"({doc['facts']['data']['pairs']['train']} train, {doc['facts']['data']['pairs']['valid']} valid" in judged
     blocking = [c for c in doc["claims"] if c["gating"] and c["outcome"] in ("fail", "inconclusive")]
     assert blocking and proc.returncode == 1 and f"gate: FAILED on {len(blocking)} claim" in summary
