@@ -196,7 +196,7 @@ def precision_lines(results: Mapping[str, Any]) -> list[str]:
     stages = [("rewards", results.get("rewards"), "pairs"),
               *((f"forgetting[{k}]", v, "questions") for k, v in (results.get("forgetting") or {}).items())]
     return [f"{name}: {r['rescored']} of {r['items']} {unit} scored again in float32"
-            + (" (every one: the margin's verdict was within the band)" if r.get("every_item") else "")
+            + (f" ({r['for_mean']} of them, widest bands first, for the margin's verdict)" if r.get("for_mean") else "")
             for name, stage, unit in stages if isinstance(stage, Mapping) and (r := stage.get("rescored"))]
 
 

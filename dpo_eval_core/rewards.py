@@ -131,11 +131,16 @@ def settle(logps: Sequence[PairLogps], rescore: Callable[[list[int]], list[PairL
     return out, idx
 
 
+def scorable(logps: Sequence[PairLogps]) -> list[int]:
+    """The pairs with four log-probs (the others are unscorable: NaN), in order: summarize's values are theirs."""
+    return [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
+        x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
+
+
 def margin_error(logps: Sequence[PairLogps], exact: set[int], beta: float) -> np.ndarray:
     """How far each scorable pair's reward margin (summarize's order) may lie from float32's: 0 for the pairs
     scored in float32, precision.margin_reach for the others."""
-    keep = [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
-        x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
+    keep = scorable(logps)
     reach = margin_reach([(logps[i].n_chosen, logps[i].n_rejected) for i in keep], beta)
     return np.where([i in exact for i in keep], 0.0, reach) if keep else reach
 
@@ -154,8 +159,7 @@ def summarize(logps: Sequence[PairLogps], beta: float, ci_level: float, n_bootst
     values), and the per-pair values under `pair_ids` (one per entry of logps). Exact and t intervals do
     not collapse to a point at small n, as a percentile bootstrap does ([1, 1] from one right pair).
     `rng` and `n_bootstrap` are kept for callers; nothing here resamples."""
-    keep = [i for i, x in enumerate(logps) if not any(math.isnan(v) for v in (
-        x.policy_chosen, x.policy_rejected, x.reference_chosen, x.reference_rejected))]
+    keep = scorable(logps)
     unscorable = len(logps) - len(keep)
     ids = tuple(pair_ids[i] for i in keep) if pair_ids else ()
     logps = [logps[i] for i in keep]

@@ -76,6 +76,40 @@ def test_a_mean_is_settled_only_when_no_move_within_the_band_changes_its_decisio
     assert P.mean_settled(near, np.zeros(x.size), decide)  # every pair already float32
 
 
+@given(st.lists(st.tuples(values, st.floats(0, 5)), min_size=2, max_size=200), st.floats(-3, 3),
+       st.integers(0, 50))
+def test_to_settle_picks_the_widest_bands_that_would_settle_the_mean(rows, threshold, at_least):
+    x, b = (np.array(v, dtype=float) for v in zip(*rows))
+    decide = lambda v: (v.mean() - 2 * v.std(ddof=1) / np.sqrt(v.size) > threshold,  # noqa: E731
+                        v.mean() + 2 * v.std(ddof=1) / np.sqrt(v.size) < threshold)
+    pick = P.to_settle(x, b, decide, at_least)
+    if P.mean_settled(x, b, decide):
+        assert pick.size == 0
+        return
+    left = b.copy()
+    left[pick] = 0.0
+    assert P.mean_settled(x, left, decide)  # had float32 given these values
+    assert pick.size >= min(at_least, int((b > 0).sum())) and (b[pick] > 0).all()
+    assert b[pick].min() >= np.delete(b, pick).max(initial=0.0)  # widest first
+
+
+def test_rescoring_for_the_mean_stops_well_before_every_pair_when_the_verdict_is_clear_of_most_bands():
+    """A mean near its line, most pairs short (narrow bands), a few long ones (wide): float32 for the long ones
+    settles it, and the loop the rewards family runs (to_settle, score, settle again) ends settled."""
+    rng = np.random.default_rng(1)
+    n = 300
+    b = np.where(np.arange(n) < 30, 2.0, 0.01)
+    true = rng.normal(0.3, 1.0, n)
+    x = true + rng.uniform(-1, 1, n) * b  # the bfloat16 pass: within the band of float32's
+    decide = lambda v: v.mean() - 2 * v.std(ddof=1) / np.sqrt(v.size) > 0  # noqa: E731
+    assert not P.mean_settled(x, b, decide)
+    done = 0
+    while (pick := P.to_settle(x, b, decide, at_least=done)).size:
+        x[pick], b[pick], done = true[pick], 0.0, done + pick.size
+    assert P.mean_settled(x, b, decide) and decide(x) == decide(true)
+    assert 0 < done <= 60
+
+
 # --------------------------------------------------------------------------- on a model
 
 
@@ -116,7 +150,7 @@ def test_reward_verdicts_and_every_pairs_correctness_are_float32s(tiny_adapter, 
         assert a.correct == b.correct and a.correct_per_token == b.correct_per_token
         assert outcomes(fast) == outcomes(exact)
     if band is not None and band.factor == 0:
-        assert a.rescored.rescored == 0 and not a.rescored.every_item
+        assert a.rescored.rescored == 0 and a.rescored.for_mean == 0
     if band is not None and band.scale == 1e6:
         assert a.rescored.rescored == a.rescored.items
         assert a.margins == pytest.approx(b.margins, rel=1e-5, abs=1e-6)
@@ -175,6 +209,6 @@ def test_results_json_and_the_console_say_how_many_items_float32_settled(tiny_ad
     done = reward_summary(run).rescored
     results = json.loads(json.dumps(jsonable({"rewards": reward_summary(run)})))
     assert results["rewards"]["rescored"] == {"items": done.items, "rescored": done.rescored,
-                                              "every_item": done.every_item}
+                                              "for_mean": done.for_mean}
     assert precision_lines(results)[0].startswith(f"rewards: {done.rescored} of {done.items} pairs scored again")
     assert precision_lines({"rewards": {"n": 3}}) == []  # a float32 run's section has none

@@ -15,8 +15,8 @@ from ..compare import compare_correct, compare_values, match
 from ..data import PreferencePair
 from ..errors import ConfigError
 from ..family import Family, Kind
-from ..precision import Rescored, mean_settled
-from ..rewards import PairLogps, RewardSummary, margin_error, score_logps, settle, summarize
+from ..precision import Rescored, to_settle
+from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, settle, summarize
 from ..scoring import exact_scorer, scorer
 from ..sequential import Staged, at_tail, planned_tail, rate_may_pass, staged, tails
 
@@ -62,8 +62,8 @@ class Settings:
 
 def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
     """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair). Under a
-    bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32, and every pair
-    is when the margin's verdict could move within the band (precision.py)."""
+    bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32, and so are the
+    pairs, widest band first, that the margin's verdict needs to be float32's (precision.py)."""
     s, g = run.settings(FAMILY), run.gate
     exact = exact_scorer(run)
     with run.ledger.phase("rewards"):
@@ -75,13 +75,17 @@ def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
         return summary
     levels = [at_tail(g, t) for t in tails(run, len(run.valid_index))]
     outcome = lambda x: tuple(mean_above(MARGIN.id(), x, 0.0, lv, "").outcome for lv in levels)  # noqa: E731
-    if mean_settled(np.array(summary.margins), margin_error(logps, set(idx), s.beta), outcome):
-        return dataclasses.replace(summary, rescored=Rescored(len(pairs), len(idx)))
-    with run.ledger.phase("rewards"):
-        rest = [i for i in range(len(pairs)) if i not in set(idx)]
-        for i, x in zip(rest, _logps(run, exact, [pairs[i] for i in rest])):
-            logps[i] = x
-    return dataclasses.replace(_summary(run, logps, pairs), rescored=Rescored(len(pairs), len(pairs), True))
+    done, for_mean = set(idx), 0
+    while (more := to_settle(np.array(summary.margins), margin_error(logps, done, s.beta), outcome,
+                             at_least=for_mean)).size:
+        keep = scorable(logps)  # summary.margins are these pairs'
+        pick = [keep[j] for j in more]
+        with run.ledger.phase("rewards"):
+            for i, x in zip(pick, _logps(run, exact, [pairs[i] for i in pick])):
+                logps[i] = x
+        done, for_mean = done | set(pick), for_mean + len(pick)
+        summary = _summary(run, logps, pairs)
+    return dataclasses.replace(summary, rescored=Rescored(len(pairs), len(done), for_mean))
 
 
 def _logps(run: GateRun, scoring: tuple[Any, Any], pairs: list[PreferencePair]) -> list[PairLogps]:
