@@ -9,6 +9,8 @@ Start reading here, top down:
 
 - `run.GateRun`: the stages every family shares (pairs, tokenizer, the loaded model, answers, text
   features), each computed once; a claim id goes to the family that makes it;
+- `training.gate_series(cfg, series.find_series("output_dir"), cache=...)`: every checkpoint of a training run
+  on one loaded base, and the checkpoint to ship;
 - `families/`: one module per claim family (checkpoint, quantization, rewards, data-signal, alignment,
   forgetting, judge, comparison, regression), each declaring its claims, settings, options and how it
   measures (`family.Family`); `registry` finds them, and a user's package adds its own through the
@@ -43,14 +45,16 @@ if TYPE_CHECKING:
     from .family import Family, Kind, Option
     from .results import build_results, load_results, write_json
     from .run import GateRun
+    from .series import find_series
+    from .training import gate_series
 
 WHERE = {"Claim": "claims", "EvalConfig": "config", "GateConfig": "config", "Family": "family", "Kind": "family",
-         "Option": "family", "GateRun": "run", "build_results": "results", "load_results": "results",
+         "Option": "family", "GateRun": "run", "find_series": "series", "gate_series": "training", "build_results": "results", "load_results": "results",
          "write_json": "results", **{e: "errors" for e in ("CacheError", "CheckpointError", "ConfigError", "DataError",
                                                            "DpoEvalError", "EndpointError", "ResourceError")}}
 __all__ = ["CacheError", "CheckpointError", "Claim", "ConfigError", "DataError", "DpoEvalError", "EndpointError",
            "EvalConfig", "Family", "GateConfig", "GateRun", "Kind", "Option", "ResourceError", "build_results",
-           "load_results", "write_json"]
+           "load_results", "write_json", "find_series", "gate_series"]
 
 
 def __getattr__(name: str) -> Any:

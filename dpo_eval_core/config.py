@@ -17,6 +17,7 @@ from .errors import ConfigError, check_choice, did_you_mean
 from .family import Family
 from .hardware import DtypeChoice, choose_dtype
 from .registry import check_claim_ids, default_gating, discover
+from .series import is_series
 
 Quant = Literal["none", "8bit", "4bit", "4bit-dq", "4bit-fp4", "4bit-fp4-dq"]
 """4bit is NF4; -dq adds double quantization (QLoRA's recipe: bnb_4bit_use_double_quant=True); fp4 the FP4 type."""
@@ -383,9 +384,12 @@ class EvalConfig:
             raise ConfigError("--top-p", self.top_p, "a number in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError("--device", self.device, "auto, cpu, cuda or cuda:N")
-        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
-            raise ConfigError("--adapter", str(self.adapter), "a PEFT adapter directory containing adapter_config.json",
-                              "Point --adapter at the folder written by PeftModel.save_pretrained().")
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file() and not is_series(
+                self.adapter):
+            raise ConfigError("--adapter", str(self.adapter), "a PEFT adapter directory containing adapter_config.json, "
+                              "or a training run's directory with checkpoint-* directories in it",
+                              "Point --adapter at the folder written by PeftModel.save_pretrained(), or at the "
+                              "Trainer's output_dir.")
         names = {src for src, _ in self.columns}
         if len(names) != len(self.columns):
             raise ConfigError("--columns", dict(self.columns), "each source column named once")

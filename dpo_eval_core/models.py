@@ -341,7 +341,16 @@ def load_gate_model(spec: CheckpointSpec, cfg: EvalConfig, tokenizer: Any, syste
                                  cast=choice.cast), report)
 
 
-def join(host: LoadedModel, spec: CheckpointSpec) -> LoadedModel:
-    """Another adapter of the same base beside the host's (PEFT multi-adapter): one base in memory for both."""
-    report = add_adapter(host.backend.model, spec, COMPARE_ADAPTER)
-    return LoadedModel(host.backend.with_adapter(COMPARE_ADAPTER), report)
+def join(host: LoadedModel, spec: CheckpointSpec, name: str = COMPARE_ADAPTER) -> LoadedModel:
+    """Another adapter of the same base beside the host's (PEFT multi-adapter), under `name`: one base in memory
+    for both."""
+    report = add_adapter(host.backend.model, spec, name)
+    return LoadedModel(host.backend.with_adapter(name), report)
+
+
+def leave(joined: LoadedModel, name: str) -> None:
+    """Take a joined adapter off the shared model (a series' checkpoint once gated): its LoRA weights are freed,
+    the base and the other adapters stay."""
+    model = joined.backend.model
+    if name in model.peft_config:
+        model.delete_adapter(name)

@@ -150,6 +150,61 @@ def reward_margin_plot(rewards: Mapping[str, Any]) -> str | None:
     return _png(fig)
 
 
+OUTCOME_COLOURS = {"pass": "#2a9d55", "fail": "#c0392b", "inconclusive": "#e69f00"}
+
+
+def series_curves_plot(series: Mapping[str, Any]) -> str | None:
+    """One panel per gating claim of a training run: its value against the step, each checkpoint's interval,
+    the threshold where its text names one, each point coloured by outcome and the shipped checkpoint ringed."""
+    rows = [c for c in series.get("checkpoints", []) if c.get("gated") and c.get("step") is not None]
+    ids = sorted({k for c in rows for k, v in c.get("values", {}).items() if v is not None})
+    if not ids:
+        return None
+    ncols = min(3, len(ids))
+    nrows = -(-len(ids) // ncols)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
+    for ax, cid in zip(axes.flat, ids):
+        pts = [(c["step"], c["values"][cid], (c.get("intervals") or {}).get(cid), c["outcomes"].get(cid), c["name"])
+               for c in rows if c.get("values", {}).get(cid) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.6", linewidth=1, zorder=1)
+        for step, value, ci, outcome, name in pts:
+            colour = OUTCOME_COLOURS.get(outcome or "", "0.4")
+            if ci:
+                ax.errorbar(step, value, yerr=[[max(value - ci[0], 0.0)], [max(ci[1] - value, 0.0)]], color=colour,
+                            capsize=3, linewidth=1, zorder=2)
+            ax.scatter([step], [value], color=colour, s=30, zorder=3)
+            if name == series.get("chosen"):
+                ax.scatter([step], [value], facecolors="none", edgecolors="0.1", s=140, linewidths=1.5, zorder=4)
+        if (line := series.get("thresholds", {}).get(cid)) is not None:
+            ax.axhline(line, color="0.2", linestyle="--", linewidth=1)
+        ax.set_title(cid, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(ids):]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def series_html(results: Mapping[str, Any]) -> str:
+    """The training run's section: the curves, then each checkpoint's step, verdict and reason."""
+    series = results.get("series")
+    if not isinstance(series, Mapping):
+        return ""
+    chosen = series.get("chosen")
+    head = (f"{chosen} ships" if chosen else "no checkpoint can ship") + f" (rule: {series.get('rule')}; one-sided " \
+        f"{num(series.get('tail')):.3g} each)"
+    rows = [(f"{c['name']} (step {c['step']})", c["reason"]) for c in series.get("checkpoints", [])]
+    rows += [("note", n) for n in series.get("notes", [])]
+    return (section("Training run: each gating claim against the step (green pass, red fail, orange inconclusive; "
+                    "ringed: the checkpoint that ships)", series_curves_plot(series))
+            + f"<h2>Training run: {html.escape(head)}</h2>" + table(rows, "dpo-eval-series"))
+
+
 def _short(digest: Any) -> str:
     return str(digest)[:12] if digest else "-"
 

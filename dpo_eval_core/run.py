@@ -29,12 +29,16 @@ from .texts import answer, features
 
 
 class GateRun:
-    """A run of the gate; a guest run (`host` given: the --compare adapter's) shares its host's model and data."""
+    """A run of the gate; a guest run (`host` given: the --compare adapter's) shares its host's model, data and
+    look; a run `beside` another (the next checkpoint of a series) shares its loaded base and data, with an
+    adapter and a look of its own."""
 
     def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None, local_bases: M.LocalBases | None = None,
-                 host: GateRun | None = None) -> None:
+                 host: GateRun | None = None, beside: GateRun | None = None) -> None:
         self.cfg, self.cache, self.local_bases, self.host = cfg, cache or Cache(cfg.cache_dir), local_bases, host
-        self.families = host.families if host else installed()
+        self.owner = host or (beside.owner if beside else self)
+        """The run that loaded the model this one uses (and its text pipeline)."""
+        self.families = self.owner.families if self.owner is not self else installed()
         self.ledger = Ledger() if host is None else Ledger(host.timings, host.computed, "compare: ")
         self.timings, self.computed = self.ledger.timings, self.ledger.computed
         self.stages: dict[Hashable, Any] = {}  # every stage computed so far: the families' own, their claims
@@ -59,7 +63,7 @@ class GateRun:
     @functools.cached_property
     def pairs(self) -> PairSet:
         c = self.cfg
-        return self.host.pairs if self.host else load_pairs(
+        return self.owner.pairs if self.owner is not self else load_pairs(
             c.data, columns=c.columns, split_mode=c.split, valid_fraction=c.valid_fraction, seed=c.seed,
             max_samples=c.max_samples)
 
@@ -97,7 +101,7 @@ class GateRun:
 
     @functools.cached_property
     def tokenizer(self) -> Any:
-        return self.host.tokenizer if self.host else M.load_gate_tokenizer(self.spec)
+        return self.owner.tokenizer if self.owner is not self else M.load_gate_tokenizer(self.spec)
 
     @functools.cached_property
     def system_ok(self) -> bool:
@@ -111,16 +115,29 @@ class GateRun:
 
     @property
     def model(self) -> M.LoadedModel:
-        """The base with the adapter, loaded on first use (a guest adds its adapter to its host's model)."""
+        """The base with the adapter, loaded on first use (a guest or a run beside another adds its adapter to the
+        owner's model, under a name of its own)."""
         if self.loaded is None:
             with self.ledger.phase("load"):
                 _ = self.identity  # the adapter's weights are read (and refused) before the base loads
-                self.loaded = (M.join(self.host.model, self.spec) if self.host else
-                               M.load_gate_model(self.spec, self.cfg, self.tokenizer, self.system_ok))
+                self.loaded = (M.join(self.owner.model, self.spec, self.adapter_name) if self.owner is not self
+                               else M.load_gate_model(self.spec, self.cfg, self.tokenizer, self.system_ok))
         return self.loaded
 
+    @property
+    def adapter_name(self) -> str:
+        """The PEFT name of this run's adapter on the shared model: 'default' (the owner's), M.COMPARE_ADAPTER (a
+        guest's), else the weights' digest (a checkpoint's)."""
+        return "default" if self.owner is self else M.COMPARE_ADAPTER if self.host else self.adapter_fingerprint[:16]
+
     def free(self) -> None:
-        """Drop the model (and the guests' views of it) and return its memory."""
+        """Drop the model (and the guests' views of it) and return its memory; a run beside another takes its
+        adapter off the owner's model, which stays loaded."""
+        if self.owner is not self and self.host is None:
+            if self.loaded is not None:
+                M.leave(self.loaded, self.adapter_name)
+            self.loaded = None
+            return
         for run in (self, *self.guests):
             run.loaded = None
         free()

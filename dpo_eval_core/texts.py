@@ -55,8 +55,7 @@ def answer_prompts(run: GateRun, prompts: Sequence[Sequence[Message]], only: Seq
 def features(run: GateRun, texts: dict[str, list[str | None]], of: str) -> dict[str, np.ndarray]:
     """{role: [n_texts, n_features]} TextDescriptives features, cached per text (None: an unanswered row); the
     spaCy pipeline is built once per run, and only when a text is missing from the cache."""
-    owner = run.host or run  # a --compare guest uses its host's pipeline: spaCy loaded once per process
-    nlp = owner.stage("nlp", lambda: functools.cache(functools.partial(build_pipeline, FeatureSettings())))
+    nlp = run.owner.stage("nlp", lambda: functools.cache(functools.partial(build_pipeline, FeatureSettings())))
     with run.ledger.phase(f"features ({of})"):
         table, n = feature_table([t for r in texts for t in texts[r]], run.cache, nlp, f"text features ({of})")
     run.ledger.count("feature_rows", n)

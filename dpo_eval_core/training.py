@@ -1,0 +1,165 @@
+"""A training run gated checkpoint by checkpoint on one loaded base, and the checkpoint to ship.
+
+Every checkpoint of the series (series.py) is gated on the gate model's claims (the quantization probes, which
+load models of their own, run afterwards on the chosen one). The base loads once: each checkpoint's adapter is
+joined to it under a name of its own, gated, and taken off again, so memory holds the base and one adapter at a
+time beside the first. Everything is cached per checkpoint (its weights' digest), and the reference log-probs
+and the base's answers are shared by all of them, so a re-run after training wrote one more checkpoint computes
+that one alone.
+
+The rule (`ship`): the latest checkpoint whose gating claims all pass. Choosing among N checkpoints is N chances
+to pass a bad one, so each checkpoint decides at the gate's one-sided error divided by the N checkpoints gated
+(Bonferroni): whichever checkpoint ships, the chance that it should not have stays at most the gate's error,
+whatever the checkpoints have in common.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .cache import Cache
+from .claims import Claim
+from .config import EvalConfig, GateConfig
+from .errors import CheckpointError
+from .models import LocalBases
+from .run import GateRun
+from .series import Checkpoint, Series
+
+
+@dataclass(frozen=True, slots=True)
+class Gated:
+    """One checkpoint's gating outcomes: claim id -> pass, fail or inconclusive (or why it was not gated)."""
+
+    checkpoint: Checkpoint
+    outcomes: Mapping[str, str]
+    values: Mapping[str, float | None]
+    intervals: Mapping[str, tuple[float, float] | None] = dataclasses.field(default_factory=dict)
+    thresholds: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    """Wall time of its claims (the base's load counts to the first checkpoint)."""
+
+    @property
+    def passed(self) -> bool:
+        return self.checkpoint.problem is None and bool(self.outcomes) and all(
+            o == "pass" for o in self.outcomes.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ShipDecision:
+    """The checkpoint to ship (None: none can), and for every checkpoint why it was or was not chosen."""
+
+    chosen: Checkpoint | None
+    reasons: Mapping[str, str]
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesResult:
+    series: Series
+    gated: tuple[Gated, ...]
+    decision: ShipDecision
+    tail: float
+    """The one-sided error each checkpoint decided at: the gate's, divided by the checkpoints gated."""
+
+
+def series_gate(gate: GateConfig, n_checkpoints: int) -> GateConfig:
+    """The gate each of `n_checkpoints` decides at: its one-sided error split evenly among them (Bonferroni)."""
+    if n_checkpoints < 1:
+        raise CheckpointError(f"a series of {n_checkpoints} checkpoints: nothing to gate. Point --adapter at a "
+                              f"training run with at least one checkpoint holding adapter weights.")
+    return dataclasses.replace(gate, ci_level=1 - (1 - gate.ci_level) / n_checkpoints)
+
+
+RULE = ("the latest checkpoint whose gating claims all pass, each checkpoint deciding at the gate's one-sided "
+        "error divided by the checkpoints gated")
+
+
+def ship(gated: Sequence[Gated]) -> ShipDecision:
+    """The latest checkpoint (training order) whose gating claims all pass, with every other one's reason."""
+    chosen = next((g.checkpoint for g in reversed(gated) if g.passed), None)
+    reasons = {}
+    for g in gated:
+        c = g.checkpoint
+        if c.problem is not None:
+            reasons[c.name] = f"not gated: {c.problem}"
+        elif not g.passed:
+            bad = [f"{k} {o}" for k, o in g.outcomes.items() if o != "pass"]
+            reasons[c.name] = "does not pass: " + (", ".join(bad) if bad else "no gating claim was made")
+        elif c is chosen:
+            reasons[c.name] = f"ships: every gating claim ({len(g.outcomes)}) passes and no later checkpoint's does"
+        else:
+            reasons[c.name] = f"passes, but {chosen.name if chosen else '?'} is later and passes too"
+    return ShipDecision(chosen, reasons, RULE)
+
+
+def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: LocalBases | None = None,
+                claims: Sequence[str] | None = None) -> SeriesResult:
+    """Gate every checkpoint of `series` that can be gated on one loaded base (the gate model's claims, or the
+    claim ids given), and choose the checkpoint to ship. `cfg` is the gate's configuration; its adapter is
+    replaced by each checkpoint's and its gate by series_gate's."""
+    todo = series.gated
+    gate = series_gate(cfg.gate, len(todo))
+    first: GateRun | None = None
+    done: dict[str, Gated] = {}
+    try:
+        for c in todo:
+            started = time.perf_counter()
+            run = GateRun(dataclasses.replace(cfg, adapter=c.path, gate=gate), cache=cache, local_bases=local_bases,
+                          beside=first)
+            made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
+                    else run.all_claims())
+            done[c.name] = _gated(c, made, gate, time.perf_counter() - started)
+            if first is None:
+                first = run  # it holds the base for the others
+            else:
+                run.free()  # its adapter leaves the base
+    finally:
+        if first is not None:
+            first.free()
+    gated = tuple(done.get(c.name, Gated(c, {}, {})) for c in series.checkpoints)
+    return SeriesResult(series, gated, ship(gated), gate.tail)
+
+
+def _gated(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: float) -> Gated:
+    kept = [x for x in claims if gate.gates(x.id) and x.applicable]
+    return Gated(c, {x.id: x.outcome for x in kept}, {x.id: _number(x.value) for x in kept},
+                 {x.id: x.ci for x in kept}, {x.id: x.threshold for x in kept}, seconds)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def threshold_line(text: str) -> float | None:
+    """The number a claim's value is held against, where its threshold is a bound on the value's own interval
+    ('CI low > 0.5', 'CI low > chance 0.250'), for the curves; None otherwise (a drop's bound is on another
+    scale than the value)."""
+    found = re.fullmatch(r"CI (?:low|high) [<>] (?:chance )?(-?\d+(?:\.\d+)?(?:e-?\d+)?)", text.strip())
+    return float(found.group(1)) if found else None
+
+
+def record(result: SeriesResult) -> dict[str, Any]:
+    """The series for results.json: each checkpoint in training order with its step, outcomes, values and
+    intervals, each claim's threshold line, the checkpoint to ship and every checkpoint's reason."""
+    d = result.decision
+    lines_at = {k: v for g in result.gated for k, t in g.thresholds.items() if (v := threshold_line(t)) is not None}
+    return {"rule": d.rule, "tail": result.tail, "chosen": d.chosen.name if d.chosen else None,
+            "notes": list(result.series.notes), "thresholds": lines_at,
+            "checkpoints": [{"name": g.checkpoint.name, "path": str(g.checkpoint.path), "step": g.checkpoint.step,
+                             "step_from": g.checkpoint.step_from, "gated": g.checkpoint.problem is None,
+                             "outcomes": dict(g.outcomes), "values": dict(g.values),
+                             "intervals": {k: list(v) if v else None for k, v in g.intervals.items()}, "seconds": round(g.seconds, 2),
+                             "reason": d.reasons[g.checkpoint.name]} for g in result.gated]}
+
+
+def lines(result: SeriesResult) -> list[str]:
+    """The console's account of the series: which checkpoint ships, and why each other one does not."""
+    d = result.decision
+    head = (f"series: {d.chosen.name} ships" if d.chosen else "series: no checkpoint can ship") + (
+        f" ({len(result.gated)} checkpoints; rule: {d.rule}, here one-sided {result.tail:.3g} each)")
+    return [head, *(f"  {g.checkpoint.name} (step {g.checkpoint.step}): {d.reasons[g.checkpoint.name]}"
+                    for g in result.gated), *(f"  note: {n}" for n in result.series.notes)]

@@ -1,0 +1,183 @@
+"""A training run gated checkpoint by checkpoint: the base loads once, every checkpoint's verdicts are those of
+gating it alone, a checkpoint without weights is reported and cannot ship, a new checkpoint is all a re-run
+computes, and the checkpoint to ship is the latest whose gating claims all pass, each at its share of the
+gate's error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tiny import make_adapter, write_pairs
+
+from dpo_eval_core import models as M
+from dpo_eval_core.cache import Cache
+from dpo_eval_core.config import EvalConfig, GateConfig
+from dpo_eval_core.errors import CheckpointError
+from dpo_eval_core.run import GateRun
+from dpo_eval_core.report import series_html
+from dpo_eval_core.series import Checkpoint, Series, find_series
+from dpo_eval_core.training import (
+    Gated,
+    SeriesResult,
+    gate_series,
+    lines,
+    record,
+    series_gate,
+    ship,
+    threshold_line,
+)
+
+REWARDS = ("reward-accuracy", "reward-accuracy-per-token", "reward-margin")
+outcome = st.sampled_from(["pass", "fail", "inconclusive"])
+
+
+@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(REWARDS), outcome, max_size=3), st.booleans()),
+                min_size=1, max_size=8))
+def test_the_latest_checkpoint_whose_gating_claims_all_pass_ships_and_every_other_says_why(rows):
+    gated = [Gated(Checkpoint(Path(f"checkpoint-{i}"), i, "trainer_state.json", None if ok else "no weights"),
+                   outcomes, {}) for i, (outcomes, ok) in enumerate(rows)]
+    d = ship(gated)
+    passing = [g.checkpoint for g in gated if g.checkpoint.problem is None and outcomes_pass(g.outcomes)]
+    assert d.chosen == (passing[-1] if passing else None)
+    assert set(d.reasons) == {g.checkpoint.name for g in gated}
+    for g in gated:
+        why = d.reasons[g.checkpoint.name]
+        assert why.startswith("ships" if g.checkpoint == d.chosen else
+                              "not gated" if g.checkpoint.problem else "passes, but" if g.passed else "does not pass")
+
+
+def outcomes_pass(outcomes: dict[str, str]) -> bool:
+    return bool(outcomes) and all(o == "pass" for o in outcomes.values())
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 20])
+def test_each_checkpoint_decides_at_its_share_of_the_gates_error(n):
+    gate = GateConfig()
+    assert series_gate(gate, n).tail == pytest.approx(gate.tail / n)
+    with pytest.raises(CheckpointError, match="nothing to gate"):
+        series_gate(gate, 0)
+
+
+def trained(base: Path, root: Path, steps: tuple[int, ...], no_weights: tuple[int, ...] = ()) -> Path:
+    """A Trainer-style run directory: checkpoint-<step>/ with an adapter (a seed per step) and trainer_state.json."""
+    for step in steps:
+        d = root / f"checkpoint-{step}"
+        if not d.exists():
+            make_adapter(base, d, seed=step, scale=0.05 * step)
+            (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+        if step in no_weights:
+            (d / M.ADAPTER_WEIGHTS).unlink()
+    return root
+
+
+def config(run_dir: Path, data: Path, cache: Path) -> EvalConfig:
+    return EvalConfig(adapter=run_dir, data=str(data), device="cpu", compute_dtype="float32", cache_dir=cache,
+                      valid_fraction=0.5)
+
+
+def test_a_series_loads_the_base_once_and_each_checkpoint_gets_the_verdicts_it_gets_alone(tiny_llama, tmp_path,
+                                                                                         monkeypatch):
+    run_dir = trained(tiny_llama, tmp_path / "run", (10, 20, 30, 40), no_weights=(40,))
+    data = write_pairs(tmp_path / "pairs.jsonl", 48)
+    loads = []
+    load = M.load_gate_model
+    monkeypatch.setattr(M, "load_gate_model", lambda *a, **k: loads.append(a) or load(*a, **k))
+    series = find_series(run_dir)
+    result = gate_series(config(run_dir, data, tmp_path / "cache"), series, cache=Cache(tmp_path / "cache"),
+                         claims=REWARDS)
+    assert len(loads) == 1
+    assert [g.checkpoint.step for g in result.gated] == [10, 20, 30, 40]
+    assert result.tail == pytest.approx(GateConfig().tail / 3)  # three checkpoints could be gated
+    for g in result.gated[:3]:
+        alone = GateRun(dataclasses.replace(config(g.checkpoint.path, data, tmp_path / f"alone-{g.checkpoint.step}"),
+                                            gate=series_gate(GateConfig(), 3)))
+        claims = {c.id: c for c in (alone.claim(i) for i in REWARDS) if c is not None}
+        assert g.outcomes == {k: c.outcome for k, c in claims.items()}
+        assert g.values == pytest.approx({k: c.value for k, c in claims.items()}, rel=1e-6)
+        alone.free()
+    assert len({tuple(g.values.values()) for g in result.gated[:3]}) == 3  # each checkpoint its own adapter
+    last = result.gated[3]
+    assert not last.outcomes and M.ADAPTER_WEIGHTS in result.decision.reasons["checkpoint-40"]
+    assert result.decision.chosen is None or result.decision.chosen.step != 40
+    json.dumps(record(result), allow_nan=False)
+    assert lines(result)[0].startswith("series: ")
+
+
+def test_a_rerun_after_one_more_checkpoint_computes_only_that_one(tiny_llama, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 48)
+    run_dir = trained(tiny_llama, tmp_path / "run", (10, 20))
+    gate_series(config(run_dir, data, tmp_path / "cache"), find_series(run_dir), cache=Cache(tmp_path / "cache"),
+                claims=REWARDS)
+    trained(tiny_llama, run_dir, (10, 20, 30))
+    cache = Cache(tmp_path / "cache")
+    result = gate_series(config(run_dir, data, tmp_path / "cache"), find_series(run_dir), cache=cache,
+                         claims=REWARDS)
+    n_valid = len(GateRun(config(run_dir, data, tmp_path / "x")).valid_index)
+    assert [g.checkpoint.step for g in result.gated] == [10, 20, 30] and result.decision.reasons
+    assert cache.stats()["misses"].get("logp") == 2 * n_valid  # its policy log-probs; the reference is shared
+
+
+GATE_TEST = """
+import pytest
+
+@pytest.mark.claim("adapter-loads")
+def test_adapter_loads(claim_id, check_claim):
+    check_claim(claim_id)
+
+@pytest.mark.claim("reward-margin")
+def test_reward_margin(claim_id, check_claim):
+    check_claim(claim_id)
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Made before pytester snapshots sys.modules: peft imports bitsandbytes, whose torch ops register once."""
+    return trained(tiny_llama, tmp_path_factory.mktemp("run"), (10, 20, 30), no_weights=(30,))
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_pytest_on_a_run_directory_gates_the_series_and_then_the_checkpoint_to_ship(pytester, run_dir, tmp_path,
+                                                                                    workers):
+    pytester.makepyfile(test_gate=GATE_TEST)
+    results = tmp_path / "results.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", *workers, "--adapter", str(run_dir), "--data",
+        str(write_pairs(tmp_path / "pairs.jsonl", 24)), "--results", str(results), "--eval-cache-dir",
+        str(tmp_path / "cache"), "--gate", "gating=adapter-loads", "--compute-dtype", "float32")
+    out = result.stdout.str()
+    assert result.ret == 0, out + result.stderr.str()
+    assert "series: checkpoint-20 ships" in out and "checkpoint-30 (step 30): not gated" in out
+    data = json.loads(results.read_text())
+    assert data["series"]["chosen"] == "checkpoint-20"
+    assert [c["step"] for c in data["series"]["checkpoints"]] == [10, 20, 30]
+    assert data["facts"]["adapter"] == str(run_dir / "checkpoint-20")  # the session gated the one to ship
+    assert data["series"]["tail"] == pytest.approx(0.025 / 2)
+    page = results.with_suffix(".html").read_text()
+    assert "Training run: checkpoint-20 ships" in page and "data:image/png;base64," in page
+
+
+@pytest.mark.parametrize("text,line", [("CI low > 0.5", 0.5), ("CI low > 0", 0.0), ("CI low > chance 0.250", 0.25),
+                                       ("drop upper bound < 0.04", None), ("", None)],
+                         ids=["rate", "margin", "chance", "drop-bound-other-scale", "none"])
+def test_the_curves_draw_a_threshold_only_where_it_bounds_the_value_itself(text, line):
+    assert threshold_line(text) == line
+
+
+def test_the_report_shows_the_curves_and_every_checkpoints_reason():
+    gated = [Gated(Checkpoint(Path(f"checkpoint-{s}"), s, "trainer_state.json"), {"reward-accuracy": o},
+                   {"reward-accuracy": v}, {"reward-accuracy": (v - 0.1, v + 0.1)}, {"reward-accuracy": "CI low > 0.5"})
+             for s, o, v in ((10, "inconclusive", 0.55), (20, "pass", 0.7), (30, "fail", 0.4))]
+    gated.append(Gated(Checkpoint(Path("checkpoint-40"), 40, "name: no trainer_state.json", "no weights"), {}, {}))
+    result = SeriesResult(Series(tuple(g.checkpoint for g in gated)), tuple(gated), ship(gated), 0.025 / 3)
+    rec = json.loads(json.dumps(record(result)))
+    assert rec["chosen"] == "checkpoint-20" and rec["thresholds"] == {"reward-accuracy": 0.5}
+    page = series_html({"series": rec})
+    assert "data:image/png;base64," in page and "checkpoint-20 ships" in page
+    assert all(f"checkpoint-{s} (step {s})" in page for s in (10, 20, 30, 40)) and "not gated: no weights" in page
+    assert series_html({}) == ""
