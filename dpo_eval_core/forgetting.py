@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,7 +27,7 @@ from .cache import Cache, memoized
 from .decide import clopper_pearson, tango_interval
 from .identity import ModelIdentity, mcq_key
 from .mcq import McqItem, McqSettings, QuestionSet, items
-from .precision import Rescored, unsettled_choice
+from .precision import Rescored, two_passes, unsettled_choice
 
 if TYPE_CHECKING:
     from .config import EvalConfig
@@ -151,21 +151,15 @@ def question_rows(backend: Backend, qitems: Sequence[McqItem], settings: McqSett
             for q, c in zip(qitems, continuation_texts(qitems, settings))]
 
 
-def settle_questions(backend: Backend, qitems: Sequence[McqItem], scores: list[dict[bool, list[float]]],
-                     settings: McqSettings, max_length: int | None,
-                     rescore: Callable[[list[int]], list[dict[bool, list[float]]]]
-                     ) -> tuple[list[dict[bool, list[float]]], list[int]]:
-    """`scores` of a bfloat16 pass with the questions where a float32 pass could pick another choice on the gated
-    metric, for either model (precision.unsettled_choice), replaced by `rescore`'s float32 scores: the answers
-    the claims are decided on are float32's (the other metric's accuracy, reported beside, may not be)."""
+def unsettled_questions(backend: Backend, qitems: Sequence[McqItem], scores: Sequence[dict[bool, list[float]]],
+                        settings: McqSettings, max_length: int | None) -> list[int]:
+    """The positions of the questions of a bfloat16 pass where a float32 pass could pick another choice on the
+    gated metric, for either model (precision.unsettled_choice): float32 scores them again, so the answers the
+    claims are decided on are float32's (the other metric's accuracy, reported beside, may not be)."""
     rows = question_rows(backend, qitems, settings, max_length)
-    idx = [i for i, s in enumerate(scores) if any(
+    return [i for i, s in enumerate(scores) if any(
         unsettled_choice(s[a], [len(k) for _, k in rows[i]], qitems[i].norm_lengths, settings.metric)
         for a in (True, False))]
-    out = list(scores)
-    for i, x in zip(idx, rescore(idx) if idx else ()):
-        out[i] = x
-    return out, idx
 
 
 def predictions(logps: Sequence[float], norm_lengths: Sequence[int]) -> tuple[int, int]:
@@ -213,16 +207,18 @@ def measure(backend: Backend, qset: QuestionSet, mcq: McqSettings, cfg: EvalConf
         return score_questions(how[0], these, settings, model=how[1], cache=cache, batch_size=cfg.batch_size,
                                max_tokens=cfg.resolved_batch_tokens, max_length=cfg.max_length)
 
-    scores, computed = score((backend, model), qitems)
-    summary = summarize(qset, qitems, scores, settings, cfg.gate.ci_level)
     if exact is None:
-        return summary, computed
+        scores, computed = score((backend, model), qitems)
+        return summarize(qset, qitems, scores, settings, cfg.gate.ci_level), computed
     counted = [0]
 
-    def rescore(idx: list[int]) -> list[dict[bool, list[float]]]:
-        out, counted[0] = score(exact, [qitems[i] for i in idx])
+    def scored(how: tuple[Backend, ModelIdentity], idx: list[int]) -> list[dict[bool, list[float]]]:
+        out, n = score(how, [qitems[i] for i in idx])
+        counted[0] += n
         return out
 
-    scores, idx = settle_questions(backend, qitems, scores, settings, cfg.max_length, rescore)
+    scores, idx = two_passes(len(qitems), lambda idx: scored((backend, model), idx), lambda idx: scored(exact, idx),
+                             lambda idx, values: [idx[j] for j in unsettled_questions(
+                                 backend, [qitems[i] for i in idx], values, settings, cfg.max_length)])
     return dataclasses.replace(summarize(qset, qitems, scores, settings, cfg.gate.ci_level),
-                               rescored=Rescored(len(qitems), len(idx))), computed + counted[0]
+                               rescored=Rescored(len(qitems), len(idx))), counted[0]

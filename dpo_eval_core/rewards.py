@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -119,16 +119,11 @@ def score_logps(backend: Backend, pairs: Sequence[PreferencePair], *, model: Mod
             for i in range(len(pairs))], computed
 
 
-def settle(logps: Sequence[PairLogps], rescore: Callable[[list[int]], list[PairLogps]]
-           ) -> tuple[list[PairLogps], list[int]]:
-    """`logps` of a bfloat16 pass with the pairs whose correctness (summed or per token) a float32 pass could
-    reverse (precision.unsettled_pairs) replaced by `rescore`'s float32 log-probs of those pairs."""
-    idx = unsettled_pairs([(x.policy_chosen - x.reference_chosen, x.policy_rejected - x.reference_rejected)
-                           for x in logps], [(x.n_chosen, x.n_rejected) for x in logps])
-    out = list(logps)
-    for i, x in zip(idx, rescore(idx) if idx else ()):
-        out[i] = x
-    return out, idx
+def unsettled(logps: Sequence[PairLogps]) -> list[int]:
+    """The positions of the pairs of a bfloat16 pass whose correctness (summed or per token) a float32 pass could
+    reverse (precision.unsettled_pairs): float32 scores them again (precision.two_passes)."""
+    return unsettled_pairs([(x.policy_chosen - x.reference_chosen, x.policy_rejected - x.reference_rejected)
+                            for x in logps], [(x.n_chosen, x.n_rejected) for x in logps])
 
 
 def scorable(logps: Sequence[PairLogps]) -> list[int]:

@@ -212,3 +212,28 @@ def test_results_json_and_the_console_say_how_many_items_float32_settled(tiny_ad
                                               "for_mean": done.for_mean}
     assert precision_lines(results)[0].startswith(f"rewards: {done.rescored} of {done.items} pairs scored again")
     assert precision_lines({"rewards": {"n": 3}}) == []  # a float32 run's section has none
+
+
+@given(st.lists(st.booleans(), max_size=120))
+def test_two_passes_give_float32s_value_wherever_bfloat16_cannot_settle_and_switch_when_it_will_not_pay(near):
+    """Items are near ties (unsettled) or clear; bfloat16 values are 'fast-i', float32's 'exact-i'."""
+    calls = {"fast": [], "exact": []}
+
+    def fast(idx):
+        calls["fast"].append(list(idx))
+        return [f"fast-{i}" for i in idx]
+
+    def exact(idx):
+        calls["exact"].append(list(idx))
+        return [f"exact-{i}" for i in idx]
+
+    values, again = P.two_passes(len(near), fast, exact, lambda idx, vals: [i for i in idx if near[i]])
+    assert values == [f"exact-{i}" if i in set(again) else f"fast-{i}" for i in range(len(near))]
+    assert {i for i, x in enumerate(near) if x} <= set(again)  # every near tie is float32's
+    pilot = near[:P.PILOT]
+    switched = len(near) > P.PILOT and sum(pilot) > P.BREAK_EVEN * len(pilot)
+    assert set(again) == ({i for i, x in enumerate(pilot) if x} | set(range(P.PILOT, len(near))) if switched
+                          else {i for i, x in enumerate(near) if x})
+    scored_fast = sorted(i for c in calls["fast"] for i in c)
+    assert scored_fast == list(range(min(len(near), P.PILOT) if switched else len(near)))  # each item once
+    assert len(calls["exact"]) <= 1

@@ -15,8 +15,8 @@ from ..compare import compare_correct, compare_values, match
 from ..data import PreferencePair
 from ..errors import ConfigError
 from ..family import Family, Kind
-from ..precision import Rescored, to_settle
-from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, settle, summarize
+from ..precision import Rescored, to_settle, two_passes
+from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, summarize, unsettled
 from ..scoring import exact_scorer, scorer
 from ..sequential import Staged, at_tail, planned_tail, rate_may_pass, staged, tails
 
@@ -62,17 +62,18 @@ class Settings:
 
 def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
     """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair). Under a
-    bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32, and so are the
-    pairs, widest band first, that the margin's verdict needs to be float32's (precision.py)."""
+    bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32 (all of them after
+    a pilot that shows bfloat16 will not pay: precision.two_passes), and so are the pairs, widest band first, that
+    the margin's verdict needs to be float32's (precision.py)."""
     s, g = run.settings(FAMILY), run.gate
     exact = exact_scorer(run)
     with run.ledger.phase("rewards"):
-        logps = _logps(run, scorer(run), pairs)
-        if exact is not None:
-            logps, idx = settle(logps, lambda idx: _logps(run, exact, [pairs[i] for i in idx]))
+        if exact is None:
+            return _summary(run, _logps(run, scorer(run), pairs), pairs)
+        logps, idx = two_passes(len(pairs), lambda idx: _logps(run, scorer(run), [pairs[i] for i in idx]),
+                                lambda idx: _logps(run, exact, [pairs[i] for i in idx]),
+                                lambda idx, values: [idx[j] for j in unsettled(values)])
     summary = _summary(run, logps, pairs)
-    if exact is None:
-        return summary
     levels = [at_tail(g, t) for t in tails(run, len(run.valid_index))]
     outcome = lambda x: tuple(mean_above(MARGIN.id(), x, 0.0, lv, "").outcome for lv in levels)  # noqa: E731
     done, for_mean = set(idx), 0
