@@ -341,6 +341,16 @@ def load_gate_model(spec: CheckpointSpec, cfg: EvalConfig, tokenizer: Any, syste
                                  cast=choice.cast), report)
 
 
+def in_memory(peft_model: Any, spec: CheckpointSpec, cfg: EvalConfig, tokenizer: Any, system_ok: bool) -> LoadedModel:
+    """A model already in memory (a Trainer's PeftModel, at a save) as a run's model: no reload and no second copy
+    of the base (the reference is the base with the adapter disabled), checked against the adapter just saved
+    from it to `spec.adapter`."""
+    name = peft_model.active_adapter
+    return LoadedModel(HFBackend(peft_model, tokenizer, system_ok=system_ok, device=cfg.resolved_device,
+                                 adapter_name=name, cast=cfg.dtype_choice.cast),
+                       _report(peft_model, spec, adapter_weights(spec.adapter), name))
+
+
 def join(host: LoadedModel, spec: CheckpointSpec, name: str = COMPARE_ADAPTER) -> LoadedModel:
     """Another adapter of the same base beside the host's (PEFT multi-adapter), under `name`: one base in memory
     for both."""

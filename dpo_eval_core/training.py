@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from .cache import Cache
 from .claims import Claim
 from .config import EvalConfig, GateConfig
@@ -39,6 +41,9 @@ class Gated:
     values: Mapping[str, float | None]
     intervals: Mapping[str, tuple[float, float] | None] = dataclasses.field(default_factory=dict)
     thresholds: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    drift: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Per DRIFT feature: (median tuned - base over its answers, median chosen - rejected of the data on the same
+    pairs); empty when the answers were not generated."""
     seconds: float = 0.0
     """Wall time of its claims (the base's load counts to the first checkpoint)."""
 
@@ -64,6 +69,8 @@ class SeriesResult:
     decision: ShipDecision
     tail: float
     """The one-sided error each checkpoint decided at: the gate's, divided by the checkpoints gated."""
+    flag: str | None = None
+    """Over-optimization, when seen (overoptimized)."""
 
 
 def series_gate(gate: GateConfig, n_checkpoints: int) -> GateConfig:
@@ -112,7 +119,8 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
                           beside=first)
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
                     else run.all_claims())
-            done[c.name] = _gated(c, made, gate, time.perf_counter() - started)
+            done[c.name] = dataclasses.replace(_gated(c, made, gate, time.perf_counter() - started),
+                                               drift=answer_drift(run))
             if first is None:
                 first = run  # it holds the base for the others
             else:
@@ -121,7 +129,51 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
         if first is not None:
             first.free()
     gated = tuple(done.get(c.name, Gated(c, {}, {})) for c in series.checkpoints)
-    return SeriesResult(series, gated, ship(gated), gate.tail)
+    return SeriesResult(series, gated, ship(gated), gate.tail, overoptimized(gated))
+
+
+DRIFT = ("n_tokens", "duplicate_ngram_chr_fraction_5", "top_ngram_chr_fraction_2")
+"""Answer features in which DPO's over-optimization shows: length, duplicated 5-grams, the most repeated bigram."""
+MARGIN = "reward-margin"
+
+
+def answer_drift(run: GateRun) -> dict[str, tuple[float, float]]:
+    """Per DRIFT feature, how far the tuned answers moved from the base's (median tuned - base) and how far the
+    data's chosen lie from its rejected (median chosen - rejected), on the pairs answered; empty when this run
+    generated no answers (the features are then not computed for it)."""
+    if "answers" not in run.__dict__:
+        return {}
+    from .features import FEATURE_NAMES
+
+    a, d = run.answer_features, run.data_features
+    rows = ~(np.isnan(a["tuned"]).all(axis=1) | np.isnan(a["base"]).all(axis=1))
+    out = {}
+    for name in DRIFT:
+        j = FEATURE_NAMES.index(name)
+        moved, data = a["tuned"][rows, j] - a["base"][rows, j], d["chosen"][rows, j] - d["rejected"][rows, j]
+        if np.isfinite(moved).any() and np.isfinite(data).any():
+            out[name] = (float(np.nanmedian(moved)), float(np.nanmedian(data)))
+    return out
+
+
+def overoptimized(gated: Sequence[Gated]) -> str | None:
+    """DPO's known failure, flagged: the mean reward margin rose from the first checkpoint to the last while an
+    answer feature of DRIFT moved further from the base's than the data's own chosen lie from its rejected, and
+    further than at the first checkpoint. A description of the medians, not a test (no error rate)."""
+    seen = [g for g in gated if g.values.get(MARGIN) is not None and g.drift]
+    if len(seen) < 2:
+        return None
+    first, last = seen[0], seen[-1]
+    if not last.values[MARGIN] > first.values[MARGIN]:  # type: ignore[operator]
+        return None
+    past = [f"{k}: tuned - base {m:+.3g} against the data's chosen - rejected {d:+.3g} ({first.checkpoint.name}: "
+            f"{first.drift[k][0]:+.3g})" for k, (m, d) in last.drift.items()
+            if abs(m) > abs(d) and k in first.drift and abs(m) > abs(first.drift[k][0])]
+    if not past:
+        return None
+    return (f"over-optimization: the reward margin rose from {first.values[MARGIN]:.3g} ({first.checkpoint.name}) "
+            f"to {last.values[MARGIN]:.3g} ({last.checkpoint.name}) while the answers drifted past the data: "
+            + "; ".join(past))
 
 
 def _gated(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: float) -> Gated:
@@ -148,10 +200,11 @@ def record(result: SeriesResult) -> dict[str, Any]:
     d = result.decision
     lines_at = {k: v for g in result.gated for k, t in g.thresholds.items() if (v := threshold_line(t)) is not None}
     return {"rule": d.rule, "tail": result.tail, "chosen": d.chosen.name if d.chosen else None,
-            "notes": list(result.series.notes), "thresholds": lines_at,
+            "notes": list(result.series.notes), "thresholds": lines_at, "overoptimization": result.flag,
             "checkpoints": [{"name": g.checkpoint.name, "path": str(g.checkpoint.path), "step": g.checkpoint.step,
                              "step_from": g.checkpoint.step_from, "gated": g.checkpoint.problem is None,
                              "outcomes": dict(g.outcomes), "values": dict(g.values),
+                             "drift": {k: list(v) for k, v in g.drift.items()},
                              "intervals": {k: list(v) if v else None for k, v in g.intervals.items()}, "seconds": round(g.seconds, 2),
                              "reason": d.reasons[g.checkpoint.name]} for g in result.gated]}
 
@@ -162,4 +215,5 @@ def lines(result: SeriesResult) -> list[str]:
     head = (f"series: {d.chosen.name} ships" if d.chosen else "series: no checkpoint can ship") + (
         f" ({len(result.gated)} checkpoints; rule: {d.rule}, here one-sided {result.tail:.3g} each)")
     return [head, *(f"  {g.checkpoint.name} (step {g.checkpoint.step}): {d.reasons[g.checkpoint.name]}"
-                    for g in result.gated), *(f"  note: {n}" for n in result.series.notes)]
+                    for g in result.gated), *(f"  note: {n}" for n in result.series.notes),
+            *([f"  {result.flag}"] if result.flag else [])]

@@ -26,6 +26,7 @@ from dpo_eval_core.training import (
     SeriesResult,
     gate_series,
     lines,
+    overoptimized,
     record,
     series_gate,
     ship,
@@ -181,3 +182,22 @@ def test_the_report_shows_the_curves_and_every_checkpoints_reason():
     assert "data:image/png;base64," in page and "checkpoint-20 ships" in page
     assert all(f"checkpoint-{s} (step {s})" in page for s in (10, 20, 30, 40)) and "not gated: no weights" in page
     assert series_html({}) == ""
+
+
+def drifting(step: int, margin: float, moved: float, data: float = -20.0) -> Gated:
+    return Gated(Checkpoint(Path(f"checkpoint-{step}"), step, "trainer_state.json"), {"reward-margin": "pass"},
+                 {"reward-margin": margin}, drift={"n_tokens": (moved, data)})
+
+
+@pytest.mark.parametrize("series,flagged", [
+    ([drifting(1, 0.5, -5.0), drifting(2, 2.0, 35.0)], True),     # margin up, answers 35 tokens longer: past 20
+    ([drifting(1, 0.5, -5.0), drifting(2, 2.0, -15.0)], False),   # margin up, within the data's own difference
+    ([drifting(1, 2.0, -5.0), drifting(2, 0.5, 35.0)], False),    # margin down: not DPO's failure
+    ([drifting(1, 0.5, 40.0), drifting(2, 2.0, 35.0)], False),    # already past the data at the start: no drift
+    ([drifting(1, 0.5, -5.0)], False),                            # one checkpoint: no trend
+], ids=["rising-margin-longer-answers", "within-the-data", "falling-margin", "no-further-drift", "one-checkpoint"])
+def test_over_optimization_is_flagged_when_the_margin_rises_while_answers_drift_past_the_data(series, flagged):
+    flag = overoptimized(series)
+    assert (flag is not None) == flagged
+    if flagged:
+        assert "n_tokens" in flag and "checkpoint-2" in flag
