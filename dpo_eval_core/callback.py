@@ -31,10 +31,11 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .config import EvalConfig
 from .errors import CheckpointError
+from .families.rewards import ACCURACY, MARGIN, PER_TOKEN
 from .results import claim_record
 from .run import GateRun
 
-REWARD_CLAIMS = ("reward-accuracy", "reward-accuracy-per-token", "reward-margin")
+REWARD_CLAIMS = tuple(k.id() for k in (ACCURACY, PER_TOKEN, MARGIN))
 RESULTS = "dpo_eval.json"
 """The checkpoint's claims, written beside its weights."""
 LOOKS = "dpo_eval_looks.json"

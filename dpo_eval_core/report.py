@@ -200,6 +200,7 @@ def series_html(results: Mapping[str, Any]) -> str:
         f"{num(series.get('tail')):.3g} each)"
     rows = [(f"{c['name']} (step {c['step']})", c["reason"]) for c in series.get("checkpoints", [])]
     rows += [("note", n) for n in series.get("notes", [])]
+    rows += [("convergence", series["convergence"])] if series.get("convergence") else []
     rows += [("flag", series["overoptimization"])] if series.get("overoptimization") else []
     return (section("Training run: each gating claim against the step (green pass, red fail, orange inconclusive; "
                     "ringed: the checkpoint that ships)", series_curves_plot(series))

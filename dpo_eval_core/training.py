@@ -27,6 +27,8 @@ from .cache import Cache
 from .claims import Claim
 from .config import EvalConfig, GateConfig
 from .errors import CheckpointError
+from .families.comparison import NOT_WORSE, items
+from .families.rewards import MARGIN as REWARD_MARGIN
 from .models import LocalBases
 from .run import GateRun
 from .series import Checkpoint, Series
@@ -71,6 +73,8 @@ class SeriesResult:
     """The one-sided error each checkpoint decided at: the gate's, divided by the checkpoints gated."""
     flag: str | None = None
     """Over-optimization, when seen (overoptimized)."""
+    plateau: str | None = None
+    """Whether the last two checkpoints are shown within the comparisons' margins of each other (plateau)."""
 
 
 def series_gate(gate: GateConfig, n_checkpoints: int) -> GateConfig:
@@ -81,13 +85,17 @@ def series_gate(gate: GateConfig, n_checkpoints: int) -> GateConfig:
     return dataclasses.replace(gate, ci_level=1 - (1 - gate.ci_level) / n_checkpoints)
 
 
-RULE = ("the latest checkpoint whose gating claims all pass, each checkpoint deciding at the gate's one-sided "
-        "error divided by the checkpoints gated")
+RULE = ("the latest checkpoint whose gating claims all pass and that no other passing checkpoint is shown better "
+        "than (a paired not-worse comparison that fails), each checkpoint deciding at the gate's one-sided error "
+        "divided by the checkpoints gated")
 
 
-def ship(gated: Sequence[Gated]) -> ShipDecision:
-    """The latest checkpoint (training order) whose gating claims all pass, with every other one's reason."""
-    chosen = next((g.checkpoint for g in reversed(gated) if g.passed), None)
+def ship(gated: Sequence[Gated], worse: Mapping[str, Sequence[str]] | None = None) -> ShipDecision:
+    """The latest checkpoint (training order) whose gating claims all pass and which `worse` (checkpoint name ->
+    the comparisons that show it worse than another passing checkpoint) holds nothing against, with every other
+    checkpoint's reason. An inconclusive comparison blocks nothing: only a shown difference moves the choice."""
+    worse = worse or {}
+    chosen = next((g.checkpoint for g in reversed(gated) if g.passed and not worse.get(g.checkpoint.name)), None)
     reasons = {}
     for g in gated:
         c = g.checkpoint
@@ -96,11 +104,50 @@ def ship(gated: Sequence[Gated]) -> ShipDecision:
         elif not g.passed:
             bad = [f"{k} {o}" for k, o in g.outcomes.items() if o != "pass"]
             reasons[c.name] = "does not pass: " + (", ".join(bad) if bad else "no gating claim was made")
+        elif worse.get(c.name):
+            reasons[c.name] = "passes, but is shown worse: " + "; ".join(worse[c.name])
         elif c is chosen:
-            reasons[c.name] = f"ships: every gating claim ({len(g.outcomes)}) passes and no later checkpoint's does"
+            reasons[c.name] = (f"ships: every gating claim ({len(g.outcomes)}) passes, no passing checkpoint is "
+                               f"shown better, and no later checkpoint is both")
         else:
             reasons[c.name] = f"passes, but {chosen.name if chosen else '?'} is later and passes too"
     return ShipDecision(chosen, reasons, RULE)
+
+
+def shown_worse(runs: Mapping[str, GateRun], passing: Sequence[str]) -> dict[str, list[str]]:
+    """For each passing checkpoint, the paired not-worse comparisons (each family's `compare`, on the items its
+    `compared` names) against another passing checkpoint that fail: the data shows it worse than that one."""
+    out: dict[str, list[str]] = {}
+    for a in passing:
+        for b in passing:
+            if a != b:
+                out.setdefault(a, []).extend(f"{c.id} than {b} fails ({c.message})"
+                                             for c in compared(runs[a], runs[b]) if c.outcome == "fail")
+    return out
+
+
+def plateau(runs: Mapping[str, GateRun], names: Sequence[str]) -> str | None:
+    """Whether the last two gated checkpoints are shown within the comparisons' margins of each other (not worse
+    either way: a plateau), shown apart (still moving), or neither; None with fewer than two."""
+    if len(names) < 2:
+        return None
+    a, b = names[-2], names[-1]
+    ways = [c.outcome for c in (*compared(runs[b], runs[a]), *compared(runs[a], runs[b]))]
+    if not ways:
+        return None
+    if all(o == "pass" for o in ways):
+        return f"plateau: {b} and {a} are shown within every comparison's margin of each other"
+    if "fail" in ways:
+        return f"still moving: {b} and {a} are shown apart on at least one comparison"
+    return f"convergence cannot be told: the data does not decide whether {b} and {a} differ"
+
+
+def compared(run: GateRun, other: GateRun) -> list[Claim]:
+    """`run` not worse than `other`, on every item the families that made this series' claims compare (their
+    `compare` hooks, as --compare uses them), from the stages both runs computed."""
+    made = {found[0].name for cid in run.stages.get(("series", "claims"), ()) if (found := run.resolve(cid))}
+    return [f.compare(run, other, item, NOT_WORSE.id(item))[0] for item, f in items(run).items()
+            if f.name in made and f.compare is not None]
 
 
 def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: LocalBases | None = None,
@@ -112,6 +159,7 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
     gate = series_gate(cfg.gate, len(todo))
     first: GateRun | None = None
     done: dict[str, Gated] = {}
+    runs: dict[str, GateRun] = {}
     try:
         for c in todo:
             started = time.perf_counter()
@@ -119,22 +167,26 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
                           beside=first)
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
                     else run.all_claims())
-            done[c.name] = dataclasses.replace(_gated(c, made, gate, time.perf_counter() - started),
+            run.stages[("series", "claims")] = [x.id for x in made if gate.gates(x.id)]
+            done[c.name] = dataclasses.replace(gated_of(c, made, gate, time.perf_counter() - started),
                                                drift=answer_drift(run))
+            runs[c.name] = run  # its stages stay for the comparisons; its model does not
             if first is None:
                 first = run  # it holds the base for the others
             else:
                 run.free()  # its adapter leaves the base
+        passing = [n for n, g in done.items() if g.passed]
+        worse, still = shown_worse(runs, passing), plateau(runs, list(runs))
     finally:
         if first is not None:
             first.free()
     gated = tuple(done.get(c.name, Gated(c, {}, {})) for c in series.checkpoints)
-    return SeriesResult(series, gated, ship(gated), gate.tail, overoptimized(gated))
+    return SeriesResult(series, gated, ship(gated, worse), gate.tail, overoptimized(gated), still)
 
 
 DRIFT = ("n_tokens", "duplicate_ngram_chr_fraction_5", "top_ngram_chr_fraction_2")
 """Answer features in which DPO's over-optimization shows: length, duplicated 5-grams, the most repeated bigram."""
-MARGIN = "reward-margin"
+MARGIN = REWARD_MARGIN.id()
 
 
 def answer_drift(run: GateRun) -> dict[str, tuple[float, float]]:
@@ -176,7 +228,8 @@ def overoptimized(gated: Sequence[Gated]) -> str | None:
             + "; ".join(past))
 
 
-def _gated(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: float) -> Gated:
+def gated_of(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: float) -> Gated:
+    """A checkpoint's (or a load's) gating claims, as the series records them."""
     kept = [x for x in claims if gate.gates(x.id) and x.applicable]
     return Gated(c, {x.id: x.outcome for x in kept}, {x.id: _number(x.value) for x in kept},
                  {x.id: x.ci for x in kept}, {x.id: x.threshold for x in kept}, seconds)
@@ -201,6 +254,7 @@ def record(result: SeriesResult) -> dict[str, Any]:
     lines_at = {k: v for g in result.gated for k, t in g.thresholds.items() if (v := threshold_line(t)) is not None}
     return {"rule": d.rule, "tail": result.tail, "chosen": d.chosen.name if d.chosen else None,
             "notes": list(result.series.notes), "thresholds": lines_at, "overoptimization": result.flag,
+            "convergence": result.plateau,
             "checkpoints": [{"name": g.checkpoint.name, "path": str(g.checkpoint.path), "step": g.checkpoint.step,
                              "step_from": g.checkpoint.step_from, "gated": g.checkpoint.problem is None,
                              "outcomes": dict(g.outcomes), "values": dict(g.values),
@@ -216,4 +270,4 @@ def lines(result: SeriesResult) -> list[str]:
         f" ({len(result.gated)} checkpoints; rule: {d.rule}, here one-sided {result.tail:.3g} each)")
     return [head, *(f"  {g.checkpoint.name} (step {g.checkpoint.step}): {d.reasons[g.checkpoint.name]}"
                     for g in result.gated), *(f"  note: {n}" for n in result.series.notes),
-            *([f"  {result.flag}"] if result.flag else [])]
+            *(f"  {x}" for x in (result.plateau, result.flag) if x)]

@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("run",),
     ("training",),
-    ("callback",),
+    ("loads", "callback"),
     ("__init__",),
     ("demo.base", "demo.pairs"),
     ("demo.__init__",),

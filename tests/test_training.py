@@ -37,19 +37,23 @@ REWARDS = ("reward-accuracy", "reward-accuracy-per-token", "reward-margin")
 outcome = st.sampled_from(["pass", "fail", "inconclusive"])
 
 
-@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(REWARDS), outcome, max_size=3), st.booleans()),
-                min_size=1, max_size=8))
-def test_the_latest_checkpoint_whose_gating_claims_all_pass_ships_and_every_other_says_why(rows):
+@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(REWARDS), outcome, max_size=3), st.booleans(),
+                          st.booleans()), min_size=1, max_size=8))
+def test_the_latest_passing_checkpoint_none_is_shown_better_than_ships_and_every_other_says_why(rows):
     gated = [Gated(Checkpoint(Path(f"checkpoint-{i}"), i, "trainer_state.json", None if ok else "no weights"),
-                   outcomes, {}) for i, (outcomes, ok) in enumerate(rows)]
-    d = ship(gated)
-    passing = [g.checkpoint for g in gated if g.checkpoint.problem is None and outcomes_pass(g.outcomes)]
-    assert d.chosen == (passing[-1] if passing else None)
+                   outcomes, {}) for i, (outcomes, ok, _) in enumerate(rows)]
+    worse = {g.checkpoint.name: ["not-worse[reward-accuracy] than checkpoint-0 fails"]
+             for g, (_, _, bad) in zip(gated, rows) if bad}
+    d = ship(gated, worse)
+    eligible = [g.checkpoint for g in gated if g.checkpoint.problem is None and outcomes_pass(g.outcomes)
+                and g.checkpoint.name not in worse]
+    assert d.chosen == (eligible[-1] if eligible else None)
     assert set(d.reasons) == {g.checkpoint.name for g in gated}
     for g in gated:
         why = d.reasons[g.checkpoint.name]
         assert why.startswith("ships" if g.checkpoint == d.chosen else
-                              "not gated" if g.checkpoint.problem else "passes, but" if g.passed else "does not pass")
+                              "not gated" if g.checkpoint.problem else "does not pass" if not g.passed else
+                              "passes, but is shown worse" if g.checkpoint.name in worse else "passes, but")
 
 
 def outcomes_pass(outcomes: dict[str, str]) -> bool:
@@ -107,6 +111,7 @@ def test_a_series_loads_the_base_once_and_each_checkpoint_gets_the_verdicts_it_g
     assert result.decision.chosen is None or result.decision.chosen.step != 40
     json.dumps(record(result), allow_nan=False)
     assert lines(result)[0].startswith("series: ")
+    assert result.plateau is not None and "checkpoint-30" in result.plateau  # the last two gated, compared
 
 
 def test_a_rerun_after_one_more_checkpoint_computes_only_that_one(tiny_llama, tmp_path):
@@ -201,3 +206,19 @@ def test_over_optimization_is_flagged_when_the_margin_rises_while_answers_drift_
     assert (flag is not None) == flagged
     if flagged:
         assert "n_tokens" in flag and "checkpoint-2" in flag
+
+
+def test_the_quantization_axis_gates_each_load_and_compares_it_with_the_unquantized_one(tiny_adapter, tmp_path):
+    from dpo_eval_core import loads as L
+
+    cfg = config(tiny_adapter, write_pairs(tmp_path / "pairs.jsonl", 48), tmp_path / "cache")
+    loads = L.gate_loads(cfg, cache=Cache(tmp_path / "cache"), claims=REWARDS)
+    assert [x.quant for x in loads] == ["none", "8bit", "4bit"]
+    assert loads[0].against_none == ()
+    for x in loads[1:]:
+        assert {c.id for c in x.against_none} == {f"not-worse[{k}]" for k in REWARDS}
+        assert x.gated.values["reward-margin"] != loads[0].gated.values["reward-margin"]  # another model
+        assert x.servable == (x.gated.passed and all(c.outcome != "fail" for c in x.against_none))
+    rec = json.loads(json.dumps(L.record(loads), allow_nan=False))
+    assert [r["quant"] for r in rec["loads"]] == ["none", "8bit", "4bit"] and all(r["reason"] for r in rec["loads"])
+    assert L.lines(loads)[0].startswith("quantization axis: ")
