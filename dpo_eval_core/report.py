@@ -154,10 +154,11 @@ OUTCOME_COLOURS = {"pass": "#2a9d55", "fail": "#c0392b", "inconclusive": "#e69f0
 
 
 def series_curves_plot(series: Mapping[str, Any]) -> str | None:
-    """One panel per gating claim of a training run: its value against the step, each checkpoint's interval,
+    """One panel per gating claim of a training run that is measured with an interval (the rates and means, not
+    the checks of the checkpoint or the data): its value against the step, each checkpoint's interval,
     the threshold where its text names one, each point coloured by outcome and the shipped checkpoint ringed."""
     rows = [c for c in series.get("checkpoints", []) if c.get("gated") and c.get("step") is not None]
-    ids = sorted({k for c in rows for k, v in c.get("values", {}).items() if v is not None})
+    ids = sorted({k for c in rows for k, v in (c.get("intervals") or {}).items() if v})  # the measured rates
     if not ids:
         return None
     ncols = min(3, len(ids))
@@ -166,6 +167,7 @@ def series_curves_plot(series: Mapping[str, Any]) -> str | None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
     for ax, cid in zip(axes.flat, ids):
@@ -184,6 +186,7 @@ def series_curves_plot(series: Mapping[str, Any]) -> str | None:
             ax.axhline(line, color="0.2", linestyle="--", linewidth=1)
         ax.set_title(cid, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(ids):]:
         ax.set_visible(False)

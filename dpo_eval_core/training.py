@@ -48,6 +48,8 @@ class Gated:
     pairs); empty when the answers were not generated."""
     seconds: float = 0.0
     """Wall time of its claims (the base's load counts to the first checkpoint)."""
+    computed: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """What it computed rather than read from the cache (log-probs, answers, feature rows, questions)."""
 
     @property
     def passed(self) -> bool:
@@ -169,7 +171,7 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
                     else run.all_claims())
             run.stages[("series", "claims")] = [x.id for x in made if gate.gates(x.id)]
             done[c.name] = dataclasses.replace(gated_of(c, made, gate, time.perf_counter() - started),
-                                               drift=answer_drift(run))
+                                               drift=answer_drift(run), computed=dict(run.computed))
             runs[c.name] = run  # its stages stay for the comparisons; its model does not
             if first is None:
                 first = run  # it holds the base for the others
@@ -232,7 +234,7 @@ def gated_of(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: 
     """A checkpoint's (or a load's) gating claims, as the series records them."""
     kept = [x for x in claims if gate.gates(x.id) and x.applicable]
     return Gated(c, {x.id: x.outcome for x in kept}, {x.id: _number(x.value) for x in kept},
-                 {x.id: x.ci for x in kept}, {x.id: x.threshold for x in kept}, seconds)
+                 {x.id: x.ci for x in kept}, {x.id: x.threshold for x in kept}, seconds=seconds)
 
 
 def _number(value: Any) -> float | None:
@@ -259,7 +261,8 @@ def record(result: SeriesResult) -> dict[str, Any]:
                              "step_from": g.checkpoint.step_from, "gated": g.checkpoint.problem is None,
                              "outcomes": dict(g.outcomes), "values": dict(g.values),
                              "drift": {k: list(v) for k, v in g.drift.items()},
-                             "intervals": {k: list(v) if v else None for k, v in g.intervals.items()}, "seconds": round(g.seconds, 2),
+                             "intervals": {k: list(v) if v else None for k, v in g.intervals.items()},
+                             "computed": dict(g.computed), "seconds": round(g.seconds, 2),
                              "reason": d.reasons[g.checkpoint.name]} for g in result.gated]}
 
 
@@ -268,6 +271,7 @@ def lines(result: SeriesResult) -> list[str]:
     d = result.decision
     head = (f"series: {d.chosen.name} ships" if d.chosen else "series: no checkpoint can ship") + (
         f" ({len(result.gated)} checkpoints; rule: {d.rule}, here one-sided {result.tail:.3g} each)")
-    return [head, *(f"  {g.checkpoint.name} (step {g.checkpoint.step}): {d.reasons[g.checkpoint.name]}"
-                    for g in result.gated), *(f"  note: {n}" for n in result.series.notes),
-            *(f"  {x}" for x in (result.plateau, result.flag) if x)]
+    return [head, *(f"  {g.checkpoint.name} (step {g.checkpoint.step}; {g.seconds:.0f} s; computed "
+                    f"{', '.join(f'{k} {v}' for k, v in g.computed.items() if v) or 'nothing'}): "
+                    f"{d.reasons[g.checkpoint.name]}" for g in result.gated),
+            *(f"  note: {n}" for n in result.series.notes), *(f"  {x}" for x in (result.plateau, result.flag) if x)]

@@ -125,6 +125,7 @@ def test_a_rerun_after_one_more_checkpoint_computes_only_that_one(tiny_llama, tm
                          claims=REWARDS)
     n_valid = len(GateRun(config(run_dir, data, tmp_path / "x")).valid_index)
     assert [g.checkpoint.step for g in result.gated] == [10, 20, 30] and result.decision.reasons
+    assert [sum(g.computed.values()) == 0 for g in result.gated] == [True, True, False]  # said per checkpoint
     assert cache.stats()["misses"].get("logp") == 2 * n_valid  # its policy log-probs; the reference is shared
 
 
@@ -158,7 +159,8 @@ def test_pytest_on_a_run_directory_gates_the_series_and_then_the_checkpoint_to_s
         str(tmp_path / "cache"), "--gate", "gating=adapter-loads", "--compute-dtype", "float32")
     out = result.stdout.str()
     assert result.ret == 0, out + result.stderr.str()
-    assert "series: checkpoint-20 ships" in out and "checkpoint-30 (step 30): not gated" in out
+    assert "series: checkpoint-20 ships" in out
+    assert "checkpoint-30 (step 30; 0 s; computed nothing): not gated" in out
     data = json.loads(results.read_text())
     assert data["series"]["chosen"] == "checkpoint-20"
     assert [c["step"] for c in data["series"]["checkpoints"]] == [10, 20, 30]
