@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -224,3 +225,44 @@ def test_the_quantization_axis_gates_each_load_and_compares_it_with_the_unquanti
     rec = json.loads(json.dumps(L.record(loads), allow_nan=False))
     assert [r["quant"] for r in rec["loads"]] == ["none", "8bit", "4bit"] and all(r["reason"] for r in rec["loads"])
     assert L.lines(loads)[0].startswith("quantization axis: ")
+
+
+def smallest_passing(n: int, gate: GateConfig) -> int:
+    """The fewest right pairs of n with which reward-accuracy passes at `gate` (n + 1: never)."""
+    from dpo_eval_core.claims import rate_above
+
+    return next((k for k in range(n // 2, n + 1) if rate_above("r", k, n, 0.5, gate, "").passed), n + 1)
+
+
+@pytest.mark.parametrize("n", [3, 30, 300, 3000], ids=lambda n: f"{n}-pairs")
+@pytest.mark.parametrize("n_checkpoints", [1, 4, 12], ids=lambda k: f"{k}-checkpoints")
+def test_a_series_at_the_threshold_ships_no_more_often_than_one_adapters_error(n_checkpoints, n):
+    """Every checkpoint exactly at the threshold (accuracy 0.5), independent pairs (the union bound's worst
+    case): the chance that any checkpoint passes, so that one ships, computed exactly from the binomial."""
+    from scipy.stats import binom
+
+    k = smallest_passing(n, series_gate(GateConfig(), n_checkpoints))
+    any_passes = 1 - binom.cdf(k - 1, n, 0.5) ** n_checkpoints if k <= n else 0.0
+    print(f"{n_checkpoints} checkpoints, {n} pairs: a bad one ships with chance {any_passes:.4f}")
+    assert any_passes <= GateConfig().tail
+    if n <= 3:
+        assert k > n  # nothing passes on 3 pairs
+    naive = smallest_passing(n, GateConfig())  # every checkpoint at the full error: the choice inflates it
+    if n_checkpoints == 12 and n >= 300:
+        assert 1 - binom.cdf(naive - 1, n, 0.5) ** n_checkpoints > 2 * GateConfig().tail
+
+
+def test_a_series_of_clustered_checkpoints_and_its_power_simulated():
+    """Checkpoints that share most of their pairs' outcomes (a run's neighbours differ on 10% of pairs): at the
+    threshold the ship rate stays within the error; a good run (accuracy 0.65 at 300 pairs) still ships."""
+    rng = np.random.default_rng(0)
+    n, n_checkpoints, sims = 300, 6, 4000
+    k = smallest_passing(n, series_gate(GateConfig(), n_checkpoints))
+    for p, check in ((0.5, lambda rate: rate <= GateConfig().tail), (0.65, lambda rate: rate >= 0.8)):
+        shared = rng.random((sims, n)) < p
+        own = rng.random((sims, n_checkpoints, n)) < p
+        moved = rng.random((sims, n_checkpoints, n)) < 0.1
+        right = np.where(moved, own, shared[:, None, :]).sum(axis=2)
+        rate = float((right >= k).any(axis=1).mean())
+        print(f"accuracy {p}: some checkpoint of {n_checkpoints} ships in {rate:.4f} of {sims} runs")
+        assert check(rate)
