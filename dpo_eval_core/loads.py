@@ -87,4 +87,4 @@ def lines(loads: Sequence[Load]) -> list[str]:
     ok = [x.quant for x in loads if x.servable]
     head = f"quantization axis: may be served as {', '.join(ok)}" if ok else "quantization axis: no load may be served"
     return [head, *(f"  {x.quant}: {x.reason()}" for x in loads),
-            *(f"    {c.id} against none: {c.outcome}: {c.message}" for x in loads for c in x.against_none)]
+            *(f"    {x.quant}: {c.id} against none: {c.outcome}: {c.message}" for x in loads for c in x.against_none)]
