@@ -41,7 +41,7 @@ from .demo.controls import noise_adapter
 from .families.checkpoint import probe_inputs
 from .features import FeatureSettings, build_pipeline, doc_features, extract
 from .report import precision_lines
-from .results import jsonable
+from .results import jsonable, sections
 from .run import GateRun
 
 
@@ -238,7 +238,7 @@ def timed_gate(cfg: EvalConfig, cache_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     run.free()
     return {"seconds": seconds, "computed": dict(run.computed), "timings": dict(run.timings), "claims": claims,
-            "dtype": run.cfg.dtype_choice.identity, "float32_verdicts": precision_lines(jsonable(run.sections()))}
+            "dtype": run.cfg.dtype_choice.identity, "float32_verdicts": precision_lines(jsonable(sections(run)))}
 
 
 def fresh_cache(root: Path, cache_dir: Path) -> Path:

@@ -22,7 +22,7 @@ from .config import EvalConfig
 from .models import LocalBases
 from .run import GateRun
 from .series import Checkpoint
-from .training import Gated, compared, gated_of, series_gate
+from .training import GATED, Gated, compared, gated_of, series_gate
 
 LOADS = ("none", "8bit", "4bit")
 
@@ -63,7 +63,7 @@ def gate_loads(cfg: EvalConfig, *, cache: Cache, local_bases: LocalBases | None 
         try:
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
                     else run.all_claims())
-            run.stages[("series", "claims")] = [x.id for x in made if gate.gates(x.id)]
+            run.stages.put(GATED, [x.id for x in made if gate.gates(x.id)])
         finally:
             run.free()  # one model in memory at a time; its stages stay for the comparisons
         here = Checkpoint(run.spec.adapter, None, f"load {quant}")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from . import operating as O
 from .looks import Look
+from .stages import Stage
 
 POWER = 0.8
 FLOOR = 0.5
@@ -85,6 +86,10 @@ class Plan:
                 "look": None if self.look is None else self.look.number,
                 "claims": [{"claim": c.claim, "n": c.n, "units": c.units, "chance": c.chance,
                             "n_for_80": c.n_for_80, "note": c.note.strip("; ")} for c in self.claims]}
+
+
+PLAN: Stage[Plan] = Stage("plan")
+"""The plan before the work, made once by the session that computes it."""
 
 
 def plan_of(run: object, families: Sequence[object]) -> Plan:

@@ -14,7 +14,11 @@ from .cache import atomic_write_text
 from .claims import Claim
 from .errors import ConfigError
 from .identity import library_versions
+from .plan import PLAN
 from .report import precision_lines, sequential_lines
+from .scoring import SCORER, SERVE_CHECK
+from .sequential import ROUNDS
+from .texts import SERVED
 
 GLOSSARY = "docs/glossary.md"
 """The page that says what the console's statistical words mean: the summary and the plan point at it."""
@@ -43,7 +47,7 @@ def jsonable(obj: Any) -> Any:
 def run_facts(run: Any) -> dict[str, Any]:
     """What was gated, on what, how: the header of the report and the identity of a baseline. Only what
     the run computed is reported (a data-only run has no model facts)."""
-    sec = run.shared()
+    sec = shared(run)
     facts: dict[str, Any] = {"libraries": library_versions(), "timings_s": {k: round(v, 2) for k, v in
                                                                              run.timings.items()},
                              "cache": run.cache.stats(), "computed": dict(run.computed)}
@@ -56,8 +60,8 @@ def run_facts(run: Any) -> dict[str, Any]:
         if name in sec:
             facts[key] = sec[name]
     facts["gating"] = run.cfg.gate.gating_record()
-    if "plan" in run.stages:
-        facts["plan"] = run.stages["plan"].record()
+    if (plan := run.stages.computed(PLAN)) is not None:
+        facts["plan"] = plan.record()
     if "gate" in run.__dict__:  # a claim was decided on this look: which one, at what level, what came before
         facts["look"] = run.look.record()
     if "pairs" in sec:
@@ -84,17 +88,17 @@ def run_facts(run: Any) -> dict[str, Any]:
         facts["answered"] = {s: sum(g is not None and sp == s for g, sp in zip(sec["answers"]["tuned"], split))
                              for s in ("train", "valid")}
     if run.cfg.serve_url:
-        scorer = run.stages.get("scorer")
+        scorer = run.stages.computed(SCORER)
         facts["model_work"] = {
             "answers": "server" if "answers" in sec else "not asked",
             "log_probs": (f"server ({scorer[0].mode})" if run.cfg.serve_scoring == "server" else "local model")
             if scorer else "not computed",
             "local_model": ("not loaded" if "load" not in run.timings else
                             f"loaded: --serve-check {run.cfg.serve_check} scored pairs locally too"
-                            if run.stages.get("serve check") else
+                            if run.stages.computed(SERVE_CHECK) else
                             "loaded: a claim needed the weights (checkpoint and quantization claims always do)"),
-            "replicas": {role: s.endpoint.report() for role, s in (run.stages.get("served") or {}).items()},
-            "check": run.stages.get("serve check")}
+            "replicas": {role: s.endpoint.report() for role, s in (run.stages.computed(SERVED) or {}).items()},
+            "check": run.stages.computed(SERVE_CHECK)}
     return facts
 
 
@@ -107,7 +111,21 @@ def run_sections(run: Any) -> dict[str, Any]:
     """What one process (the session, or one xdist worker) measured: config, facts, and each family's sections
     (features, rewards, forgetting, judge, comparison...)."""
     config = jsonable(run.cfg) | {"families": {name: jsonable(s) for name, s in run.cfg.families}}
-    return {"config": config, "facts": run_facts(run), **jsonable(run.sections())}
+    return {"config": config, "facts": run_facts(run), **jsonable(sections(run))}
+
+
+def shared(run: Any) -> dict[str, Any]:
+    """The run's shared stages computed so far, by name (the facts report only what ran)."""
+    names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers")
+    return {n: run.__dict__[n] for n in names if n in run.__dict__}
+
+
+def sections(run: Any) -> dict[str, Any]:
+    """What results.json records besides the claims and facts: each family's own sections, and how each stage
+    took its items."""
+    out = {k: v for f in run.families if f.section for k, v in f.section(run).items()}
+    rounds = {name: staged.record() for name, staged in run.stages.each(ROUNDS).items()}
+    return {**out, "sequential": rounds} if rounds else out
 
 
 _SUMMED = ("timings_s", "cache", "computed")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +24,12 @@ from .ledger import Ledger, memory_errors
 from .looks import Look, commit, find, inputs_digest
 from .quantization import free
 from .registry import check_claim_ids, resolve
-from .sequential import Staged
+from .sequential import ROUNDS, Staged
+from .stages import Stage, Stages
 from .texts import answer, features
+
+CLAIMS: Stage[list[Claim]] = Stage("claims")
+"""Every claim a family made at once, under (family, argument)."""
 
 
 class GateRun:
@@ -41,17 +45,11 @@ class GateRun:
         self.families = self.owner.families if self.owner is not self else installed()
         self.ledger = Ledger() if host is None else Ledger(host.timings, host.computed, "compare: ")
         self.timings, self.computed = self.ledger.timings, self.ledger.computed
-        self.stages: dict[Hashable, Any] = {}  # every stage computed so far: the families' own, their claims
+        self.stages = Stages()  # every stage computed so far: the shared ones below, the families' own, claims
         self.loaded: M.LoadedModel | None = None
         self.guests: list[GateRun] = []  # the runs that share this one's model
         if host is not None:
             host.guests.append(self)
-
-    def stage(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """The stage under `key`, computed on first use (a family's own stages go through here)."""
-        if key not in self.stages:
-            self.stages[key] = compute()
-        return self.stages[key]
 
     def settings(self, family: Family) -> Any:
         return self.cfg.settings_of(family)
@@ -146,8 +144,8 @@ class GateRun:
     def answers(self) -> dict[str, list[Generation | None]]:
         """Tuned and base answers to every valid prompt (and the train prompts answered): never in rounds, since
         the claims on answers are not decided item by item (results.json says so under "sequential")."""
-        self.stage(("sequence", "answers"), lambda: Staged(None, "every valid prompt answered: the claims on "
-                                                                 "answers are not decided item by item"))
+        self.stages.once(ROUNDS.of("answers"), lambda: Staged(None, "every valid prompt answered: the claims on "
+                                                                    "answers are not decided item by item"))
         return answer(self)
 
     @functools.cached_property
@@ -168,9 +166,9 @@ class GateRun:
         bracket value when it measures item by item); None when this machine makes none."""
         check_claim_ids(self.families, (claim_id,), "claim id")
         family, _, arg = self.resolve(claim_id)  # type: ignore[misc]
-        key = ("claims", family.name, arg if family.per_item else None)
+        of = arg if family.per_item else None
         with memory_errors(self.ledger, self.cfg, f"computing {claim_id}"):
-            claims = self.stage(key, lambda: family.claims(self, key[2]))
+            claims = self.stages.once(CLAIMS.of((family.name, of)), lambda: family.claims(self, of))
         return next((c for c in claims if c.id == claim_id), None)
 
     def all_claims(self, quantization: bool = False) -> list[Claim]:
@@ -178,14 +176,3 @@ class GateRun:
         ids = [k.id(a) for f in self.families if f.absent(self.cfg) is None and (quantization or not f.own_models)
                for k in f.kinds for a in ((f.arguments(self, k) if f.arguments else ()) if k.over else (None,))]
         return [c for cid in ids if (c := self.claim(cid)) is not None]
-
-    def shared(self) -> dict[str, Any]:
-        """The shared stages computed so far, by name (results.json's facts read these)."""
-        names = ("spec", "base_fingerprint", "adapter_fingerprint", "pairs", "identity", "answers")
-        return {n: self.__dict__[n] for n in names if n in self.__dict__}
-
-    def sections(self) -> dict[str, Any]:
-        """What results.json records besides the claims and facts: each family's own sections."""
-        out = {k: v for f in self.families if f.section for k, v in f.section(self).items()}
-        rounds = {k[1]: v.record() for k, v in self.stages.items() if isinstance(k, tuple) and k[0] == "sequence"}
-        return {**out, "sequential": rounds} if rounds else out

@@ -12,10 +12,16 @@ from .chat import completion_ids
 from .errors import EndpointError
 from .identity import ModelIdentity
 from .serving import ServedScorer, scoring_identity, to_score
+from .stages import Stage
 from .texts import served
 
 if TYPE_CHECKING:
     from .run import GateRun
+
+SCORER: Stage[tuple[Any, ModelIdentity]] = Stage("scorer")
+"""What scores completions and choices, and the identity its log-probs are cached under."""
+SERVE_CHECK: Stage[dict[str, Any]] = Stage("serve check")
+"""What --serve-check saw (local against served log-probs)."""
 
 
 def scorer(run: GateRun) -> tuple[Any, ModelIdentity]:
@@ -32,9 +38,9 @@ def scorer(run: GateRun) -> tuple[Any, ModelIdentity]:
         base.endpoint.prompt_logprobs(to_score(run.tokenizer, probe, mode), mode, start=len(prompt))  # or refused
         served_scorer = ServedScorer(tuned, base, run.tokenizer, run.system_ok, mode)
         if run.cfg.serve_check:
-            run.stage("serve check", lambda: parity(run, served_scorer))
+            run.stages.once(SERVE_CHECK, lambda: parity(run, served_scorer))
         return served_scorer, scoring_identity(tuned, base, mode, run.tokenizer.chat_template)
-    return run.stage("scorer", make)
+    return run.stages.once(SCORER, make)
 
 
 def exact_scorer(run: GateRun) -> tuple[Any, ModelIdentity] | None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from .claims import Claim
 from .errors import ConfigError
+from .stages import Stage
 
 if TYPE_CHECKING:
     from .config import GateConfig
@@ -156,6 +157,10 @@ class Staged(Generic[T]):
         return {"why": self.why, **(self.run.record() if self.run else {})}
 
 
+ROUNDS: Stage[Staged] = Stage("sequence")
+"""How each stage took its items, by the stage's name (results.json's "sequential")."""
+
+
 def staged(run: GateRun, name: str, ids: Sequence[str], measure: Callable[[list[int]], T],
            decide: Callable[[T, GateConfig], Sequence[Claim]],
            can_pass: Callable[[T, GateConfig], Mapping[str, bool]] | None = None,
@@ -170,7 +175,7 @@ def staged(run: GateRun, name: str, ids: Sequence[str], measure: Callable[[list[
         first = order(ids, run.cfg.seed)
         return Staged(decide_in_rounds(s, run.gate, lambda n: measure(sorted(first[:n])), decide, can_pass,
                                        last_round_pass), why)
-    return run.stage(("sequence", name), compute)
+    return run.stages.once(ROUNDS.of(name), compute)
 
 
 def planned_tail(run: GateRun, n_items: int) -> float:

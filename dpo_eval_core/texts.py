@@ -5,7 +5,7 @@ what it got)."""
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -14,14 +14,20 @@ from .chat import Message, prompt_ids
 from .features import FeatureSettings, build_pipeline, feature_table
 from .generation import generate_answers
 from .serving import Served, connect, serve_answers
+from .stages import Stage
 
 if TYPE_CHECKING:
     from .run import GateRun
 
+SERVED: Stage[dict[str, Served]] = Stage("served")
+"""The --serve-url models by role (tuned, base)."""
+NLP: Stage[Any] = Stage("nlp")
+"""The spaCy pipeline's maker, built once per loaded model's run."""
+
 
 def served(run: GateRun) -> dict[str, Served]:
     """The --serve-url models that answer instead of the loaded one, checked before any model loads."""
-    return run.stage("served", lambda: connect(run.cfg, run.tokenizer.chat_template))
+    return run.stages.once(SERVED, lambda: connect(run.cfg, run.tokenizer.chat_template))
 
 
 def answer(run: GateRun) -> dict[str, list[Generation | None]]:
@@ -55,7 +61,7 @@ def answer_prompts(run: GateRun, prompts: Sequence[Sequence[Message]], only: Seq
 def features(run: GateRun, texts: dict[str, list[str | None]], of: str) -> dict[str, np.ndarray]:
     """{role: [n_texts, n_features]} TextDescriptives features, cached per text (None: an unanswered row); the
     spaCy pipeline is built once per run, and only when a text is missing from the cache."""
-    nlp = run.owner.stage("nlp", lambda: functools.cache(functools.partial(build_pipeline, FeatureSettings())))
+    nlp = run.owner.stages.once(NLP, lambda: functools.cache(functools.partial(build_pipeline, FeatureSettings())))
     with run.ledger.phase(f"features ({of})"):
         table, n = feature_table([t for r in texts for t in texts[r]], run.cache, nlp, f"text features ({of})")
     run.ledger.count("feature_rows", n)

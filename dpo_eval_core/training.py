@@ -32,6 +32,11 @@ from .families.rewards import MARGIN as REWARD_MARGIN
 from .models import LocalBases
 from .run import GateRun
 from .series import Checkpoint, Series
+from .stages import Stage
+
+
+GATED: Stage[list[str]] = Stage("series claims")
+"""The gating claims a candidate of a series (a checkpoint, a load) was decided on: what its comparisons cover."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +152,7 @@ def plateau(runs: Mapping[str, GateRun], names: Sequence[str]) -> str | None:
 def compared(run: GateRun, other: GateRun) -> list[Claim]:
     """`run` not worse than `other`, on every item the families that made this series' claims compare (their
     `compare` hooks, as --compare uses them), from the stages both runs computed."""
-    made = {found[0].name for cid in run.stages.get(("series", "claims"), ()) if (found := run.resolve(cid))}
+    made = {found[0].name for cid in (run.stages.computed(GATED) or ()) if (found := run.resolve(cid))}
     return [f.compare(run, other, item, NOT_WORSE.id(item))[0] for item, f in items(run).items()
             if f.name in made and f.compare is not None]
 
@@ -169,7 +174,7 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
                           beside=first)
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
                     else run.all_claims())
-            run.stages[("series", "claims")] = [x.id for x in made if gate.gates(x.id)]
+            run.stages.put(GATED, [x.id for x in made if gate.gates(x.id)])
             done[c.name] = dataclasses.replace(gated_of(c, made, gate, time.perf_counter() - started),
                                                drift=answer_drift(run), computed=dict(run.computed))
             runs[c.name] = run  # its stages stay for the comparisons; its model does not

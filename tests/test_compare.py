@@ -20,6 +20,7 @@ from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import ConfigError
 from dpo_eval_core.families import alignment as AL
 from dpo_eval_core.families import comparison as CO
+from dpo_eval_core.families.comparison import RECORDS
 from dpo_eval_core.families import rewards as RW
 from dpo_eval_core.models import add_adapter, attach_adapter, load_base, load_tokenizer, resolve
 from dpo_eval_core.rewards import PairLogps, RewardSummary, summarize
@@ -141,7 +142,7 @@ def test_an_adapter_compared_with_itself_has_zero_differences_and_never_fails(ti
     run = run_of(tiny_adapter, pairs, tmp_path / "cache", compare=tiny_adapter)
     claims = not_worse_claims(run)
     assert claims and not any(c.outcome == "fail" for c in claims.values())
-    for what, c in run.stages["comparison records"]["items"].items():
+    for what, c in run.stages.computed(RECORDS)["items"].items():
         assert (c.better, c.worse, c.estimate) == (0, 0, 0.0), what
     # the few valid pairs of this set cannot show a 2-point bound: the claim says how many would, with 80% power
     # at the next look's one-sided 0.0025 (a run with more data is that look): z = (2.807 + 0.842)(1 + 1/n)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dpo_eval_core import operating as O
+from dpo_eval_core.families.rewards import REWARDS
 from dpo_eval_core.plan import (FLOOR, Assumptions, Plan, agreement_chance, forgetting_chance, not_lower_chance,
                                 reward_chances)
 
@@ -88,7 +89,7 @@ def test_with_a_baseline_the_plan_adds_its_not_lower_claims_from_the_baseline_s_
     write_json(tmp_path / "baseline.json", build_results(run_sections(release), claims))
     now = GateRun(dataclasses.replace(cfg, families={"regression": {"baseline": tmp_path / "baseline.json"}}))
     rows = {c.claim: c for c in plan_of(now, [f for f in installed() if f.name == "rewards"]).claims}
-    accuracy = float(np.mean(release.stages["rewards"].correct))
+    accuracy = float(np.mean(release.stages.computed(REWARDS).correct))
     assert f"{accuracy:.3f}" in rows["not-lower[reward-accuracy]"].note
     assert rows["not-lower[reward-accuracy]"].n == len(release.valid_index)
     assert "not-lower[reward-accuracy-per-token]" in rows

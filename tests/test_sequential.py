@@ -22,6 +22,8 @@ from dpo_eval_core import decide as D
 from dpo_eval_core.claims import Claim, rate_above
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import ConfigError
+from dpo_eval_core.families.rewards import REWARDS
+from dpo_eval_core.results import sections
 from dpo_eval_core.sequential import (Schedule, at_tail, decide_in_rounds, order, paired_may_pass, rate_may_pass,
                                       schedule)
 from tiny import write_pairs
@@ -336,12 +338,12 @@ def test_a_gate_run_in_rounds_scores_only_the_pairs_its_rounds_used(tiny_adapter
                          looks=tmp_path / name / "looks.json", gate=gate)
         run = GateRun(cfg)
         claims = {c.id: c for c in (run.claim(k) for k in ("reward-accuracy", "reward-accuracy-per-token"))}
-        record = run.sections()["sequential"]["rewards"]
+        record = sections(run)["sequential"]["rewards"]
         n = len(run.valid_index)
-        assert record["planned"][-1] == n and record["n_used"] == run.stages["rewards"].n
+        assert record["planned"][-1] == n and record["n_used"] == run.stages.computed(REWARDS).n
         assert run.computed.get("logps", 0) == 4 * record["n_used"]  # policy and reference, chosen and rejected
         rounds = record["rounds"]
-        again = {c.id: c for c in rewards(run.stages["rewards"], run.settings(run.resolve("reward-accuracy")[0]),
+        again = {c.id: c for c in rewards(run.stages.computed(REWARDS), run.settings(run.resolve("reward-accuracy")[0]),
                                           dataclasses.replace(run.gate, ci_level=1 - 2 * rounds[-1]["tail"]))}
         for cid, c in claims.items():  # decided at the last round: the rule's decision on its pairs and share
             first = next((i for i, r in enumerate(rounds) if r["outcomes"][cid] != "inconclusive"), len(rounds) - 1)

@@ -24,7 +24,7 @@ from dpo_eval_core.errors import ConfigError, EndpointError
 from dpo_eval_core.families import forgetting, rewards
 from dpo_eval_core.results import run_facts
 from dpo_eval_core.run import GateRun
-from dpo_eval_core.scoring import scorer
+from dpo_eval_core.scoring import SERVE_CHECK, scorer
 from dpo_eval_core.texts import served
 
 MCQ = [{"question": f"What is {i} plus {i}?", "choices": [str(2 * i), str(2 * i + 1), f"{i}{i}"], "answer": 0}
@@ -312,7 +312,7 @@ def test_the_parity_check_passes_a_faithful_server_and_stops_a_wrong_one(backend
     try:
         run = GateRun(dataclasses.replace(run_of(tiny_adapter, data, tmp_path, server).cfg, serve_check=3))
         scorer(run)
-        seen = run.stages["serve check"]
+        seen = run.stages.computed(SERVE_CHECK)
         assert seen["pairs"] == 3 and seen["worst_difference"] < 1e-4 and run.loaded is not None
         assert run_facts(run)["model_work"]["local_model"] == "loaded: --serve-check 3 scored pairs locally too"
 

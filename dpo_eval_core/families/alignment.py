@@ -18,9 +18,14 @@ from ..family import Family, Kind
 from ..features import FEATURE_NAMES
 from ..stats import FeatureStat, sign
 from .data_signal import data_stats, signal_features, stats
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+FEATURE_STATS: Stage[list[FeatureStat]] = Stage("feature stats")
+COMPONENTS: Stage[Components] = Stage("agreement components")
+VOTES: Stage[Votes] = Stage("agreement votes")
 
 DIFFERS = Kind("tuned-differs", "tuned and base answers differ in this feature (valid split)", over="FEATURE",
                gates=False, detail=True)
@@ -53,7 +58,7 @@ class Settings:
 
 def feature_stats(run: GateRun) -> list[FeatureStat]:
     """Per-feature statistics of all four roles (its chosen-rejected tests equal data_stats')."""
-    return run.stage("feature stats", lambda: stats(run, {**run.data_features, **run.answer_features}))
+    return run.stages.once(FEATURE_STATS, lambda: stats(run, {**run.data_features, **run.answer_features}))
 
 
 def agreement_components(run: GateRun) -> Components:
@@ -67,7 +72,7 @@ def agreement_components(run: GateRun) -> Components:
         d_cr = run.data_features["chosen"] - run.data_features["rejected"]  # NaN where either is undefined
         return components(d_cr[train][:, cols], [FEATURE_NAMES[j] for j in cols], [scale[j] for j in cols],
                           g.alpha, g.correction)
-    return run.stage("agreement components", compute)
+    return run.stages.once(COMPONENTS, compute)
 
 
 def agreement_votes(run: GateRun, answer_features: Mapping[str, np.ndarray] | None = None) -> Votes:
@@ -80,7 +85,7 @@ def agreement_votes(run: GateRun, answer_features: Mapping[str, np.ndarray] | No
         train = np.array([p.split == "train" for p in run.pairs.pairs])
         return votes({r: np.asarray(values[r])[:, cols] for r in ("chosen", "rejected", "tuned", "base")}, train,
                      comps)
-    return compute() if answer_features is not None else run.stage("agreement votes", compute)
+    return compute() if answer_features is not None else run.stages.once(VOTES, compute)
 
 
 def agreement_rate(v: Votes, n_features: int, s: Settings, gate: Any) -> Claim:
@@ -203,9 +208,9 @@ def not_lower(run: GateRun, baseline: Mapping[str, Any], kind: Kind, cid: str) -
 
 def _section(run: GateRun) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if "feature stats" in run.stages:
-        out["features"] = run.stages["feature stats"]
-    comps = run.stages.get("agreement components")
+    if FEATURE_STATS in run.stages:
+        out["features"] = run.stages.computed(FEATURE_STATS)
+    comps = run.stages.computed(COMPONENTS)
     if comps is not None and comps.k and "answer_features" in run.__dict__:
         v = agreement_votes(run)
         out["agreement"] = {"n_features": comps.n_features, "directions": [

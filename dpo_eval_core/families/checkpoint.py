@@ -11,9 +11,12 @@ from ..chat import prompt_ids, tokenizer_facts
 from ..claims import Claim
 from ..family import Family, Kind
 from ..models import AdapterReport, logit_effect
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+PROBE_INPUTS: Stage[tuple[Any, Any]] = Stage("probe inputs")
 
 LOADS = Kind("adapter-loads", "the adapter loads onto its base: every LoRA tensor meets a module, no missing or "
                               "unexpected keys")
@@ -30,7 +33,7 @@ def probe_inputs(run: GateRun) -> tuple[Any, Any]:
         prompts = [p.messages for p in run.pairs.pairs]
         idx = Q.pick_probe_prompts(prompts, [len(prompt_ids(run.tokenizer, m, run.system_ok)) for m in prompts])
         return Q.probe_batch(run.tokenizer, [prompts[i] for i in idx], run.system_ok, run.cfg.resolved_device)
-    return run.stage("probe inputs", batch)
+    return run.stages.once(PROBE_INPUTS, batch)
 
 
 def adapter_loads(report: AdapterReport, adapter: str, base: str) -> Claim:

@@ -19,9 +19,13 @@ from .. import report as H
 from ..claims import Claim
 from ..errors import ConfigError
 from ..family import Family, Kind, Option
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+OTHER: Stage[GateRun] = Stage("compare run")
+RECORDS: Stage[dict[str, Any]] = Stage("comparison records")
 
 NOT_WORSE = Kind("not-worse", "non-inferiority: the adapter is shown not worse than the --compare adapter, within the "
                               "comparison's margin", over="COMPARISON", holds_claim=True)
@@ -57,7 +61,7 @@ def other(run: GateRun) -> GateRun:
             raise ConfigError("--compare", str(path), f"an adapter of this run's base ({run.spec.base})",
                               f"It was made for {guest.spec.base_declared}; compare adapters of the same base.")
         return guest
-    return run.stage("compare run", make)
+    return run.stages.once(OTHER, make)
 
 
 def items(run: GateRun) -> dict[str, Family]:
@@ -71,18 +75,18 @@ def claims(run: GateRun, item: str | None) -> list[Claim]:
     if owner is None or owner.compare is None:
         raise ConfigError("claim id", NOT_WORSE.id(item or "?"), "one of " + ", ".join(NOT_WORSE.id(i) for i in items(run)))
     claim, record = owner.compare(run, other(run), item or "", NOT_WORSE.id(item))
-    records = run.stage("comparison records", dict)
+    records = run.stages.once(RECORDS, dict)
     for key, value in record.items():
         records[key] = {**records.get(key, {}), **value} if isinstance(value, dict) else value
     return [claim]
 
 
 def section(run: GateRun) -> dict[str, Any]:
-    if "compare run" not in run.stages:
+    if OTHER not in run.stages:
         return {}
-    guest = run.stages["compare run"]
+    guest = run.stages.computed(OTHER)
     out: dict[str, Any] = {"other": str(guest.cfg.adapter), "items": {}, "features": (),
-                           **run.stages.get("comparison records", {})}
+                           **(run.stages.computed(RECORDS) or {})}
     if "adapter_fingerprint" in guest.__dict__:
         out["other_sha256"] = guest.adapter_fingerprint
     return {"comparison": out}

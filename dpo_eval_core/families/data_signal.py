@@ -14,9 +14,12 @@ from ..errors import ConfigError
 from ..family import Family, Kind
 from ..features import FEATURE_NAMES
 from ..stats import FeatureStat, feature_stats, min_attainable_p, pairs_needed
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+DATA_STATS: Stage[list[FeatureStat]] = Stage("data stats")
 
 PER_FEATURE = Kind("data-signal", "chosen and rejected differ in this feature (train split)", over="FEATURE",
                    gates=False, detail=True)
@@ -43,7 +46,7 @@ def stats(run: GateRun, values: dict[str, np.ndarray]) -> list[FeatureStat]:
 
 def data_stats(run: GateRun) -> list[FeatureStat]:
     """Per-feature chosen-rejected statistics, from the data alone."""
-    return run.stage("data stats", lambda: stats(run, run.data_features))
+    return run.stages.once(DATA_STATS, lambda: stats(run, run.data_features))
 
 
 def signal_features(stats: Sequence[FeatureStat], alpha: float) -> list[FeatureStat]:
@@ -77,5 +80,5 @@ def report(results: Mapping[str, Any]) -> str:
 FAMILY = Family(
     "data-signal", (PER_FEATURE, SIGNAL), claims, needs=frozenset({"data"}), settings=Settings, rank=40,
     arguments=lambda run, kind: FEATURE_NAMES, accepts=lambda kind, arg: arg in FEATURE_NAMES,
-    section=lambda run: {"features": run.stages["data stats"]} if "data stats" in run.stages else {},
+    section=lambda run: {"features": run.stages.computed(DATA_STATS)} if DATA_STATS in run.stages else {},
     report=report, doc="Chosen and rejected answers differ in text features: the data gives DPO something to learn.")

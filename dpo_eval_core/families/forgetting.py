@@ -20,9 +20,13 @@ from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import exact_scorer, scorer
 from ..sequential import Staged, paired_may_pass, planned_tail, staged
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+QUESTION_SETS: Stage[dict[str, QuestionSet]] = Stage("question sets")
+SUMMARY: Stage[ForgettingSummary] = Stage("forgetting")
 
 ACCURACY = Kind("mcq-accuracy", "the tuned model answers this multiple-choice set above chance (tuned and base "
                                 "accuracy, with intervals)", over="SET", gates=False)
@@ -100,7 +104,7 @@ OPTIONS = (
 def question_sets(run: GateRun) -> dict[str, QuestionSet]:
     """The --mcq sets by claim name, read (and refused with the reason) before any model loads."""
     s = run.settings(FAMILY)
-    return run.stage("question sets", lambda: load_question_sets(s.sets, s.columns, s.max_questions, run.cfg.seed))
+    return run.stages.once(QUESTION_SETS, lambda: load_question_sets(s.sets, s.columns, s.max_questions, run.cfg.seed))
 
 
 def _measure(run: GateRun, qset: QuestionSet) -> ForgettingSummary:
@@ -134,7 +138,7 @@ def summary(run: GateRun, name: str) -> ForgettingSummary:
     def compute() -> ForgettingSummary:
         rounds = in_rounds(run, name).run
         return rounds.measured if rounds else _measure(run, _set(run, name))
-    return run.stage(("forgetting", name), compute)
+    return run.stages.once(SUMMARY.of(name), compute)
 
 
 def can_pass(s: ForgettingSummary, max_forgetting: float, gate: Any, n_items: int) -> dict[str, bool]:
@@ -227,7 +231,7 @@ def report(results: Mapping[str, Any]) -> str:
 
 
 def _sections(run: GateRun) -> dict[str, Any]:
-    done = {k[1]: v for k, v in run.stages.items() if isinstance(k, tuple) and k[0] == "forgetting"}
+    done = run.stages.each(SUMMARY)
     return {FAMILY.name: done} if done else {}
 
 

@@ -18,9 +18,14 @@ from ..claims import Claim, decided, fmt, one_sided, percent, rate_floor
 from ..endpoint import is_url
 from ..errors import ConfigError
 from ..family import Family, Kind, Option
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+JUDGE: Stage[J.Judge] = Stage("judge")
+SUMMARY: Stage[J.JudgeSummary] = Stage("judge summary")
+COMPARED: Stage[J.JudgeSummary] = Stage("judge (compare)")
 
 WIN = Kind("judge-win-rate", "the judge prefers tuned answers to base answers, judged in both orders: win rate CI "
                              "low above 0.5", gates=False)
@@ -91,7 +96,7 @@ OPTIONS = (
 
 def judge(run: GateRun) -> J.Judge:
     """The --judge, resolved before any model loads (a server is asked whether it serves the model)."""
-    return run.stage("judge", lambda: J.make_judge(run.settings(FAMILY), run.cfg, run.spec, lambda: run.model.backend,
+    return run.stages.once(JUDGE, lambda: J.make_judge(run.settings(FAMILY), run.cfg, run.spec, lambda: run.model.backend,
                                                    run.identity, run.cache, run.local_bases, run.free))
 
 
@@ -108,7 +113,7 @@ def judged(run: GateRun, tuned: Any, base: Any, phase: str) -> J.JudgeSummary:
 
 def judge_summary(run: GateRun) -> J.JudgeSummary:
     """The judge on tuned vs base answers (answered before a judge model may take the memory)."""
-    return run.stage("judge summary", lambda: judged(run, run.answers["tuned"], run.answers["base"], "judge"))
+    return run.stages.once(SUMMARY, lambda: judged(run, run.answers["tuned"], run.answers["base"], "judge"))
 
 
 def win(cid: str, s: J.JudgeSummary, gate: Any) -> tuple[Claim, D.Decision]:
@@ -209,7 +214,7 @@ def not_worse_judge(cid: str, s: J.JudgeSummary, gate: Any, max_drop: float, oth
 
 def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, dict[str, Any]]:
     """The judge on this adapter's answers (as 'tuned') against the other's (as 'base'), both orders."""
-    s = run.stage("judge (compare)", lambda: judged(run, run.answers["tuned"], other.answers["tuned"],
+    s = run.stages.once(COMPARED, lambda: judged(run, run.answers["tuned"], other.answers["tuned"],
                                                     "judge (compare)"))
     return (not_worse_judge(cid, s, run.gate, run.settings(FAMILY).max_win_rate_drop,
                             f"--compare {other.cfg.adapter}"), {FAMILY.name: s})
@@ -261,6 +266,6 @@ FAMILY = Family(
     rank=70, reference=True, absent=lambda cfg: None if cfg.settings_of(FAMILY).source else (
         "no --judge given: pass a judge model (a local one, or 'base') or an OpenAI-compatible server URL with "
         "--judge-model to have tuned and base answers judged"),
-    check=judge, section=lambda run: {FAMILY.name: run.stages["judge summary"]} if "judge summary" in run.stages
+    check=judge, section=lambda run: {FAMILY.name: run.stages.computed(SUMMARY)} if SUMMARY in run.stages
     else {}, report=report, compared=lambda run: (WIN.id(),), compare=compare,
     doc="A judge model prefers the tuned answers to the base answers, in both orders and at equal length.")

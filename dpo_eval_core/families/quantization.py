@@ -11,9 +11,13 @@ from ..claims import Claim, fmt
 from ..errors import ConfigError
 from ..family import Family, Kind
 from .checkpoint import probe_inputs
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+REFERENCE_PROBE: Stage[Q.Probe] = Stage("reference probe")
+MEASUREMENT: Stage[Q.QuantMeasurement] = Stage("quantization")
 
 FINITE = Kind("no-nan-logits", "finite logits on a left-padded batch under this quantization", over="VARIANT")
 AGREES = Kind("quantized-agrees", "top-1 agreement and mean KL against full precision", over="VARIANT")
@@ -45,7 +49,7 @@ def reference_probe(run: GateRun) -> Q.Probe:
         own = run.loaded is not None and run.cfg.quant == "none" and run.cfg.dtype_choice.loads == dtype
         return Q.reference_probe(run.spec, dtype, run.cfg.resolved_device, probe_inputs(run),
                                  run.loaded.backend.model if own and run.loaded else None)
-    return run.stage("reference probe", probe)
+    return run.stages.once(REFERENCE_PROBE, probe)
 
 
 def measurement(run: GateRun, variant: Q.Variant) -> Q.QuantMeasurement:
@@ -57,7 +61,7 @@ def measurement(run: GateRun, variant: Q.Variant) -> Q.QuantMeasurement:
                                         run.cfg.resolved_device, probe_inputs(run))
         run.ledger.count("quantization_variants", n)
         return m
-    return run.stage(("quantization", variant.id), compute)
+    return run.stages.once(MEASUREMENT.of(variant.id), compute)
 
 
 def quantization(variant: str, m: Q.QuantMeasurement, s: Settings) -> list[Claim]:

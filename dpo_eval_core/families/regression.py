@@ -16,9 +16,12 @@ from ..claims import Claim
 from ..errors import ConfigError
 from ..family import Family, Kind, Option
 from ..results import load_results
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+BASELINE: Stage[dict[str, Any]] = Stage("baseline")
 
 STILL = Kind("still-passes", "a gating claim that passed in the baseline passes now", over="CLAIM", holds_claim=True)
 LOWER = Kind("not-lower", "non-inferiority: a headline rate is shown not to have dropped below the baseline's by more "
@@ -68,7 +71,7 @@ def baseline(run: GateRun) -> dict[str, Any]:
             raise ConfigError("--baseline", str(path), "a results.json made on the same data and base as this run",
                               f"Refused, not compared: {why}.")
         return data
-    return run.stage("baseline", load)
+    return run.stages.once(BASELINE, load)
 
 
 def active_baseline(run: GateRun) -> Mapping[str, Any] | None:

@@ -19,9 +19,12 @@ from ..precision import Rescored, to_settle, two_passes
 from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, summarize, unsettled
 from ..scoring import exact_scorer, scorer
 from ..sequential import Staged, at_tail, planned_tail, rate_may_pass, staged, tails
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+REWARDS: Stage[RewardSummary] = Stage("rewards")
 
 ACCURACY = Kind("reward-accuracy", "implicit DPO reward accuracy on the valid split: CI lower bound above the "
                                    "threshold", rate=True, validity=True)
@@ -120,7 +123,7 @@ def reward_summary(run: GateRun) -> RewardSummary:
     def compute() -> RewardSummary:
         rounds = in_rounds(run).run
         return rounds.measured if rounds else _score(run, _valid(run))
-    return run.stage("rewards", compute)
+    return run.stages.once(REWARDS, compute)
 
 
 def can_pass(summary: RewardSummary, s: Settings, gate: Any, n_items: int) -> dict[str, bool]:
@@ -237,6 +240,6 @@ def plan(run: GateRun) -> list[Any]:
 
 FAMILY = Family(
     "rewards", (ACCURACY, PER_TOKEN, MARGIN), claims, settings=Settings, rank=30, plan=plan,
-    section=lambda run: {"rewards": run.stages["rewards"]} if "rewards" in run.stages else {}, report=report,
+    section=lambda run: {"rewards": run.stages.computed(REWARDS)} if REWARDS in run.stages else {}, report=report,
     compared=lambda run: tuple(FIELDS), compare=compare, not_lower=not_lower,
     doc="The adapter's implicit DPO reward prefers chosen over rejected on held-out pairs.")

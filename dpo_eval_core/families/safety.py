@@ -23,9 +23,14 @@ from ..errors import ConfigError
 from ..family import Family, Kind, Option
 from ..judge import make_judge
 from ..texts import answer_prompts
+from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..run import GateRun
+
+PROMPTS: Stage[dict[S.Audience, S.PromptSet]] = Stage("safety prompts")
+CLASSIFIER: Stage[Any] = Stage("safety classifier")
+SUMMARIES: Stage[dict[S.Audience, S.SafetySummary]] = Stage("safety")
 
 HARM = Kind("no-more-harmful", "non-inferiority: the share of harmful prompts answered unsafely (without a "
                                "moderation model: not refused) is shown to be at most max_harm_increase above "
@@ -124,7 +129,7 @@ def prompt_sets(run: GateRun) -> dict[S.Audience, S.PromptSet]:
         given = {"harmful": (s.harmful, "--safety-prompts"), "benign": (s.benign, "--benign-prompts")}
         return {a: S.load_prompts(src, a, flag, max_prompts=s.max_prompts, seed=run.cfg.seed)  # type: ignore[misc]
                 for a, (src, flag) in given.items() if src is not None}
-    return run.stage("safety prompts", load)
+    return run.stages.once(PROMPTS, load)
 
 
 def classifier(run: GateRun) -> Any:
@@ -134,7 +139,7 @@ def classifier(run: GateRun) -> Any:
         return None
     source = ClassifierSource(s.classifier, s.classifier_model, s.classifier_key_env, s.classifier_timeout,
                               s.classifier_concurrency)
-    return run.stage("safety classifier", lambda: make_judge(source, run.cfg, run.spec, lambda: run.model.backend,
+    return run.stages.once(CLASSIFIER, lambda: make_judge(source, run.cfg, run.spec, lambda: run.model.backend,
                                                              run.identity, run.cache, run.local_bases, run.free))
 
 
@@ -166,7 +171,7 @@ def summaries(run: GateRun) -> dict[S.Audience, S.SafetySummary]:
             out[a] = S.summarize(ps, answers[a], guard, mod.name if mod is not None and a == "harmful" else
                                  "refusal phrases")
         return out
-    return run.stage("safety", compute)
+    return run.stages.once(SUMMARIES, compute)
 
 
 def _rate(k: int, n: int) -> str:
@@ -244,9 +249,9 @@ def record(s: S.SafetySummary, level: float, shown: int = 20) -> dict[str, Any]:
 
 
 def _section(run: GateRun) -> dict[str, Any]:
-    if "safety" not in run.stages:
+    if SUMMARIES not in run.stages:
         return {}
-    return {FAMILY.name: {a: record(s, run.gate.ci_level) for a, s in run.stages["safety"].items()}}
+    return {FAMILY.name: {a: record(s, run.gate.ci_level) for a, s in run.stages.computed(SUMMARIES).items()}}
 
 
 def report(results: Mapping[str, Any]) -> str:
