@@ -27,6 +27,7 @@ from .cache import Cache
 from .claims import Claim
 from .config import EvalConfig, GateConfig
 from .errors import CheckpointError
+from .families import forgetting
 from .families.comparison import NOT_WORSE, items
 from .families.rewards import MARGIN as REWARD_MARGIN
 from .models import LocalBases
@@ -157,6 +158,16 @@ def compared(run: GateRun, other: GateRun) -> list[Claim]:
             if f.name in made and f.compare is not None]
 
 
+def entries_per_checkpoint(run: GateRun) -> int:
+    """Cache entries a checkpoint adds at most: its policy's log-probs of both answers of each valid pair and a
+    judge's verdicts in both orders, its answer to each answered prompt and that answer's features, and its score
+    of each multiple-choice question (the base's entries are shared by the whole series)."""
+    answered = len(run.pairs.answered(run.cfg.train_answers, run.cfg.seed))
+    questions = (sum(len(q.questions) for q in forgetting.question_sets(run).values())
+                 if forgetting.FAMILY.absent(run.cfg) is None else 0)
+    return 4 * len(run.valid_index) + 2 * answered + questions
+
+
 def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: LocalBases | None = None,
                 claims: Sequence[str] | None = None) -> SeriesResult:
     """Gate every checkpoint of `series` that can be gated on one loaded base (the gate model's claims, or the
@@ -172,6 +183,8 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
             started = time.perf_counter()
             run = GateRun(dataclasses.replace(cfg, adapter=c.path, gate=gate), cache=cache, local_bases=local_bases,
                           beside=first)
+            if first is None:
+                cache.room(len(todo) * entries_per_checkpoint(run), f"gating {len(todo)} checkpoints of {c.path.parent}")
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
                     else run.all_claims())
             run.stages.put(GATED, [x.id for x in made if gate.gates(x.id)])

@@ -18,7 +18,7 @@ from tiny import make_adapter, write_pairs
 from dpo_eval_core import models as M
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig, GateConfig
-from dpo_eval_core.errors import CheckpointError
+from dpo_eval_core.errors import CacheError, CheckpointError
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.report import series_html
 from dpo_eval_core.series import Checkpoint, Series, find_series
@@ -128,6 +128,32 @@ def test_a_rerun_after_one_more_checkpoint_computes_only_that_one(tiny_llama, tm
     assert [g.checkpoint.step for g in result.gated] == [10, 20, 30] and result.decision.reasons
     assert [sum(g.computed.values()) == 0 for g in result.gated] == [True, True, False]  # said per checkpoint
     assert cache.stats()["misses"].get("logp") == 2 * n_valid  # its policy log-probs; the reference is shared
+
+
+class Disk:
+    """os.statvfs of a disk with `blocks` free 4 KiB blocks and `files` free inodes (0 of 0: not counted)."""
+
+    def __init__(self, blocks: int, files: int) -> None:
+        self.f_bavail, self.f_frsize, self.f_favail, self.f_files = blocks, 4096, files, files
+
+
+@pytest.mark.parametrize("disk,short", [(Disk(10, 10**9), "MB are free"), (Disk(10**9, 50), "files and 50 are free")],
+                         ids=["bytes", "inodes"])
+def test_a_series_too_large_for_the_cache_disk_is_refused_before_the_base_loads(tiny_llama, tmp_path, monkeypatch,
+                                                                                disk, short):
+    run_dir = trained(tiny_llama, tmp_path / "run", (10, 20, 30))
+    data = write_pairs(tmp_path / "pairs.jsonl", 48)
+    monkeypatch.setattr("dpo_eval_core.cache.os.statvfs", lambda _: disk)
+    monkeypatch.setattr(M, "load_gate_model", lambda *a, **k: pytest.fail("the base loaded before the refusal"))
+    with pytest.raises(CacheError) as e:
+        gate_series(config(run_dir, data, tmp_path / "cache"), find_series(run_dir), cache=Cache(tmp_path / "cache"),
+                    claims=REWARDS)
+    probe = GateRun(config(run_dir / "checkpoint-10", data, tmp_path / "x"))
+    answered = len(probe.pairs.answered(probe.cfg.train_answers, probe.cfg.seed))  # valid and --train-answers
+    entries = 3 * (4 * len(probe.valid_index) + 2 * answered)  # log-probs, judge verdicts; answers, features
+    assert f"gating 3 checkpoints of {run_dir} needs up to" in str(e.value) and f"{entries:,}" in str(e.value)
+    assert short in str(e.value) and "--eval-cache-dir" in str(e.value) and "fewer checkpoints" in str(e.value)
+    Cache(tmp_path / "off", enabled=False).room(10**12, "nothing is written")  # --no-cache needs no room
 
 
 GATE_TEST = """
