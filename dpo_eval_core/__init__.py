@@ -46,15 +46,15 @@ if TYPE_CHECKING:
     from .results import build_results, load_results, write_json
     from .run import GateRun
     from .series import find_series
-    from .training import gate_series
+    from .training import gate_series, series_of
 
 WHERE = {"Claim": "claims", "EvalConfig": "config", "GateConfig": "config", "Family": "family", "Kind": "family",
-         "Option": "family", "GateRun": "run", "find_series": "series", "gate_series": "training", "build_results": "results", "load_results": "results",
+         "Option": "family", "GateRun": "run", "find_series": "series", "gate_series": "training", "series_of": "training", "build_results": "results", "load_results": "results",
          "write_json": "results", **{e: "errors" for e in ("CacheError", "CheckpointError", "ConfigError", "DataError",
                                                            "DpoEvalError", "EndpointError", "ResourceError")}}
 __all__ = ["CacheError", "CheckpointError", "Claim", "ConfigError", "DataError", "DpoEvalError", "EndpointError",
            "EvalConfig", "Family", "GateConfig", "GateRun", "Kind", "Option", "ResourceError", "build_results",
-           "load_results", "write_json", "find_series", "gate_series"]
+           "load_results", "write_json", "find_series", "gate_series", "series_of"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -282,6 +283,25 @@ def record(result: SeriesResult) -> dict[str, Any]:
                              "intervals": {k: list(v) if v else None for k, v in g.intervals.items()},
                              "computed": dict(g.computed), "seconds": round(g.seconds, 2),
                              "reason": d.reasons[g.checkpoint.name]} for g in result.gated]}
+
+
+def series_of(results: Mapping[str, Any]) -> dict[str, Any]:
+    """results.json's series: its `series` section, or a single adapter's results read as a series of one (its
+    gating claims, under the same rule), so a reader of many runs needs one layout."""
+    if isinstance(results.get("series"), Mapping):
+        return dict(results["series"])
+    facts = results.get("facts", {})
+    kept = [c for c in results.get("claims", ()) if c.get("gating") and c.get("applicable", True)]
+    if not facts.get("adapter"):
+        raise CheckpointError("results.json holds no adapter and no series: it was written by a run that gated no "
+                              "adapter (a data-only selection). Read the results of a run with --adapter.")
+    one = Gated(Checkpoint(Path(facts["adapter"]), None, "one adapter"), {c["id"]: c["outcome"] for c in kept},
+                {c["id"]: _number(c.get("value")) for c in kept},
+                {c["id"]: tuple(c["ci"]) if c.get("ci") else None for c in kept},
+                {c["id"]: c.get("threshold", "") for c in kept},
+                seconds=sum(facts.get("timings_s", {}).values()), computed=facts.get("computed", {}))
+    tail = facts.get("look", {}).get("tail", (1 - results.get("config", {}).get("gate", {}).get("ci_level", 0.95)) / 2)
+    return record(SeriesResult(Series((one.checkpoint,)), (one,), ship([one]), tail))
 
 
 def lines(result: SeriesResult) -> list[str]:

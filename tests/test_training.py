@@ -19,6 +19,7 @@ from dpo_eval_core import models as M
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import CacheError, CheckpointError
+from dpo_eval_core.results import build_results, claim_record, run_sections
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.report import series_html
 from dpo_eval_core.series import Checkpoint, Series, find_series
@@ -30,6 +31,7 @@ from dpo_eval_core.training import (
     overoptimized,
     record,
     series_gate,
+    series_of,
     ship,
     threshold_line,
 )
@@ -128,6 +130,25 @@ def test_a_rerun_after_one_more_checkpoint_computes_only_that_one(tiny_llama, tm
     assert [g.checkpoint.step for g in result.gated] == [10, 20, 30] and result.decision.reasons
     assert [sum(g.computed.values()) == 0 for g in result.gated] == [True, True, False]  # said per checkpoint
     assert cache.stats()["misses"].get("logp") == 2 * n_valid  # its policy log-probs; the reference is shared
+
+
+def test_a_single_adapters_results_read_as_a_series_of_one(tiny_adapter, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 48)
+    run = GateRun(config(tiny_adapter, data, tmp_path / "cache"))
+    claims = [c for c in (run.claim(i) for i in REWARDS) if c is not None]
+    results = json.loads(json.dumps(build_results(run_sections(run), [claim_record(c, True) for c in claims])))
+    one = series_of(results)
+    [c] = one["checkpoints"]
+    assert c["name"] == tiny_adapter.name and c["step"] is None and c["gated"]
+    assert c["outcomes"] == {x.id: x.outcome for x in claims}
+    assert c["intervals"] == {x.id: list(x.ci) if x.ci else None for x in claims}
+    passed = all(x.outcome == "pass" for x in claims)
+    assert one["chosen"] == (tiny_adapter.name if passed else None)
+    assert c["reason"].startswith("ships" if passed else "does not pass")
+    assert set(one) == set(record(SeriesResult(Series(()), (), ship([]), 0.0)))  # the layout of a real series
+    assert series_of({"series": one, "claims": []}) == one
+    with pytest.raises(CheckpointError, match="no adapter"):
+        series_of({"facts": {}, "claims": []})
 
 
 class Disk:
