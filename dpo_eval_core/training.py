@@ -30,6 +30,7 @@ from .config import EvalConfig, GateConfig
 from .errors import CheckpointError
 from .families import forgetting
 from .families.comparison import NOT_WORSE, items
+from .families.judge import WIN as JUDGE_WIN
 from .families.rewards import MARGIN as REWARD_MARGIN
 from .models import LocalBases
 from .run import GateRun
@@ -208,6 +209,10 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
 DRIFT = ("n_tokens", "duplicate_ngram_chr_fraction_5", "top_ngram_chr_fraction_2")
 """Answer features in which DPO's over-optimization shows: length, duplicated 5-grams, the most repeated bigram."""
 MARGIN = REWARD_MARGIN.id()
+WIN_RATE = JUDGE_WIN.id()
+WATCHED = (WIN_RATE,)
+"""Claims a series draws and the over-optimization flag reads even where they do not gate: the judge's win rate
+against the base (made with --judge)."""
 
 
 def answer_drift(run: GateRun) -> dict[str, tuple[float, float]]:
@@ -232,8 +237,9 @@ def answer_drift(run: GateRun) -> dict[str, tuple[float, float]]:
 def overoptimized(gated: Sequence[Gated]) -> str | None:
     """DPO's known failure, flagged: the mean reward margin rose from the first checkpoint to the last while an
     answer feature of DRIFT moved further from the base's than the data's own chosen lie from its rejected, and
-    further than at the first checkpoint. A description of the medians, not a test (no error rate)."""
-    seen = [g for g in gated if g.values.get(MARGIN) is not None and g.drift]
+    further than at the first checkpoint, or while the judge's win rate against the base fell with the two
+    checkpoints' intervals apart. A description, not a test (no error rate)."""
+    seen = [g for g in gated if g.values.get(MARGIN) is not None]
     if len(seen) < 2:
         return None
     first, last = seen[0], seen[-1]
@@ -242,6 +248,10 @@ def overoptimized(gated: Sequence[Gated]) -> str | None:
     past = [f"{k}: tuned - base {m:+.3g} against the data's chosen - rejected {d:+.3g} ({first.checkpoint.name}: "
             f"{first.drift[k][0]:+.3g})" for k, (m, d) in last.drift.items()
             if abs(m) > abs(d) and k in first.drift and abs(m) > abs(first.drift[k][0])]
+    was, now = first.intervals.get(WIN_RATE), last.intervals.get(WIN_RATE)
+    if was and now and now[1] < was[0]:
+        past.append(f"{WIN_RATE} fell from {first.values[WIN_RATE]:.3f} [{was[0]:.3f}, {was[1]:.3f}] to "
+                    f"{last.values[WIN_RATE]:.3f} [{now[0]:.3f}, {now[1]:.3f}]")
     if not past:
         return None
     return (f"over-optimization: the reward margin rose from {first.values[MARGIN]:.3g} ({first.checkpoint.name}) "
@@ -250,10 +260,12 @@ def overoptimized(gated: Sequence[Gated]) -> str | None:
 
 
 def gated_of(c: Checkpoint, claims: Sequence[Claim], gate: GateConfig, seconds: float) -> Gated:
-    """A checkpoint's (or a load's) gating claims, as the series records them."""
+    """A checkpoint's (or a load's) gating claims, as the series records them, and the WATCHED claims' values
+    where they were made (drawn and read by the flag, never part of the verdict)."""
     kept = [x for x in claims if gate.gates(x.id) and x.applicable]
-    return Gated(c, {x.id: x.outcome for x in kept}, {x.id: _number(x.value) for x in kept},
-                 {x.id: x.ci for x in kept}, {x.id: x.threshold for x in kept}, seconds=seconds)
+    shown = kept + [x for x in claims if x.id in WATCHED and x.applicable and not gate.gates(x.id)]
+    return Gated(c, {x.id: x.outcome for x in kept}, {x.id: _number(x.value) for x in shown},
+                 {x.id: x.ci for x in shown}, {x.id: x.threshold for x in shown}, seconds=seconds)
 
 
 def _number(value: Any) -> float | None:

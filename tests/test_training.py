@@ -17,6 +17,7 @@ from tiny import make_adapter, write_pairs
 
 from dpo_eval_core import models as M
 from dpo_eval_core.cache import Cache
+from dpo_eval_core.claims import Claim
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import CacheError, CheckpointError
 from dpo_eval_core.results import build_results, claim_record, run_sections
@@ -27,6 +28,7 @@ from dpo_eval_core.training import (
     Gated,
     SeriesResult,
     gate_series,
+    gated_of,
     lines,
     overoptimized,
     record,
@@ -256,6 +258,33 @@ def test_over_optimization_is_flagged_when_the_margin_rises_while_answers_drift_
     assert (flag is not None) == flagged
     if flagged:
         assert "n_tokens" in flag and "checkpoint-2" in flag
+
+
+def judged(step: int, margin: float, win: float, half_width: float) -> Gated:
+    return Gated(Checkpoint(Path(f"checkpoint-{step}"), step, "trainer_state.json"), {"reward-margin": "pass"},
+                 {"reward-margin": margin, "judge-win-rate": win},
+                 {"judge-win-rate": (win - half_width, win + half_width)})
+
+
+@pytest.mark.parametrize("series,flagged", [
+    ([judged(1, 0.5, 0.70, 0.05), judged(2, 2.0, 0.50, 0.05)], True),   # margin up, win rate down, apart
+    ([judged(1, 0.5, 0.70, 0.15), judged(2, 2.0, 0.50, 0.15)], False),  # the intervals overlap: could be noise
+    ([judged(1, 2.0, 0.70, 0.05), judged(2, 0.5, 0.50, 0.05)], False),  # margin down
+], ids=["win-rate-fell", "within-noise", "falling-margin"])
+def test_over_optimization_is_flagged_when_the_margin_rises_while_the_judges_win_rate_falls(series, flagged):
+    flag = overoptimized(series)
+    assert (flag is not None) == flagged
+    if flagged:
+        assert "judge-win-rate fell from 0.700 [0.650, 0.750] to 0.500 [0.450, 0.550]" in flag
+
+
+def test_the_judges_win_rate_is_drawn_and_watched_but_never_part_of_a_checkpoints_verdict():
+    def claim(cid: str, passed: bool, value: float) -> Claim:
+        return Claim(cid, passed, value, "CI low > 0.5", "Wilson", 40, "", ci=(value - 0.1, value + 0.1))
+    g = gated_of(Checkpoint(Path("checkpoint-1"), 1, "trainer_state.json"),
+                 [claim("reward-accuracy", True, 0.8), claim("judge-win-rate", False, 0.45)], GateConfig(), 1.0)
+    assert g.outcomes == {"reward-accuracy": "pass"} and g.passed
+    assert g.values["judge-win-rate"] == 0.45 and g.intervals["judge-win-rate"] == pytest.approx((0.35, 0.55))
 
 
 def test_the_quantization_axis_gates_each_load_and_compares_it_with_the_unquantized_one(tiny_adapter, tmp_path):
