@@ -27,7 +27,7 @@ import numpy as np
 from .cache import Cache
 from .claims import Claim
 from .config import EvalConfig, GateConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .families import forgetting
 from .families.comparison import NOT_WORSE, items
 from .families.judge import WIN as JUDGE_WIN
@@ -160,6 +160,23 @@ def compared(run: GateRun, other: GateRun) -> list[Claim]:
             if f.name in made and f.compare is not None]
 
 
+SERVED_AS = "{checkpoint}"
+"""In --serve-model with a training run: each checkpoint's directory name (vLLM serves each checkpoint as a LoRA
+module of its own: --lora-modules checkpoint-500=out/checkpoint-500 ...)."""
+
+
+def for_checkpoint(cfg: EvalConfig, c: Checkpoint, gate: GateConfig) -> EvalConfig:
+    """The gate's configuration for one checkpoint of a series: its adapter, the series' gate and, with --serve-url,
+    its served name (--serve-model with SERVED_AS replaced by the checkpoint's directory name)."""
+    if cfg.serve_url and cfg.serve_model and SERVED_AS not in cfg.serve_model:
+        raise ConfigError("--serve-model", cfg.serve_model, f"a served name with {SERVED_AS} in it, with a training run",
+                          f"Each checkpoint is asked for under its own served name. Serve them as LoRA modules named "
+                          f"after their directories (vLLM: --lora-modules {c.name}={c.path} ...) and pass "
+                          f"--serve-model '{SERVED_AS}' (or a pattern such as 'run1-{SERVED_AS}').")
+    served = {"serve_model": cfg.serve_model.replace(SERVED_AS, c.name)} if cfg.serve_url and cfg.serve_model else {}
+    return dataclasses.replace(cfg, adapter=c.path, gate=gate, **served)
+
+
 def entries_per_checkpoint(run: GateRun) -> int:
     """Cache entries a checkpoint adds at most: its policy's log-probs of both answers of each valid pair and a
     judge's verdicts in both orders, its answer to each answered prompt and that answer's features, and its score
@@ -183,8 +200,7 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
     try:
         for c in todo:
             started = time.perf_counter()
-            run = GateRun(dataclasses.replace(cfg, adapter=c.path, gate=gate), cache=cache, local_bases=local_bases,
-                          beside=first)
+            run = GateRun(for_checkpoint(cfg, c, gate), cache=cache, local_bases=local_bases, beside=first)
             if first is None:
                 cache.room(len(todo) * entries_per_checkpoint(run), f"gating {len(todo)} checkpoints of {c.path.parent}")
             made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None

@@ -117,11 +117,11 @@ def judge_server(reply: Callable[[str], str], models: tuple[str, ...] = ("judge-
     return Server(respond, [{"id": m} for m in models])
 
 
-def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extra: Mapping[str, dict] | None = None,
+def model_server(backend: Any, served: Mapping[str, bool | str], base: str, cards_extra: Mapping[str, dict] | None = None,
                  scoring: tuple[str, ...] = ("prompt_logprobs", "echo"),
                  echo_bos: int | None = None) -> Server:
-    """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`)
-    or off (the base). /completions takes prompt token ids or text; /chat/completions applies the model's chat template.
+    """Greedy answers from an HFBackend: `served` maps each served name to adapter on (a LoRA module of `base`),
+    off (the base), or the name of another PEFT adapter on the backend's model (a checkpoint of a series). /completions takes prompt token ids or text; /chat/completions applies the model's chat template.
     Requests that arrive together are decoded together (a batching thread, as serving engines batch); one
     batch per adapter state and reply budget. A /completions request may ask for the prompt's log-probs as
     vLLM does (`prompt_logprobs`) or as the legacy API does (`echo` with `logprobs`), where `scoring` lists it;
@@ -139,9 +139,13 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
     eos = backend._eos_ids()
     model_lock = threading.Lock()  # one forward at a time: the adapter state is the model's
 
+    def adapter_context(which: bool | str) -> Any:
+        return (backend.adapter_context(which) if isinstance(which, bool) else
+                backend.with_adapter(which).adapter_context(True))
+
     def prompt_logprobs(ids: list[int], adapter: bool) -> tuple[list[float], int, float]:
         """(log p(ids[j] | ids[:j]) for j >= 1, the greedy next token, its log-prob), float32 log-softmax."""
-        with model_lock, torch.inference_mode(), backend.adapter_context(adapter):
+        with model_lock, torch.inference_mode(), adapter_context(adapter):
             logits = backend.model(input_ids=torch.tensor([ids], device=backend.device)).logits[0].float()
         logp = torch.log_softmax(logits, dim=-1)
         values = logp[:-1].gather(1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0].tolist()
@@ -156,7 +160,7 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
                 jobs.append(waiting.get())
             for key in {(adapter, n) for _, adapter, n, _ in jobs}:
                 group = [j for j in jobs if (j[1], j[2]) == key]
-                with model_lock, torch.inference_mode(), backend.adapter_context(key[0]):
+                with model_lock, torch.inference_mode(), adapter_context(key[0]):
                     for i, row in decode(backend.model, [j[0] for j in group], pad=backend.tokenizer.pad_token_id,
                                          eos=eos, settings=GenerationSettings(max_new_tokens=key[1]),
                                          device=backend.device):
@@ -186,7 +190,7 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
         last, with a top_logprobs entry of the row's likeliest token."""
         tokenizer = backend.tokenizer
         ids = tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
-        with model_lock, torch.inference_mode(), backend.adapter_context(served[body["model"]]):
+        with model_lock, torch.inference_mode(), adapter_context(served[body["model"]]):
             logp = torch.log_softmax(backend.model(input_ids=torch.tensor([ids], device=backend.device)).logits[0]
                                      .float(), dim=-1)
         bos = tokenizer.bos_token_id if echo_bos is None else echo_bos
@@ -229,7 +233,7 @@ def model_server(backend: Any, served: Mapping[str, bool], base: str, cards_extr
         return {"id": "x", "model": body["model"], "usage": {"completion_tokens": len(tokens)},
                 "choices": [{"index": 0, "finish_reason": "length" if stop is None else "stop", **choice}]}
 
-    cards = [{"id": name, "root": f"/models/{name}", "parent": None if not adapter else base,
+    cards = [{"id": name, "root": f"/models/{name}", "parent": None if adapter is False else base,
               **(cards_extra or {}).get(name, {})} for name, adapter in served.items()]
     return Server(respond, cards)
 

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import make_adapter, write_pairs
+from api_server import model_server
+from tiny import load_backend, make_adapter, write_pairs
 
 from dpo_eval_core import models as M
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.claims import Claim
 from dpo_eval_core.config import EvalConfig, GateConfig
-from dpo_eval_core.errors import CacheError, CheckpointError
+from dpo_eval_core.errors import CacheError, CheckpointError, ConfigError
 from dpo_eval_core.results import build_results, claim_record, run_sections
 from dpo_eval_core.run import GateRun
 from dpo_eval_core.report import series_html
@@ -153,6 +154,41 @@ def test_a_single_adapters_results_read_as_a_series_of_one(tiny_adapter, tmp_pat
         series_of({"facts": {}, "claims": []})
 
 
+def test_a_served_series_asks_each_checkpoint_under_its_own_name_and_answers_as_local_generation(tiny_llama,
+                                                                                                    tmp_path):
+    run_dir = trained(tiny_llama, tmp_path / "run", (10, 20))
+    data = write_pairs(tmp_path / "pairs.jsonl", 24)
+    backend = load_backend(run_dir / "checkpoint-10")  # a server holding both checkpoints as LoRA modules
+    M.add_adapter(backend.model, M.resolve(EvalConfig(adapter=run_dir / "checkpoint-20")), "ckpt-20")
+    server = model_server(backend, {"run1-checkpoint-10": True, "run1-checkpoint-20": "ckpt-20", "base": False},
+                          "base")
+    try:
+        served = dataclasses.replace(config(run_dir, data, tmp_path / "cache"), serve_url=server.url,
+                                     serve_model="run1-{checkpoint}", serve_base_model="base", max_new_tokens=8)
+        result = gate_series(served, find_series(run_dir), cache=Cache(tmp_path / "cache"),
+                             claims=("adapter-changes-answers",))
+        asked = {r["body"]["model"] for r in server.requests if r["body"].get("max_tokens", 0) > 1}
+        with pytest.raises(ConfigError, match=r"\{checkpoint\}"):
+            gate_series(dataclasses.replace(served, serve_model="run1"), find_series(run_dir),
+                        cache=Cache(tmp_path / "cache"), claims=("adapter-changes-answers",))
+        answers = {g.checkpoint.name: GateRun(dataclasses.replace(
+            served, adapter=g.checkpoint.path, serve_model=f"run1-{g.checkpoint.name}"),
+            cache=Cache(tmp_path / "cache")).answers["tuned"] for g in result.gated}  # from the cache
+    finally:
+        server.close()
+    assert asked == {"run1-checkpoint-10", "run1-checkpoint-20", "base"}
+    first, second = result.gated
+    assert first.computed["generations_base"] > 0 and not second.computed.get("generations_base")  # base shared
+    assert first.computed["generations_tuned"] == second.computed["generations_tuned"] > 0
+    for g in result.gated:  # each checkpoint's served answers are its local greedy answers
+        local = GateRun(dataclasses.replace(config(g.checkpoint.path, data, tmp_path / f"local-{g.checkpoint.step}"),
+                                            max_new_tokens=8))
+        assert [a.text if a else None for a in local.answers["tuned"]] == [
+            a.text if a else None for a in answers[g.checkpoint.name]]
+        local.free()
+    assert answers["checkpoint-10"] != answers["checkpoint-20"]
+
+
 class Disk:
     """os.statvfs of a disk with `blocks` free 4 KiB blocks and `files` free inodes (0 of 0: not counted)."""
 
@@ -218,6 +254,16 @@ def test_pytest_on_a_run_directory_gates_the_series_and_then_the_checkpoint_to_s
     assert data["series"]["tail"] == pytest.approx(0.025 / 2)
     page = results.with_suffix(".html").read_text()
     assert "Training run: checkpoint-20 ships" in page and "data:image/png;base64," in page
+
+
+def test_a_checkpoint_pattern_for_one_served_adapter_is_refused_naming_the_fix(pytester, tiny_adapter, tmp_path):
+    pytester.makepyfile(test_gate=GATE_TEST)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--adapter", str(tiny_adapter), "--data", str(write_pairs(tmp_path / "p.jsonl", 8)),
+        "--serve-url", "http://127.0.0.1:9/v1", "--serve-model", "{checkpoint}", "--serve-base-model", "base",
+        "--eval-cache-dir", str(tmp_path / "cache"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "is one adapter: pass the name the server serves it under" in result.stderr.str() + result.stdout.str()
 
 
 @pytest.mark.parametrize("text,line", [("CI low > 0.5", 0.5), ("CI low > 0", 0.0), ("CI low > chance 0.250", 0.25),
