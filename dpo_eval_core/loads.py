@@ -22,7 +22,7 @@ from .config import EvalConfig
 from .models import LocalBases
 from .run import GateRun
 from .series import Checkpoint
-from .training import GATED, Gated, compared, gated_of, series_gate
+from .training import GATED, Gated, compared, decided_on, gated_of, series_gate
 
 LOADS = ("none", "8bit", "4bit")
 
@@ -61,8 +61,8 @@ def gate_loads(cfg: EvalConfig, *, cache: Cache, local_bases: LocalBases | None 
         started = time.perf_counter()
         run = GateRun(dataclasses.replace(cfg, quant=quant, gate=gate), cache=cache, local_bases=local_bases)
         try:
-            made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
-                    else run.all_claims())
+            made = [x for cid in (claims if claims is not None else decided_on(run, gate))
+                    if (x := run.claim(cid)) is not None]
             run.stages.put(GATED, [x.id for x in made if gate.gates(x.id)])
         finally:
             run.free()  # one model in memory at a time; its stages stay for the comparisons

@@ -171,8 +171,10 @@ class GateRun:
             claims = self.stages.once(CLAIMS.of((family.name, of)), lambda: family.claims(self, of))
         return next((c for c in claims if c.id == claim_id), None)
 
+    def claim_ids(self, quantization: bool = False) -> list[str]:
+        """Every claim id the run's inputs allow; those of families with models of their own only when asked."""
+        return [k.id(a) for f in self.families if f.absent(self.cfg) is None and (quantization or not f.own_models)
+                for k in f.kinds for a in ((f.arguments(self, k) if f.arguments else ()) if k.over else (None,))]
+
     def all_claims(self, quantization: bool = False) -> list[Claim]:
-        """Every claim the run's inputs allow; those of families with models of their own only when asked."""
-        ids = [k.id(a) for f in self.families if f.absent(self.cfg) is None and (quantization or not f.own_models)
-               for k in f.kinds for a in ((f.arguments(self, k) if f.arguments else ()) if k.over else (None,))]
-        return [c for cid in ids if (c := self.claim(cid)) is not None]
+        return [c for cid in self.claim_ids(quantization) if (c := self.claim(cid)) is not None]

@@ -177,6 +177,12 @@ def for_checkpoint(cfg: EvalConfig, c: Checkpoint, gate: GateConfig) -> EvalConf
     return dataclasses.replace(cfg, adapter=c.path, gate=gate, **served)
 
 
+def decided_on(run: GateRun, gate: GateConfig) -> list[str]:
+    """The claims a candidate of a series is measured on: its gating claims and the WATCHED ones (not the
+    per-feature claims that do not gate; the session on the chosen one makes those)."""
+    return [cid for cid in run.claim_ids() if gate.gates(cid) or cid in WATCHED]
+
+
 def entries_per_checkpoint(run: GateRun) -> int:
     """Cache entries a checkpoint adds at most: its policy's log-probs of both answers of each valid pair and a
     judge's verdicts in both orders, its answer to each answered prompt and that answer's features, and its score
@@ -203,8 +209,8 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
             run = GateRun(for_checkpoint(cfg, c, gate), cache=cache, local_bases=local_bases, beside=first)
             if first is None:
                 cache.room(len(todo) * entries_per_checkpoint(run), f"gating {len(todo)} checkpoints of {c.path.parent}")
-            made = ([x for cid in claims if (x := run.claim(cid)) is not None] if claims is not None
-                    else run.all_claims())
+            made = [x for cid in (claims if claims is not None else decided_on(run, gate))
+                    if (x := run.claim(cid)) is not None]
             run.stages.put(GATED, [x.id for x in made if gate.gates(x.id)])
             done[c.name] = dataclasses.replace(gated_of(c, made, gate, time.perf_counter() - started),
                                                drift=answer_drift(run), computed=dict(run.computed))

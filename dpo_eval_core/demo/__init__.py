@@ -21,6 +21,10 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_ADAPTER_DIR = ASSETS / "adapter"
 DEMO_SWAPPED_DIR = ASSETS / "controls" / "swapped"
 """A control: the demo recipe trained on the demo pairs with chosen and rejected exchanged."""
+DEMO_SERIES_DIR = ASSETS / "series"
+"""The demo recipe's training run: checkpoints at about a quarter, half, three quarters and the end of its one
+epoch (Trainer layout, adapter weights in bfloat16), what `--adapter demo-series` gates."""
+DEMO_SERIES = "demo-series"
 DEMO_MCQ = ASSETS / "mcq" / "arc_easy_sample.jsonl"
 """200 ARC-Easy questions (CC BY-SA 4.0, README beside it): a set the demo base partly knows, asked in cloze
 form and gated on acc_norm, so a destroyed adapter has something to forget."""
@@ -52,7 +56,7 @@ DEMO_DATA = "demo"
 
 def require_data(cfg: EvalConfig) -> None:
     """ConfigError when your own --adapter comes without --data: the demo's pairs are for the demo adapter."""
-    if cfg.adapter is not None and cfg.data is None:
+    if cfg.adapter not in (None, DEMO_SERIES_DIR) and cfg.data is None:
         raise ConfigError("--data", None, "your preference data with --adapter: a .jsonl/.json/.csv/.parquet "
                           "file or a hub dataset id",
                           f"The gate judges your adapter on your data and never falls back to the demo's pairs. "
@@ -68,7 +72,7 @@ def with_demo_defaults(cfg: EvalConfig) -> EvalConfig:
     pairs by default."""
     require_data(cfg)
     data = str(demo_data_path(cfg.cache_dir)) if cfg.data in (None, DEMO_DATA) else cfg.data
-    if cfg.adapter is None and not cfg.settings_of("forgetting").sets:
+    if cfg.adapter in (None, DEMO_SERIES_DIR) and not cfg.settings_of("forgetting").sets:
         cfg = cfg.with_settings("forgetting", sets=(str(DEMO_MCQ),))
     safety = cfg.settings_of("safety")
     for name in ("harmful", "benign"):
@@ -82,5 +86,5 @@ def local_bases(cache_dir: Path) -> dict[str, Callable[[], Path]]:
     return {DEMO_BASE_ID: lambda: demo_base_dir(cache_dir)}
 
 
-__all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SAFETY", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
+__all__ = ["DEMO_ADAPTER_DIR", "DEMO_DATA", "DEMO_MCQ", "DEMO_SAFETY", "DEMO_SERIES", "DEMO_SERIES_DIR", "DEMO_SWAPPED_DIR", "DEMO_BASE_ID", "demo_base_dir", "demo_data_path", "demo_pairs", "demo_pairs_sha256",
            "local_bases", "require_data", "with_demo_defaults"]
