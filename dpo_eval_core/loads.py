@@ -59,7 +59,8 @@ def gate_loads(cfg: EvalConfig, *, cache: Cache, local_bases: LocalBases | None 
     reference: GateRun | None = None
     for quant in loads:
         started = time.perf_counter()
-        run = GateRun(dataclasses.replace(cfg, quant=quant, gate=gate), cache=cache, local_bases=local_bases)
+        run = GateRun(dataclasses.replace(cfg, quant=quant, gate=gate), cache=cache, local_bases=local_bases,
+                      label=f"the {quant} load")
         try:
             made = [x for cid in (claims if claims is not None else decided_on(run, gate))
                     if (x := run.claim(cid)) is not None]

@@ -38,8 +38,9 @@ class GateRun:
     adapter and a look of its own."""
 
     def __init__(self, cfg: EvalConfig, *, cache: Cache | None = None, local_bases: M.LocalBases | None = None,
-                 host: GateRun | None = None, beside: GateRun | None = None) -> None:
+                 host: GateRun | None = None, beside: GateRun | None = None, label: str | None = None) -> None:
         self.cfg, self.cache, self.local_bases, self.host = cfg, cache or Cache(cfg.cache_dir), local_bases, host
+        self.label = label or f"--compare {cfg.adapter}"  # how a comparison with this run names it
         self.owner = host or (beside.owner if beside else self)
         """The run that loaded the model this one uses (and its text pipeline)."""
         self.families = self.owner.families if self.owner is not self else installed()

@@ -206,7 +206,8 @@ def gate_series(cfg: EvalConfig, series: Series, *, cache: Cache, local_bases: L
     try:
         for c in todo:
             started = time.perf_counter()
-            run = GateRun(for_checkpoint(cfg, c, gate), cache=cache, local_bases=local_bases, beside=first)
+            run = GateRun(for_checkpoint(cfg, c, gate), cache=cache, local_bases=local_bases, beside=first,
+                          label=c.name)
             if first is None:
                 cache.room(len(todo) * entries_per_checkpoint(run), f"gating {len(todo)} checkpoints of {c.path.parent}")
             made = [x for cid in (claims if claims is not None else decided_on(run, gate))

@@ -5,6 +5,7 @@ reusing all of it from the cache."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from dpo_eval_core.training import gate_series
 STEPS = 3
 
 
-def train(base: Path, out: Path, data: Path, cache: Path, loads: list) -> tuple[object, list[dict]]:
+def train(base: Path, out: Path, data: Path, cache: Path, loads: list,
+          report_to: tuple[str, ...] = ()) -> tuple[object, list[dict]]:
     """DPOTrainer with a LoRA config, saving every step, the callback added; returns the trainer and what its
     integrations were handed (every trainer.log reaches on_log, which TensorBoard, W&B, MLflow and Neptune use)."""
     import torch
@@ -43,7 +45,8 @@ def train(base: Path, out: Path, data: Path, cache: Path, loads: list) -> tuple[
             logged.append(dict(logs or {}, step=state.global_step))
 
     args = DPOConfig(output_dir=str(out), max_steps=STEPS, save_strategy="steps", save_steps=1, logging_steps=1,
-                     per_device_train_batch_size=4, learning_rate=5e-3, report_to=[], use_cpu=True, bf16=False,
+                     per_device_train_batch_size=4, learning_rate=5e-3, report_to=list(report_to), use_cpu=True,
+                     bf16=False, logging_dir=str(out / "logs"),
                      beta=0.1, max_length=None, seed=0)
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args,
                          processing_class=AutoTokenizer.from_pretrained(base),
@@ -85,6 +88,23 @@ def test_a_dpo_run_logs_the_gates_values_at_every_save_and_the_series_reuses_the
     assert "logp" not in series_cache.stats()["misses"]  # every log-prob came from the callback's cache
     for g in result.gated:
         assert g.values["reward-margin"] == pytest.approx(written[g.checkpoint.step]["reward-margin"], rel=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed (it is "
+                    "no dependency of dpo-eval: the values reach every report_to integration through trainer.log)")
+def test_the_values_reach_a_tensorboard_event_file(tiny_llama, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    _, logged = train(tiny_llama, out, write_pairs(tmp_path / "pairs.jsonl", 32), tmp_path / "cache", [],
+                      report_to=("tensorboard",))
+    [events] = {f.parent for f in (out / "logs").rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    margins = {e.step: e.value for e in board.Scalars("train/dpo_eval/reward-margin")}
+    assert sorted(margins) == list(range(1, STEPS + 1))
+    assert margins == pytest.approx({row["step"]: row["dpo_eval/reward-margin"] for row in logged
+                                     if "dpo_eval/reward-margin" in row}, rel=1e-6)
 
 
 def test_a_model_without_an_adapter_is_refused_naming_the_fix(tmp_path):

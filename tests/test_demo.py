@@ -55,6 +55,21 @@ def test_the_demo_series_is_the_demo_recipes_own_training_run_saved_four_times()
     assert any(not torch.equal(first[k], last[k]) for k in last)  # the checkpoints are steps of one run
 
 
+def test_the_demo_series_is_gated_on_the_demo_data_and_the_session_gates_the_checkpoint_it_names(tmp_path):
+    proc, claims = run_gate(tmp_path, "--adapter", "demo-series", *SMALL, "--gate", "gating=reward-margin",
+                            "-k", "reward_margin", "--looks", str(tmp_path / "looks.json"))
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # decided, not refused
+    results = json.loads((tmp_path / "results.json").read_text())
+    series = results["series"]
+    assert [c["step"] for c in series["checkpoints"]] == [10, 20, 30, 37] and series["tail"] == pytest.approx(0.025 / 4)
+    shipped = series["chosen"] or "checkpoint-37"  # none shipping: the session gates the latest
+    assert results["facts"]["adapter"] == str(DEMO_SERIES_DIR / shipped)
+    assert results["facts"]["data"]["source"].endswith("demo_pairs.jsonl")  # the demo's own pairs by default
+    assert f"series: {series['chosen']} ships" in proc.stdout if series["chosen"] else "no checkpoint can ship" in proc.stdout
+    assert claims["reward-margin"]["outcome"] == next(c for c in series["checkpoints"]
+                                                      if c["name"] == shipped)["outcomes"]["reward-margin"]
+
+
 def test_demo_adapter_is_really_dpo_trained():
     metrics = json.loads((DEMO_ADAPTER_DIR / "eval_metrics.json").read_text())
     assert metrics["eval_rewards/accuracies"] >= 0.8 and metrics["eval_rewards/margins"] > 0

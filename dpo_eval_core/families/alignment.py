@@ -176,10 +176,10 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, A
     c = CMP.compare_correct(what, np.array(mine.agrees), np.array(theirs.agrees))
     if c.n == 0:
         return Claim(cid, False, None, "", "", 0, "the data has no signal direction (train split), so there is no "
-                     f"direction to compare the answers in: nothing to compare with --compare {other.cfg.adapter}",
+                     f"direction to compare the answers in: nothing to compare with {other.label}",
                      applicable=False), {"items": {what: c}, "features": shifts}
     return not_worse(cid, c, s.max_agreement_drop, f"max_agreement_drop {s.max_agreement_drop}", g, "this adapter",
-                     f"--compare {other.cfg.adapter}", units="signal directions",
+                     other.label, units="signal directions",
                      unit="signal directions"), {"items": {what: c}, "features": shifts}
 
 

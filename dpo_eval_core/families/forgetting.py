@@ -203,7 +203,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     c = compare_correct(what, *match(a.question_ids, a.tuned_right, b.question_ids, b.tuned_right))
     m = run.settings(FAMILY).max_forgetting
     return not_worse(cid, c, m, f"max_forgetting {m}", run.gate, "this adapter",
-                     f"--compare {other.cfg.adapter}"), {"items": {what: c}}
+                     other.label), {"items": {what: c}}
 
 
 def _rows(s: Mapping[str, Any]) -> list[tuple[str, int, str, str, str]]:

@@ -217,7 +217,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     s = run.stages.once(COMPARED, lambda: judged(run, run.answers["tuned"], other.answers["tuned"],
                                                     "judge (compare)"))
     return (not_worse_judge(cid, s, run.gate, run.settings(FAMILY).max_win_rate_drop,
-                            f"--compare {other.cfg.adapter}"), {FAMILY.name: s})
+                            other.label), {FAMILY.name: s})
 
 
 def report(results: Mapping[str, Any]) -> str:

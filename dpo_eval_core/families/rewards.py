@@ -187,7 +187,7 @@ def compare(run: GateRun, other: GateRun, what: str, cid: str) -> tuple[Claim, d
     else:
         c = decided_on = compare_correct(what, x, y)
         m, text = margin(what, c.other, s)
-    claim = not_worse(cid, decided_on, m, text, run.gate, "this adapter", f"--compare {other.cfg.adapter}")
+    claim = not_worse(cid, decided_on, m, text, run.gate, "this adapter", other.label)
     return claim, {"items": {what: c}}
 
 
