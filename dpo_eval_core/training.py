@@ -296,11 +296,16 @@ def _number(value: Any) -> float | None:
 
 
 def threshold_line(text: str) -> float | None:
-    """The number a claim's value is held against, where its threshold is a bound on the value's own interval
-    ('CI low > 0.5', 'CI low > chance 0.250'), for the curves; None otherwise (a drop's bound is on another
-    scale than the value)."""
-    found = re.fullmatch(r"CI (?:low|high) [<>] (?:chance )?(-?\d+(?:\.\d+)?(?:e-?\d+)?)", text.strip())
-    return float(found.group(1)) if found else None
+    """The number a claim's value is held against, for the curves: where its threshold bounds the value's own
+    interval ('CI low > 0.5', 'CI low > chance 0.250'), and for no-forgetting, whose value is tuned - base and
+    which holds when the drop's upper bound is below the margin ('drop upper bound < 0.04': the gain's lower
+    bound above -0.04); None otherwise."""
+    number = r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+    if found := re.fullmatch(rf"CI (?:low|high) [<>] (?:chance )?{number}", text.strip()):
+        return float(found.group(1))
+    if found := re.fullmatch(rf"drop upper bound < {number}", text.strip()):
+        return -float(found.group(1))
+    return None
 
 
 def record(result: SeriesResult) -> dict[str, Any]:

@@ -267,8 +267,9 @@ def test_a_checkpoint_pattern_for_one_served_adapter_is_refused_naming_the_fix(p
 
 
 @pytest.mark.parametrize("text,line", [("CI low > 0.5", 0.5), ("CI low > 0", 0.0), ("CI low > chance 0.250", 0.25),
-                                       ("drop upper bound < 0.04", None), ("", None)],
-                         ids=["rate", "margin", "chance", "drop-bound-other-scale", "none"])
+                                       ("drop upper bound < 0.04", -0.04), ("increase upper bound < 0.05", None),
+                                       ("", None)],
+                         ids=["rate", "margin", "chance", "forgetting-gain-above-minus-margin", "other-scale", "none"])
 def test_the_curves_draw_a_threshold_only_where_it_bounds_the_value_itself(text, line):
     assert threshold_line(text) == line
 
