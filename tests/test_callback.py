@@ -46,7 +46,7 @@ def train(base: Path, out: Path, data: Path, cache: Path, loads: list,
 
     args = DPOConfig(output_dir=str(out), max_steps=STEPS, save_strategy="steps", save_steps=1, logging_steps=1,
                      per_device_train_batch_size=4, learning_rate=5e-3, report_to=list(report_to), use_cpu=True,
-                     bf16=False, logging_dir=str(out / "logs"),
+                     bf16=False,
                      beta=0.1, max_length=None, seed=0)
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args,
                          processing_class=AutoTokenizer.from_pretrained(base),
@@ -98,7 +98,7 @@ def test_the_values_reach_a_tensorboard_event_file(tiny_llama, tmp_path):
     out = tmp_path / "run"
     _, logged = train(tiny_llama, out, write_pairs(tmp_path / "pairs.jsonl", 32), tmp_path / "cache", [],
                       report_to=("tensorboard",))
-    [events] = {f.parent for f in (out / "logs").rglob("events.out.tfevents.*")}
+    [events] = {f.parent for f in out.rglob("events.out.tfevents.*")}
     board = EventAccumulator(str(events))
     board.Reload()
     margins = {e.step: e.value for e in board.Scalars("train/dpo_eval/reward-margin")}
