@@ -8,6 +8,7 @@ pipeline once and batching the parse.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -112,7 +113,8 @@ FEATURE_FAMILIES: dict[str, str] = _families()
 class FeatureSettings:
     spacy_model: str = SPACY_MODEL
     batch_size: int = 64
-    n_process: int = 1
+    n_process: int = 0
+    """Processes spaCy parses in; 0: processes(n) for the n texts to parse."""
 
     def version(self) -> dict[str, str]:
         """Everything that changes a feature value: the cache key's extractor part (not batch or processes)."""
@@ -123,6 +125,18 @@ class FeatureSettings:
         return {"textdescriptives": md.version("textdescriptives"), "spacy": spacy.__version__,
                 "model": self.spacy_model, "model_version": md.version(self.spacy_model.replace("_", "-")),
                 "components": ",".join(COMPONENTS), "quality": repr(sorted(QUALITY_CONFIG.items()))}
+
+
+PARALLEL_FROM = 200
+"""Texts from which parsing runs in more than one process: each of spaCy's workers receives the pipeline (about
+two seconds), which a few hundred texts repay (measured on 2 cores: 400 UltraFeedback texts, 24.9 s in one
+process, 14.8 s in two, the same values)."""
+
+
+def processes(n_texts: int) -> int:
+    """Processes to parse n_texts in: one below PARALLEL_FROM, else one per core this process may use, up to 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if n_texts < PARALLEL_FROM else max(1, min(4, cores))
 
 
 def build_pipeline(settings: FeatureSettings = FeatureSettings()) -> Any:
@@ -154,7 +168,7 @@ def extract(texts: Sequence[str], nlp: Any, settings: FeatureSettings = FeatureS
             progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
     """Feature rows for texts, parsed with nlp.pipe in batches."""
     out: list[dict[str, float]] = []
-    docs = nlp.pipe(texts, batch_size=settings.batch_size, n_process=settings.n_process)
+    docs = nlp.pipe(texts, batch_size=settings.batch_size, n_process=settings.n_process or processes(len(texts)))
     batch: list[Any] = []
     for doc in docs:
         batch.append(doc)

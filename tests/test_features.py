@@ -9,10 +9,12 @@ import pytest
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.features import (
     FEATURE_NAMES,
+    PARALLEL_FROM,
     FeatureSettings,
     build_pipeline,
     extract,
     feature_rows,
+    processes,
 )
 
 EDGE_CASES = {
@@ -54,6 +56,13 @@ def test_feature_names_are_textdescriptives_69_columns(reference):
     for row in reference.values():
         assert set(row) == set(FEATURE_NAMES)
     assert len(set(FEATURE_NAMES)) == 69
+
+
+def test_a_few_hundred_texts_are_parsed_in_a_process_per_core_and_fewer_in_one(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert [processes(n) for n in (1, PARALLEL_FROM - 1, PARALLEL_FROM, 10_000)] == [1, 1, 2, 2]
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(64)), raising=False)
+    assert processes(10_000) == 4  # each worker holds a pipeline: a few are enough
 
 
 @pytest.mark.parametrize("n_process", [1, 2], ids=["one-process", "two-processes"])
