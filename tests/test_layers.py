@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("locate", "stats", "hardware", "precision"),
+    ("locate", "stats", "hardware", "precision", "stages"),
     ("cache", "chat", "data", "decide", "agreement", "looks"),
     ("mcq", "operating"),
     ("endpoint", "plan"),
@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("forgetting", "compare", "texts", "safety"),
     ("scoring",),
     ("claims", "report"),
-    ("results", "sequential"),
+    ("sequential",),
+    ("results",),
     ("family",),
     ("families.__init__",),
     ("families.regression",),
