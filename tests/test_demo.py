@@ -55,9 +55,10 @@ def test_the_demo_series_is_the_demo_recipes_own_training_run_saved_four_times()
     assert any(not torch.equal(first[k], last[k]) for k in last)  # the checkpoints are steps of one run
 
 
-def test_the_demo_series_is_gated_on_the_demo_data_and_the_session_gates_the_checkpoint_it_names(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_demo_series_is_gated_on_the_demo_data_and_the_session_gates_the_checkpoint_it_names(tmp_path, workers):
     proc, claims = run_gate(tmp_path, "--adapter", "demo-series", *SMALL, "--gate", "gating=reward-margin",
-                            "-k", "reward_margin", "--looks", str(tmp_path / "looks.json"))
+                            "-k", "reward_margin", "--looks", str(tmp_path / "looks.json"), *workers)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # decided, not refused
     results = json.loads((tmp_path / "results.json").read_text())
     series = results["series"]
