@@ -195,11 +195,12 @@ def summarize(qset: QuestionSet, qitems: Sequence[McqItem], scores: Sequence[dic
 
 
 def measure(backend: Backend, qset: QuestionSet, mcq: McqSettings, cfg: EvalConfig, *, model: ModelIdentity,
-            cache: Cache, exact: tuple[Backend, ModelIdentity] | None = None
+            cache: Cache, exact: tuple[Backend, ModelIdentity] | None = None, first: Sequence[int] | None = None
             ) -> tuple[ForgettingSummary, int]:
     """Score one set for tuned and base (cached) with these prompt settings and the run's batching, and summarize
     it; returns (summary, question-and-state scores computed). With `exact` (a float32 pass and its identity),
-    the questions the bfloat16 pass cannot settle are scored again by it, so every answer is float32's."""
+    the questions the bfloat16 pass cannot settle are scored again by it, so every answer is float32's; `first`
+    orders the questions for the bfloat16 pilot (precision.two_passes)."""
     settings = mcq.resolved(qset.layout)
     qitems = items(qset, settings)
 
@@ -219,6 +220,6 @@ def measure(backend: Backend, qset: QuestionSet, mcq: McqSettings, cfg: EvalConf
 
     scores, idx = two_passes(len(qitems), lambda idx: scored((backend, model), idx), lambda idx: scored(exact, idx),
                              lambda idx, values: [idx[j] for j in unsettled_questions(
-                                 backend, [qitems[i] for i in idx], values, settings, cfg.max_length)])
+                                 backend, [qitems[i] for i in idx], values, settings, cfg.max_length)], first)
     return dataclasses.replace(summarize(qset, qitems, scores, settings, cfg.gate.ci_level),
                                rescored=Rescored(len(qitems), len(idx))), counted[0]

@@ -24,6 +24,8 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
+from .errors import DpoEvalError
+
 
 T = TypeVar("T")
 
@@ -39,12 +41,20 @@ with chance 0.06: a cost decision; the values are float32's either way."""
 
 
 def two_passes(n: int, fast: Callable[[list[int]], list[T]], exact: Callable[[list[int]], list[T]],
-               unsettled: Callable[[list[int], list[T]], list[int]]) -> tuple[list[T], list[int]]:
+               unsettled: Callable[[list[int], list[T]], list[int]],
+               first: Sequence[int] | None = None) -> tuple[list[T], list[int]]:
     """The n items' values, float32's (`exact`) wherever the bfloat16 pass (`fast`) cannot settle one
     (`unsettled(items, their values)` names them), and the items float32 scored, in order. The first PILOT items
-    go through bfloat16 first; where more than BREAK_EVEN of them are unsettled, the rest go to float32 directly
-    (a bfloat16 pass that float32 mostly repeats costs more than float32 alone)."""
-    pilot, rest = list(range(min(n, PILOT))), list(range(min(n, PILOT), n))
+    of `first` (an order of the n items; default 0, 1, ...) go through bfloat16 first; where more than BREAK_EVEN
+    of them are unsettled, the rest go to float32 directly (a bfloat16 pass that float32 mostly repeats costs more
+    than float32 alone). A stage measured in rounds passes its seeded order, so every round pilots the same items
+    (cached) and makes the same choice; a pilot of each round's lowest-indexed items changed from round to round,
+    and a round that chose bfloat16 after one that chose float32 paid for both passes."""
+    ranked = list(range(n)) if first is None else list(first)
+    if sorted(ranked) != list(range(n)):
+        raise DpoEvalError(f"two_passes: `first` must order the {n} items 0..{n - 1} once each, got "
+                           f"{len(ranked)} indices; pass sequential.order of the items' ids")
+    pilot, rest = sorted(ranked[:PILOT]), sorted(ranked[PILOT:])
     values: list[T | None] = [None] * n
     for i, v in zip(pilot, fast(pilot) if pilot else ()):
         values[i] = v
@@ -55,6 +65,7 @@ def two_passes(n: int, fast: Callable[[list[int]], list[T]], exact: Callable[[li
         for i, v in zip(rest, fast(rest)):
             values[i] = v
         again = again + unsettled(rest, [values[i] for i in rest])  # type: ignore[misc]
+    again = sorted(again)
     for i, v in zip(again, exact(again) if again else ()):
         values[i] = v
     return values, again  # type: ignore[return-value]

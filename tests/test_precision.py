@@ -18,6 +18,7 @@ from dpo_eval_core import precision as P
 from dpo_eval_core.backend import HFBackend
 from dpo_eval_core.cache import Cache
 from dpo_eval_core.config import EvalConfig
+from dpo_eval_core.errors import DpoEvalError
 from dpo_eval_core.forgetting import measure
 from dpo_eval_core.identity import ModelIdentity
 from dpo_eval_core.mcq import McqSettings, load_questions
@@ -214,10 +215,13 @@ def test_results_json_and_the_console_say_how_many_items_float32_settled(tiny_ad
     assert precision_lines({"rewards": {"n": 3}}) == []  # a float32 run's section has none
 
 
-@given(st.lists(st.booleans(), max_size=120))
-def test_two_passes_give_float32s_value_wherever_bfloat16_cannot_settle_and_switch_when_it_will_not_pay(near):
-    """Items are near ties (unsettled) or clear; bfloat16 values are 'fast-i', float32's 'exact-i'."""
+@given(st.lists(st.booleans(), max_size=120), st.randoms(use_true_random=False))
+def test_two_passes_give_float32s_value_wherever_bfloat16_cannot_settle_and_switch_when_it_will_not_pay(near, rnd):
+    """Items are near ties (unsettled) or clear; bfloat16 values are 'fast-i', float32's 'exact-i'. The pilot is
+    the first PILOT items of a given order."""
     calls = {"fast": [], "exact": []}
+    first = list(range(len(near)))
+    rnd.shuffle(first)
 
     def fast(idx):
         calls["fast"].append(list(idx))
@@ -227,13 +231,37 @@ def test_two_passes_give_float32s_value_wherever_bfloat16_cannot_settle_and_swit
         calls["exact"].append(list(idx))
         return [f"exact-{i}" for i in idx]
 
-    values, again = P.two_passes(len(near), fast, exact, lambda idx, vals: [i for i in idx if near[i]])
+    values, again = P.two_passes(len(near), fast, exact, lambda idx, vals: [i for i in idx if near[i]], first)
     assert values == [f"exact-{i}" if i in set(again) else f"fast-{i}" for i in range(len(near))]
     assert {i for i, x in enumerate(near) if x} <= set(again)  # every near tie is float32's
-    pilot = near[:P.PILOT]
-    switched = len(near) > P.PILOT and sum(pilot) > P.BREAK_EVEN * len(pilot)
-    assert set(again) == ({i for i, x in enumerate(pilot) if x} | set(range(P.PILOT, len(near))) if switched
+    pilot = first[:P.PILOT]
+    switched = len(near) > P.PILOT and sum(near[i] for i in pilot) > P.BREAK_EVEN * len(pilot)
+    assert set(again) == ({i for i in pilot if near[i]} | set(first[P.PILOT:]) if switched
                           else {i for i, x in enumerate(near) if x})
+    assert calls["fast"][:1] == ([sorted(pilot)] if near else [])  # the pilot goes first, in index order
     scored_fast = sorted(i for c in calls["fast"] for i in c)
-    assert scored_fast == list(range(min(len(near), P.PILOT) if switched else len(near)))  # each item once
+    assert scored_fast == (sorted(pilot) if switched else list(range(len(near))))  # each item once
     assert len(calls["exact"]) <= 1
+
+
+def test_two_passes_refuse_an_order_that_is_not_one_of_the_items():
+    with pytest.raises(DpoEvalError, match="must order the 3 items"):
+        P.two_passes(3, lambda i: i, lambda i: i, lambda i, v: [], [0, 1, 1])
+
+
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=P.PILOT, max_size=200, unique=True), st.data())
+def test_every_round_of_a_stage_pilots_the_same_items(ids, data):
+    """A round measures the first n items of the stage's seeded order (sequential.staged, in index order) and
+    pilots the first PILOT of them by the same order: the same items in every round, so bfloat16 pays or not
+    for the whole stage, never for one round after another round chose float32."""
+    from dpo_eval_core.sequential import order
+
+    first = order(ids, 0)
+    pilots = set()
+    for n in sorted(set(data.draw(st.lists(st.integers(P.PILOT, len(ids)), min_size=1, max_size=5)))):
+        round_ids = [ids[i] for i in sorted(first[:n])]
+        seen = []
+        P.two_passes(n, lambda idx: seen.append([round_ids[i] for i in idx]) or list(idx), lambda idx: list(idx),
+                     lambda idx, v: [], order(round_ids, 0))
+        pilots.add(tuple(seen[0]))
+    assert pilots == {tuple(sorted((ids[i] for i in first[:P.PILOT]), key=ids.index))}

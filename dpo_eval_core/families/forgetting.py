@@ -19,7 +19,7 @@ from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import exact_scorer, scorer
-from ..sequential import Staged, paired_may_pass, planned_tail, staged
+from ..sequential import Staged, order, paired_may_pass, planned_tail, staged
 from ..stages import Stage
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def _measure(run: GateRun, qset: QuestionSet) -> ForgettingSummary:
     with run.ledger.phase("multiple choice"):
         backend, identity = scorer(run)
         out, n = measure(backend, qset, run.settings(FAMILY).mcq, run.cfg, model=identity, cache=run.cache,
-                         exact=exact_scorer(run))
+                         exact=exact_scorer(run), first=order([q.question_id for q in qset.questions], run.cfg.seed))
     run.ledger.count("mcq_questions", n)
     return out
 

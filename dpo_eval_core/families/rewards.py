@@ -18,7 +18,7 @@ from ..family import Family, Kind
 from ..precision import Rescored, to_settle, two_passes
 from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, summarize, unsettled
 from ..scoring import exact_scorer, scorer
-from ..sequential import Staged, at_tail, planned_tail, rate_may_pass, staged, tails
+from ..sequential import Staged, at_tail, order, planned_tail, rate_may_pass, staged, tails
 from ..stages import Stage
 
 if TYPE_CHECKING:
@@ -66,8 +66,9 @@ class Settings:
 def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
     """Implicit rewards of these pairs, from the policy's and the reference's log-probs (cached per pair). Under a
     bfloat16 pass with float32 verdicts, the pairs it cannot settle are scored again in float32 (all of them after
-    a pilot that shows bfloat16 will not pay: precision.two_passes), and so are the pairs, widest band first, that
-    the margin's verdict needs to be float32's (precision.py)."""
+    a pilot that shows bfloat16 will not pay: precision.two_passes; the pilot is the first pairs of the seeded
+    order, the same in every round), and so are the pairs, widest band first, that the margin's verdict needs to
+    be float32's (precision.py)."""
     s, g = run.settings(FAMILY), run.gate
     exact = exact_scorer(run)
     with run.ledger.phase("rewards"):
@@ -75,7 +76,8 @@ def _score(run: GateRun, pairs: list[PreferencePair]) -> RewardSummary:
             return _summary(run, _logps(run, scorer(run), pairs), pairs)
         logps, idx = two_passes(len(pairs), lambda idx: _logps(run, scorer(run), [pairs[i] for i in idx]),
                                 lambda idx: _logps(run, exact, [pairs[i] for i in idx]),
-                                lambda idx, values: [idx[j] for j in unsettled(values)])
+                                lambda idx, values: [idx[j] for j in unsettled(values)],
+                                order([p.pair_id for p in pairs], run.cfg.seed))
     summary = _summary(run, logps, pairs)
     levels = [at_tail(g, t) for t in tails(run, len(run.valid_index))]
     outcome = lambda x: tuple(mean_above(MARGIN.id(), x, 0.0, lv, "").outcome for lv in levels)  # noqa: E731
