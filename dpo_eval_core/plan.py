@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import operating as O
 from .looks import Look
@@ -20,6 +20,11 @@ from .stages import Stage
 POWER = 0.8
 FLOOR = 0.5
 """Below this whole-gate chance the plan warns before the work starts."""
+LIKELY = 0.5
+"""In rounds, the plan names the first round at which a good adapter passes with at least this chance."""
+Rounds = tuple[tuple[int, float], ...]
+"""A stage's rounds before the work (sequential.planned_rounds): items after each round and the one-sided error
+it decides at; empty where the stage takes every item at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,10 @@ class ClaimChance:
     n_for_80: int | None
     """Items (of `units`) that give 80%; None when no number would."""
     note: str = ""
+    passed_by: int | None = None
+    """In rounds: the items of the first round at which a good adapter passes with chance LIKELY or more, so
+    about where its stage stops scoring for this claim; None where the stage takes every item at once or no round
+    gets there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +82,8 @@ class Plan:
         for c in self.claims:
             need = (f"; {POWER:.0%} needs {c.n_for_80:,} {c.units}" if c.n_for_80 and c.chance < POWER else
                     "" if c.chance >= POWER else f"; no number of {c.units} gives {POWER:.0%}")
-            out.append(f"  {c.claim:<36} {c.chance:6.1%} on {c.n:,} {c.units}{need}{c.note}")
+            by = f"; in rounds likely passed by {c.passed_by:,}" if c.passed_by is not None else ""
+            out.append(f"  {c.claim:<36} {c.chance:6.1%} on {c.n:,} {c.units}{need}{by}{c.note}")
         out.append(f"  {'whole gate':<36} {self.whole:6.1%}")
         if self.whole < FLOOR:
             out.append(f"  below {FLOOR:.0%}: a good adapter would fail this gate more often than it passes. Two ways "
@@ -85,7 +95,8 @@ class Plan:
         return {"assumptions": self.assumptions.describe(), "whole_gate": self.whole, "floor": FLOOR,
                 "look": None if self.look is None else self.look.number,
                 "claims": [{"claim": c.claim, "n": c.n, "units": c.units, "chance": c.chance,
-                            "n_for_80": c.n_for_80, "note": c.note.strip("; ")} for c in self.claims]}
+                            "n_for_80": c.n_for_80, "passed_by": c.passed_by, "note": c.note.strip("; ")}
+                           for c in self.claims]}
 
 
 PLAN: Stage[Plan] = Stage("plan")
@@ -110,10 +121,17 @@ def _normal_size(z_sum: float, variance: float, margin: float) -> int:
     return max(6, math.ceil(z_sum ** 2 * variance / margin ** 2))
 
 
+def passed_by(rounds: Rounds, chance_at: Callable[[int, float], float]) -> int | None:
+    """The items of the first round whose own test a good adapter passes with chance LIKELY or more: a claim keeps
+    its first pass, so its chance to have passed by then is at least that (less the rare false fail before it)."""
+    return next((n for n, tail in rounds if chance_at(n, tail) >= LIKELY), None)
+
+
 def reward_chances(ids: tuple[str, str, str], valid_pairs: int, min_reward_accuracy: float, tail: float,
-                   a: Assumptions) -> list[ClaimChance]:
+                   a: Assumptions, rounds: Rounds = ()) -> list[ClaimChance]:
     """The reward accuracy and its per-token twin (exact binomial) and the mean margin (normal approximation):
-    `ids` names the three claims, in that order."""
+    `ids` names the three claims, in that order. In `rounds` the margin, a mean, passes only at the last one
+    (sequential.py), so a good adapter's reward stage scores every pair."""
     from scipy.stats import norm
 
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
@@ -121,10 +139,14 @@ def reward_chances(ids: tuple[str, str, str], valid_pairs: int, min_reward_accur
     rows = [ClaimChance(cid, valid_pairs, "valid pairs",
                         O.proportion_pass_rate(valid_pairs, p, min_reward_accuracy, level),
                         O.size_for(POWER, lambda m, p=p: O.proportion_pass_rate(m, p, min_reward_accuracy, level),
-                                   cap=200_000))
+                                   cap=200_000),
+                        passed_by=passed_by(rounds, lambda n, t, p=p: O.proportion_pass_rate(
+                            n, p, min_reward_accuracy, 1 - 2 * t)))
             for cid, p in ((ids[0], a.reward_accuracy), (ids[1], a.reward_accuracy_per_token))]
-    return rows + [ClaimChance(ids[2], valid_pairs, "valid pairs",
-                               _margin_chance(valid_pairs, a.margin_effect, tail), _normal_size(z, 1.0, a.margin_effect))]
+    margin = _margin_chance(valid_pairs, a.margin_effect, tail)
+    return rows + [ClaimChance(ids[2], valid_pairs, "valid pairs", margin, _normal_size(z, 1.0, a.margin_effect),
+                               "; a mean passes only at the last round, so its stage scores every pair to pass it"
+                               if rounds else "", passed_by(rounds[-1:], lambda n, t: margin))]
 
 
 def agreement_chance(cid: str, directions: int, min_agreement: float, tail: float, a: Assumptions) -> ClaimChance:
@@ -137,7 +159,7 @@ def agreement_chance(cid: str, directions: int, min_agreement: float, tail: floa
 
 
 def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: float, a: Assumptions,
-                      units: str = "questions") -> ClaimChance:
+                      units: str = "questions", rounds: Rounds = ()) -> ClaimChance:
     """A paired non-inferiority of two proportions with no true drop, `a.discordance` of the items changing: no
     forgetting on one set, no more harmful answers (exact trinomial; the 80% size by the normal approximation)."""
     from scipy.stats import norm
@@ -145,7 +167,8 @@ def forgetting_chance(cid: str, questions: int, max_forgetting: float, tail: flo
     z = float(norm.isf(tail)) + float(norm.ppf(POWER))
     half = a.discordance / 2
     return ClaimChance(cid, questions, units, O.paired_pass_rate(questions, half, half, max_forgetting, tail),
-                       _normal_size(z, a.discordance, max_forgetting))
+                       _normal_size(z, a.discordance, max_forgetting), passed_by=passed_by(
+                           rounds, lambda n, t: O.paired_pass_rate(n, half, half, max_forgetting, t)))
 
 
 def not_lower_chance(cid: str, n: int, units: str, baseline_rate: float, discordance: float, margin: float,

@@ -178,12 +178,19 @@ def staged(run: GateRun, name: str, ids: Sequence[str], measure: Callable[[list[
     return run.stages.once(ROUNDS.of(name), compute)
 
 
+def planned_rounds(run: GateRun, n_items: int) -> tuple[tuple[int, float], ...]:
+    """A stage of `n_items` as the plan before the work sees it: (items after the round, one-sided error it decides
+    at) for each round, at this look's error; empty where the stage takes every item at once."""
+    gate = dataclasses.replace(run.cfg.gate, ci_level=1 - 2 * run.look.tail)
+    s, _ = schedule(gate, n_items, comparing=comparing(run))
+    return tuple((n, s.tail_at(k)) for k, n in enumerate(s.rounds)) if s else ()
+
+
 def planned_tail(run: GateRun, n_items: int) -> float:
     """The one-sided error the plan before the work sizes a stage of `n_items` at: its last round's (7/8 of the
     look's) where it runs in rounds, the look's otherwise; a pass at an earlier round only adds to the chance."""
-    gate = dataclasses.replace(run.cfg.gate, ci_level=1 - 2 * run.look.tail)
-    s, _ = schedule(gate, n_items, comparing=comparing(run))
-    return s.tail_at(len(s.rounds) - 1) if s else run.look.tail
+    rounds = planned_rounds(run, n_items)
+    return rounds[-1][1] if rounds else run.look.tail
 
 
 def tails(run: GateRun, n_items: int) -> tuple[float, ...]:

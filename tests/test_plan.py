@@ -3,15 +3,21 @@ that give 80% (dpo_eval_core/plan.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 
 from dpo_eval_core import operating as O
+from dpo_eval_core.config import EvalConfig, GateConfig, installed
 from dpo_eval_core.families.rewards import REWARDS
 from dpo_eval_core.plan import (FLOOR, Assumptions, Plan, agreement_chance, forgetting_chance, not_lower_chance,
-                                reward_chances)
+                                plan_of, reward_chances)
+from dpo_eval_core.run import GateRun
+from dpo_eval_core.sequential import Schedule
+from tiny import write_pairs
 
 A = Assumptions()
 IDS = ("accuracy", "accuracy per token", "margin")
@@ -51,6 +57,22 @@ def test_the_whole_gate_is_the_product_and_a_plan_below_the_floor_says_so_with_t
     assert plan.record()["whole_gate"] == pytest.approx(plan.whole)
 
 
+def test_in_rounds_the_plan_says_where_each_claim_likely_stops_and_at_once_it_says_nothing_of_rounds():
+    rounds = ((250, 1e-4), (500, 1e-3), (1000, 0.015))
+    rows = (*reward_chances(IDS, 1000, 0.5, 0.015, A, rounds),
+            forgetting_chance("kept[arc]", 1000, 0.04, 0.015, A, rounds=rounds))
+    by = {c.claim: c.passed_by for c in rows}
+    # the first round whose own test a good adapter passes half the time or more (exact, at that round's error)
+    assert by[IDS[0]] == next(n for n, t in rounds if O.proportion_pass_rate(n, 0.62, 0.5, 1 - 2 * t) >= 0.5)
+    assert by[IDS[2]] == 1000 and "last round" in rows[2].note  # a mean passes only at the last round
+    assert by["kept[arc]"] in (500, 1000)
+    text, record = "\n".join(Plan(rows, A).lines()), Plan(rows, A).record()
+    assert f"in rounds likely passed by {by[IDS[0]]:,}" in text
+    assert [c["passed_by"] for c in record["claims"]] == [by[c.claim] for c in rows]
+    at_once = reward_chances(IDS, 1000, 0.5, 0.025, A)
+    assert all(c.passed_by is None for c in at_once) and "rounds" not in "\n".join(Plan(tuple(at_once), A).lines())
+
+
 def test_the_operating_tables_use_the_gate_s_own_defaults():
     """`python -m dpo_eval_core.operating` writes docs/decisions.md's power table at the defaults of the gate."""
     import inspect
@@ -72,13 +94,7 @@ def test_not_lower_against_a_baseline_takes_the_baseline_s_rate_and_never_more_c
 
 def test_with_a_baseline_the_plan_adds_its_not_lower_claims_from_the_baseline_s_per_pair_values(
         tmp_path, tiny_adapter):
-    import dataclasses
-    import json
-
-    from dpo_eval_core.config import EvalConfig, installed
-    from dpo_eval_core.plan import plan_of
     from dpo_eval_core.results import build_results, claim_record, run_sections, write_json
-    from dpo_eval_core.run import GateRun
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
@@ -93,3 +109,20 @@ def test_with_a_baseline_the_plan_adds_its_not_lower_claims_from_the_baseline_s_
     assert f"{accuracy:.3f}" in rows["not-lower[reward-accuracy]"].note
     assert rows["not-lower[reward-accuracy]"].n == len(release.valid_index)
     assert "not-lower[reward-accuracy-per-token]" in rows
+
+
+@pytest.mark.parametrize("sequential", ["auto", "off"])
+def test_a_gate_in_rounds_plans_each_reward_claim_s_stopping_round_and_one_at_once_plans_none(
+        tmp_path, tiny_adapter, sequential):
+    cfg = EvalConfig(adapter=tiny_adapter, data=str(write_pairs(tmp_path / "pairs.jsonl", 1000)),
+                     cache_dir=tmp_path / "cache", device="cpu", gate=GateConfig(sequential=sequential))
+    run = GateRun(cfg)
+    plan = {c.claim: c for c in plan_of(run, [f for f in installed() if f.name == "rewards"]).claims}
+    n = len(run.valid_index)
+    margin = plan["reward-margin"]
+    if sequential == "off":
+        assert all(c.passed_by is None for c in plan.values()) and "last round" not in margin.note
+    else:
+        assert len(Schedule(n, run.look.tail).rounds) >= 2  # this data runs in rounds
+        assert margin.passed_by == n and "last round" in margin.note
+        assert plan["reward-accuracy"].passed_by in Schedule(n, run.look.tail).rounds

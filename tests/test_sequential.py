@@ -23,6 +23,7 @@ from dpo_eval_core.claims import Claim, rate_above
 from dpo_eval_core.config import EvalConfig, GateConfig
 from dpo_eval_core.errors import ConfigError
 from dpo_eval_core.families.rewards import REWARDS
+from dpo_eval_core.plan import LIKELY, Assumptions, reward_chances
 from dpo_eval_core.results import sections
 from dpo_eval_core.sequential import (Schedule, at_tail, decide_in_rounds, order, paired_may_pass, rate_may_pass,
                                       schedule)
@@ -60,14 +61,16 @@ def clopper_pearson(k: np.ndarray, n: int, tail: float) -> tuple[np.ndarray, np.
     return lo, hi
 
 
-def rate_in_rounds(n: int, p: float, threshold: float = 0.5, futility: bool = False) -> tuple[float, float, float]:
+def rate_in_rounds(n: int, p: float, threshold: float = 0.5, futility: bool = False,
+                   until: int | None = None) -> tuple[float, float, float]:
     """Exactly, for a true rate p: the chance the reward-accuracy rule in rounds passes, fails, and the expected
     number of pairs it scores (the mass over successes so far is carried from round to round; what a round
-    decides stops there; with `futility`, so does what sequential.rate_may_pass gives up on)."""
+    decides stops there; with `futility`, so does what sequential.rate_may_pass gives up on); with `until`, the
+    chances to have passed and failed by the round of that many pairs."""
     s = Schedule(n, TAIL)
     last = at_tail(GATE, s.tail_at(len(s.rounds) - 1))
     mass, before, passed, failed, items = np.array([1.0]), 0, 0.0, 0.0, 0.0
-    for k, m in enumerate(s.rounds):
+    for k, m in enumerate(s.rounds[:None if until is None else s.rounds.index(until) + 1]):
         mass = np.convolve(mass, binom.pmf(np.arange(m - before + 1), m - before, p))
         lo, hi = clopper_pearson(np.arange(m + 1), m, s.tail_at(k))
         stop_pass, stop_fail = lo > threshold, hi <= threshold
@@ -105,6 +108,22 @@ def test_a_clearly_good_or_bad_adapter_is_decided_on_a_third_of_the_pairs_or_few
     passed, failed, items = rate_in_rounds(n, p)
     print(f"\nN={n}, p={p}: decided {passed + failed:.4f}, expected pairs {items:.0f} ({n / items:.1f}x fewer)")
     assert passed + failed > 0.999 and items <= n / 3
+
+
+@pytest.mark.parametrize("n", [1000, 2369], ids=lambda n: f"{n}-pairs")
+def test_the_plan_names_the_round_by_which_a_good_adapter_has_likely_passed_and_the_margin_the_last(n):
+    """The plan before the work says, in rounds, where a good adapter's reward stage stops for each claim: the
+    round it names for the accuracy is one by which the rule in rounds has passed it at least half the time
+    (exact), and the margin, a mean, is named at the last round."""
+    s, a = Schedule(n, TAIL), Assumptions()
+    rounds = tuple((m, s.tail_at(k)) for k, m in enumerate(s.rounds))
+    accuracy, _, margin = reward_chances(("a", "t", "m"), n, 0.5, rounds[-1][1], a, rounds)
+    by = accuracy.passed_by
+    assert by in s.rounds[:-1]  # a good adapter's accuracy is decided before the last round
+    passed, failed, _ = rate_in_rounds(n, a.reward_accuracy, until=by)
+    print(f"\nN={n}: the plan names {by} pairs; passed by then {passed:.3f}, failed {failed:.2e}")
+    assert passed >= LIKELY and failed < 1e-3
+    assert margin.passed_by == n and "last round" in margin.note
 
 
 @pytest.mark.parametrize("n", [300, 1000], ids=lambda n: f"{n}-pairs")

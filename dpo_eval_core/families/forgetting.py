@@ -19,7 +19,7 @@ from ..family import Family, Kind, Option
 from ..forgetting import Accuracy, ForgettingSummary, measure
 from ..mcq import MCQ_COLUMNS, McqFormat, McqMetric, McqPrompt, McqSettings, QuestionSet, load_question_sets, set_names
 from ..scoring import exact_scorer, scorer
-from ..sequential import Staged, order, paired_may_pass, planned_tail, staged
+from ..sequential import Staged, order, paired_may_pass, planned_rounds, planned_tail, staged
 from ..stages import Stage
 
 if TYPE_CHECKING:
@@ -239,8 +239,8 @@ def plan(run: GateRun) -> list[Any]:
     from ..plan import Assumptions, forgetting_chance
 
     m = run.settings(FAMILY).max_forgetting
-    return [forgetting_chance(KEPT.id(name), len(qs.questions), m, planned_tail(run, len(qs.questions)), Assumptions())
-            for name, qs in question_sets(run).items()]
+    return [forgetting_chance(KEPT.id(name), n, m, planned_tail(run, n), Assumptions(), rounds=planned_rounds(run, n))
+            for name, n in ((name, len(qs.questions)) for name, qs in question_sets(run).items())]
 
 
 FAMILY = Family(

@@ -18,7 +18,7 @@ from ..family import Family, Kind
 from ..precision import Rescored, to_settle, two_passes
 from ..rewards import PairLogps, RewardSummary, margin_error, scorable, score_logps, summarize, unsettled
 from ..scoring import exact_scorer, scorer
-from ..sequential import Staged, at_tail, order, planned_tail, rate_may_pass, staged, tails
+from ..sequential import Staged, at_tail, order, planned_rounds, planned_tail, rate_may_pass, staged, tails
 from ..stages import Stage
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def plan(run: GateRun) -> list[Any]:
 
     s, a, n = run.settings(FAMILY), Assumptions(), len(run.valid_index)
     rows = reward_chances((ACCURACY.id(), PER_TOKEN.id(), MARGIN.id()), n, s.min_reward_accuracy,
-                          planned_tail(run, n), a)
+                          planned_tail(run, n), a, planned_rounds(run, n))
     old = (active_baseline(run) or {}).get(FAMILY.name) or {}
     for kind in (ACCURACY, PER_TOKEN):
         if values := old.get(FIELDS[kind.name]):
