@@ -144,9 +144,10 @@ def reward_chances(ids: tuple[str, str, str], valid_pairs: int, min_reward_accur
                             n, p, min_reward_accuracy, 1 - 2 * t)))
             for cid, p in ((ids[0], a.reward_accuracy), (ids[1], a.reward_accuracy_per_token))]
     margin = _margin_chance(valid_pairs, a.margin_effect, tail)
+    waits = ("; a mean passes only at the last round, so its stage scores every pair to pass it (left out of "
+             "gate.gating, the rates stop the stage)") if rounds else ""
     return rows + [ClaimChance(ids[2], valid_pairs, "valid pairs", margin, _normal_size(z, 1.0, a.margin_effect),
-                               "; a mean passes only at the last round, so its stage scores every pair to pass it"
-                               if rounds else "", passed_by(rounds[-1:], lambda n, t: margin))]
+                               waits, passed_by(rounds[-1:], lambda n, t: margin))]
 
 
 def agreement_chance(cid: str, directions: int, min_agreement: float, tail: float, a: Assumptions) -> ClaimChance:
